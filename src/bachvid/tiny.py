@@ -1,0 +1,162 @@
+"""Small CogVideoX pipelines built from configs, for tests and for machines without weights.
+
+Every part is a real diffusers/transformers class (CogVideoXTransformer3DModel,
+AutoencoderKLCogVideoX, T5EncoderModel, a `tokenizers` word-level tokenizer saved as a
+transformers tokenizer), so the same loading and attention code runs on them as on
+CogVideoX-5B. Only the sizes differ.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+# Words a tiny random model knows besides the toy world's: enough for tests and examples.
+BASIC_WORDS = (
+    "a an the , . of in on at to with and is his her its left right still closer jumps walks "
+    "stands runs sits green sandy blue night red white yellow purple meadow desert ocean city "
+    "forest room beach robot ghost bird cat dog fox man woman girl boy"
+).split()
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """Lower-case words and punctuation marks, split the way the word tokenizer splits them."""
+    return [w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())]
+
+
+def build_word_tokenizer(words: Iterable[str], model_max_length: int = 226):
+    """A word-level tokenizer (T5 conventions: <pad>=0, </s>=1 appended, <unk>=2) with offsets."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in words_of(words):
+        vocab.setdefault(word, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_text_encoder(vocab_size: int, d_model: int = 32, num_layers: int = 2, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=2 * d_model,
+        num_layers=num_layers,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_vae(latent_channels: int = 4, block_out_channels=(8, 8, 8), seed: int = 0):
+    """CogVideoX VAE: x4 in space (3 blocks), x4 in time; 4k+1 frames <-> k+1 latent frames."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed)
+    blocks = len(block_out_channels)
+    return AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * blocks,
+        up_block_types=("CogVideoXUpBlock3D",) * blocks,
+        block_out_channels=tuple(block_out_channels),
+        latent_channels=latent_channels,
+        layers_per_block=1,
+        norm_num_groups=min(4, block_out_channels[0]),
+        temporal_compression_ratio=4,
+        sample_height=32,
+        sample_width=32,
+    ).eval()
+
+
+def tiny_transformer(
+    *,
+    rope: bool = True,
+    num_layers: int = 4,
+    heads: int = 2,
+    head_dim: int = 16,
+    in_channels: int = 4,
+    text_dim: int = 32,
+    text_length: int = 16,
+    latent_size: int = 8,
+    frames: int = 9,
+    seed: int = 0,
+):
+    """CogVideoX transformer in the 5B layout (rope=True: 3D RoPE) or the 2B layout (sin-cos positions)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        time_embed_dim=4 * heads * head_dim // 2,
+        text_embed_dim=text_dim,
+        num_layers=num_layers,
+        sample_width=latent_size,
+        sample_height=latent_size,
+        sample_frames=frames,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=text_length,
+        use_rotary_positional_embeddings=rope,
+    ).eval()
+
+
+def cogvideox_scheduler():
+    """The CogVideoX-5B scheduler settings (v-prediction, zero-SNR, trailing spacing)."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    return CogVideoXDDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        snr_shift_scale=1.0,
+    )
+
+
+def tiny_cogvideox_pipeline(*, rope: bool = True, num_layers: int = 4, text_length: int = 16, seed: int = 0, words=()):
+    """A random CogVideoX pipeline small enough for CPU tests: 32x32 pixels, 9 frames, 48 video tokens."""
+    from diffusers import CogVideoXPipeline
+
+    tokenizer = build_word_tokenizer(list(BASIC_WORDS) + list(words), model_max_length=text_length)
+    text_encoder = tiny_text_encoder(len(tokenizer), seed=seed)
+    transformer = tiny_transformer(rope=rope, num_layers=num_layers, text_length=text_length, seed=seed + 1)
+    vae = tiny_vae(seed=seed + 2)
+    return CogVideoXPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=cogvideox_scheduler(),
+    )
