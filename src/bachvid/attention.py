@@ -1,0 +1,82 @@
+"""Attention with extra keys that only some queries may see.
+
+Injection appends identity keys/values to the current ones, but each extra set is visible to
+one set of queries only (background queries see background keys, foreground queries see matched
+foreground keys, text queries see none). A dense (N x (N + M)) mask would cost O(N^2) memory at
+CogVideoX-5B scale. Because the query sets are disjoint, the same result comes from
+partitioning the queries: each part runs one plain SDPA over [own keys ; its extra keys], and
+queries outside every part run SDPA over the own keys. No mask, no approximation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """Extra keys/values (already positioned) visible to one set of queries.
+
+    queries: long (Q,) indices into the sequence; keys, values: (H, M, D).
+    """
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def injected_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    groups: list[list[KeyGroup]] | None,
+) -> torch.Tensor:
+    """SDPA over (B, H, N, D) where batch element b's queries in groups[b][g] also see that group's keys.
+
+    Query sets within one batch element must be disjoint.
+    """
+    if not groups or not any(groups):
+        return F.scaled_dot_product_attention(query, key, value)
+    out = torch.empty_like(query)
+    n = query.shape[2]
+    for b, batch_groups in enumerate(groups):
+        q, k, v = query[b], key[b], value[b]
+        covered = torch.zeros(n, dtype=torch.bool, device=query.device)
+        for group in batch_groups:
+            if group.queries.numel() == 0:
+                continue
+            if covered[group.queries].any():
+                raise ValueError("injection groups of one batch element must have disjoint queries")
+            covered[group.queries] = True
+            keys = torch.cat([k, group.keys.to(k.dtype)], dim=1)
+            values = torch.cat([v, group.values.to(v.dtype)], dim=1)
+            out[b][:, group.queries] = F.scaled_dot_product_attention(q[:, group.queries], keys, values)
+        rest = (~covered).nonzero(as_tuple=True)[0]
+        if rest.numel():
+            out[b][:, rest] = F.scaled_dot_product_attention(q[:, rest], k, v)
+    return out
+
+
+def dense_masked_attention(query, key, value, groups: list[list[KeyGroup]]) -> torch.Tensor:
+    """Reference: one SDPA over all own and extra keys with an explicit boolean mask. Small sizes only."""
+    outputs = []
+    n = query.shape[2]
+    for b, batch_groups in enumerate(groups):
+        keys, values = [key[b]], [value[b]]
+        allowed = [torch.ones(n, key.shape[2], dtype=torch.bool, device=query.device)]
+        for group in batch_groups:
+            keys.append(group.keys.to(key.dtype))
+            values.append(group.values.to(value.dtype))
+            visible = torch.zeros(n, group.keys.shape[1], dtype=torch.bool, device=query.device)
+            visible[group.queries] = True
+            allowed.append(visible)
+        mask = torch.cat(allowed, dim=1)
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[b : b + 1], torch.cat(keys, 1)[None], torch.cat(values, 1)[None], attn_mask=mask
+            )[0]
+        )
+    return torch.stack(outputs)

@@ -1,0 +1,87 @@
+"""Every knob of BachVid in one object, with the defaults and why.
+
+Steps are given as fractions of the denoising schedule (0 = first step, 1 = past the last), so
+one config works for 50 steps on CogVideoX-5B and for 20 on a small model: step index =
+round(fraction * num_steps). Layer choices default to `None`, meaning "the backbone's
+default", because the right layers depend on the model (see calibration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class BachVidConfig:
+    # Switches
+    enabled: bool = True
+    """False: every shot is generated on its own, exactly as the stock diffusers pipeline would."""
+    shared_background: bool = True
+    """Inject the identity's background too; False switches backgrounds and keeps only the character."""
+    token_merge: bool = True
+    """Blend matched foreground outputs toward the identity's after attention (CharaConsist's adaptive merge)."""
+
+    # Layers (None: backbone default)
+    vital_layers: tuple[int, ...] | None = None
+    """Layers where identity keys/values are injected. Paper: first 15 of CogVideoX-5B's 42."""
+    mask_layers: tuple[int, ...] | None = None
+    """Layers whose video->text attention makes the foreground mask."""
+    match_layers: tuple[int, ...] | None = None
+    """Layers whose attention outputs are compared to match points."""
+
+    # Steps (fractions of the schedule)
+    tau_mask: float = 0.2
+    """When the foreground mask is read (paper: step 10 of 50)."""
+    tau_match: float = 0.2
+    """When point matches are read."""
+    inject_start: float = 0.0
+    inject_end: float = 0.8
+    """Injection runs at steps in [inject_start, inject_end)."""
+    merge_strength: float = 0.8
+    merge_start: float = 0.02
+    merge_decay_start: float = 0.22
+    merge_decay_end: float = 0.62
+    """Merge weight a(step): merge_strength from merge_start, cosine decay to 0 between the two
+    decay points (CharaConsist: 0.8 from step 1, decaying over steps 11..31 of 50)."""
+
+    # Mask and matching
+    mask_foreground: str = "after_background"
+    """Text tokens that stand for the foreground: 'after_background' (character + action,
+    CharaConsist) or 'character'."""
+    mask_open_kernel: int = 3
+    """Erosion then dilation per latent frame with a k x k window; 1 turns cleaning off."""
+    match_threshold: float = 0.5
+    """Cosine similarity a match needs to count (CharaConsist: 0.5)."""
+    chunk_size: int = 2048
+    """Video queries per chunk when reading masks and matches: bounds memory at real scale."""
+
+    extra: dict = field(default_factory=dict, compare=False)
+    """Free-form notes carried into manifests (not read by the method)."""
+
+    def __post_init__(self):
+        for name in ("tau_mask", "tau_match", "inject_start", "inject_end", "merge_start",
+                     "merge_decay_start", "merge_decay_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a fraction of the schedule and must lie in [0, 1], got {value}")
+        if self.inject_end < self.inject_start:
+            raise ValueError("inject_end must not come before inject_start")
+        if not self.merge_decay_start <= self.merge_decay_end:
+            raise ValueError("merge_decay_start must not come after merge_decay_end")
+        if self.mask_foreground not in ("after_background", "character"):
+            raise ValueError("mask_foreground must be 'after_background' or 'character'")
+        if self.mask_open_kernel < 1 or self.mask_open_kernel % 2 == 0:
+            raise ValueError("mask_open_kernel must be an odd number >= 1")
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+
+    def replace(self, **changes) -> "BachVidConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_index(fraction: float, num_steps: int) -> int:
+    """The denoising step a schedule fraction stands for."""
+    return min(num_steps, max(0, round(fraction * num_steps)))

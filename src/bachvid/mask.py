@@ -1,0 +1,80 @@
+"""Foreground masks read from video-to-text attention.
+
+A video token belongs to the character when it attends at least as much to the character's
+words as to the background's. Only the (video queries x real text keys) block of attention is
+needed, computed in query chunks, so the full (text + video)^2 matrix is never built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def text_attention_scores(
+    video_queries: torch.Tensor,
+    text_keys: torch.Tensor,
+    real_length: int,
+    background: torch.Tensor,
+    foreground: torch.Tensor,
+    chunk_size: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per video token: mean attention to background tokens and to foreground tokens.
+
+    video_queries: (H, Nv, D) as attention sees them (RoPE applied); text_keys: (H, T, D).
+    The softmax runs over the first `real_length` text tokens (padding excluded) and is summed
+    over heads. Returns two (Nv,) float32 tensors.
+    """
+    heads, nv, dim = video_queries.shape
+    keys = text_keys[:, :real_length].float()
+    scale = dim**-0.5
+    bg_scores, fg_scores = [], []
+    for start in range(0, nv, chunk_size):
+        q = video_queries[:, start : start + chunk_size].float()
+        probs = torch.softmax(q @ keys.transpose(1, 2) * scale, dim=-1).sum(0)  # (chunk, T_real)
+        bg_scores.append(probs[:, background].mean(-1))
+        fg_scores.append(probs[:, foreground].mean(-1))
+    return torch.cat(bg_scores), torch.cat(fg_scores)
+
+
+def open_mask(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Erosion then dilation of a (F, h, w) bool mask, per frame: removes specks, keeps shapes."""
+    if kernel <= 1:
+        return mask
+    pad = kernel // 2
+    x = mask.float()[:, None]
+    eroded = -F.max_pool2d(-F.pad(x, (pad,) * 4, value=1.0), kernel, stride=1)
+    opened = F.max_pool2d(F.pad(eroded, (pad,) * 4, value=0.0), kernel, stride=1)
+    return opened[:, 0] > 0.5
+
+
+class MaskReader:
+    """Accumulates background/foreground attention over the mask layers of one step."""
+
+    def __init__(self, background: torch.Tensor, foreground: torch.Tensor, real_length: int, chunk_size: int):
+        self.background, self.foreground = background, foreground
+        self.real_length, self.chunk_size = real_length, chunk_size
+        self.bg_sum: torch.Tensor | None = None
+        self.fg_sum: torch.Tensor | None = None
+        self.layers: list[int] = []
+
+    def add(self, layer: int, video_queries: torch.Tensor, text_keys: torch.Tensor) -> None:
+        bg, fg = text_attention_scores(
+            video_queries, text_keys, self.real_length,
+            self.background.to(video_queries.device), self.foreground.to(video_queries.device),
+            self.chunk_size,
+        )
+        self.bg_sum = bg if self.bg_sum is None else self.bg_sum + bg
+        self.fg_sum = fg if self.fg_sum is None else self.fg_sum + fg
+        self.layers.append(layer)
+
+    def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.layers:
+            raise RuntimeError("no mask layer ran: check mask_layers and tau_mask against the model")
+        n = len(self.layers)
+        return self.bg_sum / n, self.fg_sum / n
+
+    def mask(self, grid: tuple[int, int, int], open_kernel: int) -> torch.Tensor:
+        """The cleaned (F, h, w) foreground mask over the video token grid."""
+        bg, fg = self.scores()
+        return open_mask((fg >= bg).reshape(grid).cpu(), open_kernel)

@@ -1,0 +1,55 @@
+"""Point matching between a shot and its identity video.
+
+Each current video token is matched to the identity token whose attention output is most
+similar (cosine, averaged over the matching layers). At CogVideoX-5B scale the similarity
+matrix has ~3e8 entries, so it is computed in chunks of current tokens and only the argmax and
+the max are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Matches:
+    """For every current video token: its best identity token and their similarity."""
+
+    index: torch.Tensor  # long (Nv,)
+    similarity: torch.Tensor  # float (Nv,)
+
+    def foreground_pairs(
+        self, current_fg: torch.Tensor, identity_fg: torch.Tensor, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(current tokens, identity tokens, similarities) of valid foreground matches.
+
+        Valid: the current token is foreground, its match lies in the identity's foreground,
+        and the similarity reaches the threshold.
+        """
+        current_fg = current_fg.reshape(-1).to(self.index.device)
+        identity_fg = identity_fg.reshape(-1).to(self.index.device)
+        keep = current_fg & identity_fg[self.index] & (self.similarity >= threshold)
+        current = keep.nonzero(as_tuple=True)[0]
+        return current, self.index[current], self.similarity[current]
+
+
+def best_matches(current: list[torch.Tensor], identity: list[torch.Tensor], chunk_size: int = 2048) -> Matches:
+    """Match (Nv, C) features of the current video to (Nv', C) identity features, layer by layer.
+
+    Similarities are averaged over the layers before the argmax.
+    """
+    if len(current) != len(identity) or not current:
+        raise ValueError("need the same, non-zero number of layers for the current and identity features")
+    ids = [F.normalize(x.float(), dim=-1) for x in identity]
+    curs = [F.normalize(x.float(), dim=-1) for x in current]
+    n = curs[0].shape[0]
+    best_index, best_sim = [], []
+    for start in range(0, n, chunk_size):
+        sim = sum(c[start : start + chunk_size] @ i.T for c, i in zip(curs, ids)) / len(ids)
+        value, index = sim.max(dim=-1)
+        best_index.append(index)
+        best_sim.append(value)
+    return Matches(torch.cat(best_index), torch.cat(best_sim))
