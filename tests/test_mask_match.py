@@ -1,0 +1,116 @@
+"""Chunked masks and matches equal their dense references on small sizes."""
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bachvid.mask import MaskReader, open_mask, text_attention_scores
+from bachvid.match import Matches, best_matches
+
+
+@settings(max_examples=20, deadline=None)
+@given(nv=st.integers(1, 50), chunk=st.integers(1, 64), real=st.integers(3, 10), seed=st.integers(0, 1000))
+def test_chunked_text_attention_equals_dense(nv, chunk, real, seed):
+    g = torch.Generator().manual_seed(seed)
+    heads, dim, text = 3, 8, 12
+    q = torch.randn(heads, nv, dim, generator=g)
+    k = torch.randn(heads, text, dim, generator=g)
+    background, foreground = torch.tensor([0, 1]), torch.arange(2, real)
+    bg, fg = text_attention_scores(q, k, real, background, foreground, chunk)
+    # Dense: the whole (video x all text) score matrix, padding masked out by -inf.
+    scores = q @ k.transpose(1, 2) / dim**0.5
+    scores[:, :, real:] = float("-inf")
+    probs = torch.softmax(scores, -1).sum(0)
+    assert torch.allclose(bg, probs[:, background].mean(-1), atol=1e-5)
+    assert torch.allclose(fg, probs[:, foreground].mean(-1), atol=1e-5)
+
+
+def test_padding_tokens_do_not_change_the_scores():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 5, 4, generator=g), torch.randn(2, 6, 4, generator=g)
+    a = text_attention_scores(q, k, 4, torch.tensor([0]), torch.tensor([1, 2]))
+    k2 = k.clone()
+    k2[:, 4:] = torch.randn(2, 2, 4, generator=g) * 100
+    b = text_attention_scores(q, k2, 4, torch.tensor([0]), torch.tensor([1, 2]))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def reference_open(mask, kernel):
+    frames, h, w = mask.shape
+    r = kernel // 2
+    eroded = torch.zeros_like(mask)
+    for f in range(frames):
+        for i in range(h):
+            for j in range(w):
+                window = mask[f, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1]
+                # cells outside the frame count as foreground, so erosion does not eat the border
+                eroded[f, i, j] = bool(window.all())
+    opened = torch.zeros_like(mask)
+    for f in range(frames):
+        for i in range(h):
+            for j in range(w):
+                opened[f, i, j] = bool(eroded[f, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].any())
+    return opened
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), kernel=st.sampled_from([1, 3, 5]))
+def test_open_mask_equals_loop_reference(seed, kernel):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(2, 7, 9, generator=g) > 0.4
+    assert torch.equal(open_mask(mask, kernel), mask if kernel == 1 else reference_open(mask, kernel))
+
+
+def test_opening_removes_specks_and_keeps_blocks():
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:6, 2:6] = True
+    mask[0, 0, 7] = True  # a speck
+    opened = open_mask(mask, 3)
+    assert not opened[0, 0, 7]
+    assert opened[0, 2:6, 2:6].all()
+
+
+def test_mask_reader_averages_layers_and_shapes_grid():
+    g = torch.Generator().manual_seed(3)
+    reader = MaskReader(torch.tensor([0]), torch.tensor([1, 2]), real_length=4, chunk_size=5)
+    qs = [torch.randn(2, 12, 4, generator=g) for _ in range(2)]
+    ks = [torch.randn(2, 6, 4, generator=g) for _ in range(2)]
+    for layer, (q, k) in enumerate(zip(qs, ks)):
+        reader.add(layer, q, k)
+    parts = [text_attention_scores(q, k, 4, torch.tensor([0]), torch.tensor([1, 2])) for q, k in zip(qs, ks)]
+    bg = (parts[0][0] + parts[1][0]) / 2
+    fg = (parts[0][1] + parts[1][1]) / 2
+    assert torch.equal(reader.mask((3, 2, 2), open_kernel=1), (fg >= bg).reshape(3, 2, 2))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(1, 40), layers=st.integers(1, 3), chunk=st.integers(1, 50),
+       seed=st.integers(0, 1000))
+def test_chunked_matching_equals_dense(n, m, layers, chunk, seed):
+    g = torch.Generator().manual_seed(seed)
+    cur = [torch.randn(n, 6, generator=g) for _ in range(layers)]
+    ident = [torch.randn(m, 6, generator=g) for _ in range(layers)]
+    matches = best_matches(cur, ident, chunk)
+    dense = sum(F.normalize(c, dim=-1) @ F.normalize(i, dim=-1).T for c, i in zip(cur, ident)) / layers
+    value, index = dense.max(-1)
+    assert torch.equal(matches.index, index)
+    assert torch.allclose(matches.similarity, value, atol=1e-6)
+
+
+def test_matching_finds_a_permuted_copy():
+    g = torch.Generator().manual_seed(4)
+    ident = torch.randn(30, 16, generator=g)
+    perm = torch.randperm(30, generator=g)
+    matches = best_matches([ident[perm] + 0.01 * torch.randn(30, 16, generator=g)], [ident], chunk_size=7)
+    assert torch.equal(matches.index, perm)
+    assert (matches.similarity > 0.99).all()
+
+
+def test_foreground_pairs_keep_valid_foreground_matches_only():
+    matches = Matches(index=torch.tensor([0, 1, 2, 3]), similarity=torch.tensor([0.9, 0.9, 0.3, 0.9]))
+    current_fg = torch.tensor([True, True, True, False])
+    identity_fg = torch.tensor([True, False, True, True])
+    cur, ident, sim = matches.foreground_pairs(current_fg, identity_fg, threshold=0.5)
+    # token 1 matches identity background, token 2 is below threshold, token 3 is not foreground now
+    assert cur.tolist() == [0] and ident.tolist() == [0] and sim.tolist() == [0.8999999761581421]
