@@ -1,0 +1,47 @@
+"""BachVidPipeline loads like a diffusers pipeline: a local folder, per-model defaults, clear errors."""
+
+import json
+
+import pytest
+
+from bachvid.pipeline import BachVidPipeline
+from bachvid.tiny import tiny_cogvideox_pipeline
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-cogvideox")
+    tiny_cogvideox_pipeline(num_layers=2).save_pretrained(folder)
+    (folder / "bachvid.json").write_text(json.dumps({"num_inference_steps": 7, "guidance_scale": 4.5, "fps": 12}))
+    return folder
+
+
+def test_from_pretrained_local_folder_with_defaults(saved_folder):
+    pipe = BachVidPipeline.from_pretrained(saved_folder)
+    assert pipe.backbone.name == "cogvideox" and pipe.backbone.num_layers == 2
+    settings = pipe.default_settings()
+    assert (settings.num_inference_steps, settings.guidance_scale, pipe.fps) == (7, 4.5, 12)
+    assert (settings.num_frames, settings.height, settings.width) == (9, 32, 32)  # from the model config
+    assert pipe.to("cpu") is pipe
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        BachVidPipeline.from_pretrained(tmp_path / "nothing-here")
+
+
+def test_unsupported_pipeline_names_the_supported_ones():
+    class OtherPipeline:
+        pass
+
+    with pytest.raises(ValueError, match="CogVideoXPipeline"):
+        BachVidPipeline(OtherPipeline())
+
+
+def test_uninstall_restores_stock_processors(saved_folder):
+    pipe = BachVidPipeline.from_pretrained(saved_folder)
+    names = {type(p).__name__ for p in pipe.pipe.transformer.attn_processors.values()}
+    assert names == {"CogVideoXBachVidProcessor"}
+    pipe.backbone.uninstall()
+    names = {type(p).__name__ for p in pipe.pipe.transformer.attn_processors.values()}
+    assert names == {"CogVideoXAttnProcessor2_0"}

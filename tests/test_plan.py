@@ -1,0 +1,77 @@
+"""Step plans follow the method: who may see which identity tokens, when, and at which layers."""
+
+import pytest
+import torch
+
+from bachvid.config import BachVidConfig
+from bachvid.match import Matches
+from bachvid.plan import Layers, PlanMaker, Schedule, background_injection, foreground_injection
+
+LAYERS = Layers(vital=frozenset({0, 1}), mask=frozenset({2}), match=frozenset({2, 3}))
+TEXT = 5
+
+
+def masks():
+    identity_fg = torch.tensor([False, True, True, False, False, False])
+    current_fg = torch.tensor([False, False, True, True, False, False])
+    return identity_fg, current_fg
+
+
+def test_schedule_turns_fractions_into_steps_and_merge_weights():
+    s = Schedule.of(BachVidConfig(), 50)
+    assert (s.mask_step, s.match_step, s.inject) == (10, 10, range(0, 40))
+    assert s.prerun_steps == 11
+    w = s.merge_weights
+    assert w[0] == 0 and w[1] == pytest.approx(0.8) and w[10] == pytest.approx(0.8)
+    assert w[11] == pytest.approx(0.8) and 0 < w[20] < 0.8 and w[31] == 0 and w[49] == 0
+    assert all(a >= b for a, b in zip(w[11:32], w[12:32]))  # cosine decay never rises
+    assert all(x == 0 for x in Schedule.of(BachVidConfig(token_merge=False), 50).merge_weights)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="fraction"):
+        BachVidConfig(tau_mask=1.5)
+    with pytest.raises(ValueError, match="odd"):
+        BachVidConfig(mask_open_kernel=2)
+    with pytest.raises(ValueError, match="do not exist"):
+        Layers.resolve(BachVidConfig(vital_layers=(0, 9)), LAYERS, num_layers=4)
+
+
+def test_background_injection_uses_shared_background_positions_for_background_queries():
+    identity_fg, current_fg = masks()
+    inj = background_injection(identity_fg, current_fg, TEXT)
+    assert inj.positions.tolist() == [0, 4, 5]  # background in both
+    assert inj.sources.tolist() == [TEXT + 0, TEXT + 4, TEXT + 5]  # same position in the identity
+    assert inj.queries.tolist() == [TEXT + i for i in (0, 1, 4, 5)]  # current background only, no text
+
+
+def test_foreground_injection_repositions_matched_tokens_at_current_positions():
+    _, current_fg = masks()
+    inj = foreground_injection(current_fg, torch.tensor([2, 3]), torch.tensor([1, 2]), TEXT)
+    assert inj.sources.tolist() == [TEXT + 1, TEXT + 2]
+    assert inj.positions.tolist() == [2, 3]  # RoPE of the current tokens (point tracking)
+    assert inj.queries.tolist() == [TEXT + 2, TEXT + 3]
+
+
+def test_identity_keeps_what_shots_use_and_nothing_else():
+    maker = PlanMaker(BachVidConfig(), LAYERS, num_steps=10, text_length=TEXT)
+    plans = maker.identity_plans()
+    assert plans(0).keep_key_value == LAYERS.vital and plans(7).keep_key_value == LAYERS.vital
+    assert plans(8).keep_key_value == frozenset()  # inject_end = 0.8
+    assert plans(2).read_mask == LAYERS.mask and plans(3).read_mask == frozenset()
+    assert plans(2).keep_output >= LAYERS.match  # matching reads the identity's outputs at tau_match
+    assert plans(9).is_plain
+
+
+def test_shot_plans_switch_background_off_and_gate_by_step():
+    identity_fg, current_fg = masks()
+    matches = Matches(index=torch.tensor([0, 0, 1, 2, 0, 0]), similarity=torch.full((6,), 0.9))
+    shared = PlanMaker(BachVidConfig(), LAYERS, 10, TEXT).shot_plans(identity_fg, current_fg, matches)
+    switched = PlanMaker(BachVidConfig(shared_background=False), LAYERS, 10, TEXT).shot_plans(
+        identity_fg, current_fg, matches)
+    assert len(shared(0).injections) == 2 and len(switched(0).injections) == 1
+    assert switched(0).injections[0].positions.tolist() == [2, 3]  # foreground only
+    assert shared(1).merge is not None and shared(1).merge.current.tolist() == [2, 3]
+    assert shared(9).is_plain  # past inject_end
+    prerun = PlanMaker(BachVidConfig(), LAYERS, 10, TEXT).prerun_plans(identity_fg)
+    assert len(prerun(0).injections) == 1 and prerun(2).read_mask == LAYERS.mask and prerun(2).read_match == LAYERS.match
