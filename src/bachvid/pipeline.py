@@ -94,11 +94,16 @@ class BachVidPipeline:
     # Loading and placement ------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, torch_dtype=None, **kwargs) -> "BachVidPipeline":
-        """Load a diffusers video pipeline from a local folder or a hub id; None loads bachvid's default."""
+        """Load a diffusers video pipeline from a local folder or a hub id; None loads bachvid's default.
+
+        torch_dtype defaults to float32 (weights stored in fp16 are upcast), which CPUs need."""
+        import warnings
+
         from diffusers import DiffusionPipeline
 
         from .models import default_model_path
 
+        torch_dtype = torch_dtype or torch.float32
         note = None
         if path_or_id is None:
             path_or_id = default_model_path()
@@ -106,8 +111,7 @@ class BachVidPipeline:
                 from .tiny import tiny_cogvideox_pipeline
 
                 pipe = tiny_cogvideox_pipeline(num_layers=8)
-                if torch_dtype is not None:
-                    pipe.to(dtype=torch_dtype)
+                pipe.to(dtype=torch_dtype)
                 return cls(pipe, model_name="tiny-random-cogvideox",
                            model_note="tiny random model: no trained default model in this install; "
                                       "videos will be noise",
@@ -119,8 +123,10 @@ class BachVidPipeline:
         if looks_local and not (local / "model_index.json").is_file():
             raise FileNotFoundError(f"no diffusers model folder at {local} (model_index.json is missing)")
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(local) if looks_local else path_or_id,
-                                                     torch_dtype=torch_dtype, **kwargs)
+            with warnings.catch_warnings():  # newer diffusers renames torch_dtype; both spellings work
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = DiffusionPipeline.from_pretrained(str(local) if looks_local else path_or_id,
+                                                         torch_dtype=torch_dtype, **kwargs)
         except OSError as error:
             raise FileNotFoundError(f"could not load model {path_or_id!r}: {error}") from error
         defaults = {}

@@ -1,0 +1,262 @@
+"""Train the toy CogVideoX model from scratch on the toy world: `bachvid toy train`.
+
+Stages, each resumable from its checkpoint under --work:
+1. vae          AutoencoderKLCogVideoX on 9-frame clips (x4 space, x4 time; 4k+1 frames in and out);
+2. latents      encode clips of the *training* combinations once, measure the latent scale;
+3. transformer  CogVideoXTransformer3DModel (RoPE, the 5B layout) + a small T5 encoder, trained
+                jointly with v-prediction on the CogVideoX scheduler's noise schedule, 10% empty
+                prompts for classifier-free guidance;
+4. export       a diffusers folder (model_index.json, safetensors in fp16) + bachvid.json defaults.
+Deterministic from --seed; --minutes bounds each training stage's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..prompt import compose_prompt
+from ..tiny import build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_vae
+from . import world
+
+TEXT_LENGTH = 24
+VAE_CHANNELS = (16, 32, 32)
+LATENT_CHANNELS = 8
+
+
+def model_sizes(scale: str) -> dict:
+    """'full' is the shipped model; 'smoke' is the same recipe at toy-of-toy size for CI."""
+    if scale == "smoke":
+        return dict(vae=(8, 8, 8), layers=8, heads=2, head_dim=16, text_dim=32)
+    return dict(vae=VAE_CHANNELS, layers=8, heads=4, head_dim=32, text_dim=64)
+
+
+def world_tokenizer():
+    phrases = [*world.BACKGROUNDS.values(), *world.CHARACTERS.values(), *world.ACTIONS.values(), ", ."]
+    return build_word_tokenizer(phrases, model_max_length=TEXT_LENGTH)
+
+
+def clip_tensor(clip_frames: np.ndarray) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float (3, F, H, W) in [-1, 1], the VAE's input."""
+    return torch.from_numpy(clip_frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def log(path: Path, message: str) -> None:
+    print(message, flush=True)
+    with open(path / "train.log", "a") as f:
+        f.write(message + "\n")
+
+
+# Stage 1 ----------------------------------------------------------------------------------------
+def train_vae(args, work: Path, sizes: dict):
+    vae = tiny_vae(latent_channels=LATENT_CHANNELS, block_out_channels=sizes["vae"], seed=args.seed).train()
+    vae.config.sample_height = vae.config.sample_width = world.SIZE
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    rng = np.random.default_rng(args.seed)
+    combos = world.all_combinations()
+    start, step = time.time(), 0
+    while step < args.vae_steps and time.time() - start < args.minutes * 60 * args.vae_share:
+        batch = torch.stack([clip_tensor(world.render_clip(*combos[rng.integers(len(combos))],
+                                                           seed=int(rng.integers(1 << 30)), frames=9).frames)
+                             for _ in range(args.vae_batch)])
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, batch) + 0.5 * F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        lr = 2e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1, step / args.vae_steps))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 25 == 0:
+            log(work, f"vae step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+        step += 1
+    vae.eval().save_pretrained(work / "vae")
+    log(work, f"vae done: {step} steps in {time.time() - start:.0f}s")
+    return vae
+
+
+# Stage 2 ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_latents(args, work: Path, vae):
+    from diffusers import AutoencoderKLCogVideoX
+
+    vae = vae or AutoencoderKLCogVideoX.from_pretrained(work / "vae")
+    train_combos, _ = world.split_combinations()
+    rng = np.random.default_rng(args.seed + 1)
+    items = [(combo, int(rng.integers(1 << 30))) for combo in train_combos for _ in range(args.clips_per_combo)]
+    latents, prompts, start = [], [], time.time()
+    for i in range(0, len(items), 8):
+        chunk = items[i : i + 8]
+        batch = torch.stack([clip_tensor(world.render_clip(*combo, seed=seed).frames) for combo, seed in chunk])
+        latents.append(vae.encode(batch).latent_dist.mode())
+        prompts += [compose_prompt(*world.texts(*combo)) for combo, _ in chunk]
+    latents = torch.cat(latents)  # (N, C, F, h, w)
+    scale = float(1.0 / latents.std())
+    torch.save({"latents": latents, "prompts": prompts, "scaling_factor": scale}, work / "latents.pt")
+    log(work, f"encoded {len(prompts)} clips to {tuple(latents.shape[1:])} latents in {time.time() - start:.0f}s, "
+              f"scaling factor {scale:.4f}")
+
+
+# Stage 3 ----------------------------------------------------------------------------------------
+def rotary_embeddings(transformer, latent_frames: int, pixels: int, spatial: int):
+    """The RoPE table CogVideoXPipeline builds for this size (same function, same arguments)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+    p = transformer.config.patch_size
+    grid = pixels // (spatial * p)
+    base_w, base_h = transformer.config.sample_width // p, transformer.config.sample_height // p
+    crops = get_resize_crop_region_for_grid((grid, grid), base_w, base_h)
+    return get_3d_rotary_pos_embed(embed_dim=transformer.config.attention_head_dim, crops_coords=crops,
+                                   grid_size=(grid, grid), temporal_size=latent_frames, device="cpu")
+
+
+def train_transformer(args, work: Path, sizes: dict):
+    data = torch.load(work / "latents.pt")
+    latents = data["latents"].permute(0, 2, 1, 3, 4) * data["scaling_factor"]  # (N, F, C, h, w)
+    prompts = data["prompts"]
+    tokenizer = world_tokenizer()
+    text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], seed=args.seed).train()
+    transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
+                                   head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
+                                   text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
+                                   latent_size=latents.shape[-1], frames=world.FRAMES, seed=args.seed + 1).train()
+    scheduler = cogvideox_scheduler()
+    rope = rotary_embeddings(transformer, latents.shape[1], world.SIZE, 4)
+    unique = sorted(set(prompts)) + [""]
+    ids = tokenizer(unique, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    prompt_index = torch.tensor([unique.index(p) for p in prompts])
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    checkpoint = work / "transformer.pt"
+    step = 0
+    if args.resume and checkpoint.is_file():
+        state = torch.load(checkpoint)
+        transformer.load_state_dict(state["transformer"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+    generator = torch.Generator().manual_seed(args.seed + step)
+    alphas = scheduler.alphas_cumprod
+    start, last_save, ema = time.time(), time.time(), None
+    budget = args.minutes * 60 * (1 - args.vae_share)
+    while step < args.steps and time.time() - start < budget:
+        pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
+        x0 = latents[pick]
+        token_rows = prompt_index[pick].clone()
+        token_rows[torch.rand(args.batch_size, generator=generator) < 0.1] = len(unique) - 1  # CFG dropout
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        xt = scheduler.add_noise(x0, noise, t)
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        text = text_encoder(ids[token_rows])[0]
+        pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=rope,
+                           return_dict=False)[0]
+        loss = F.mse_loss(pred, target)
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 50 == 0:
+            log(work, f"transformer step {step} loss {ema:.4f} lr {lr:.2e} ({time.time() - start:.0f}s)")
+        step += 1
+        if time.time() - last_save > 300:
+            save_transformer(checkpoint, transformer, text_encoder, optimizer, step)
+            last_save = time.time()
+    save_transformer(checkpoint, transformer, text_encoder, optimizer, step)
+    log(work, f"transformer done: {step} steps in {time.time() - start:.0f}s, loss {ema:.4f}")
+
+
+def save_transformer(path, transformer, text_encoder, optimizer, step):
+    tmp = Path(str(path) + ".tmp")
+    torch.save({"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
+                "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    tmp.replace(path)
+
+
+# Stage 4 ----------------------------------------------------------------------------------------
+def export(args, work: Path, sizes: dict, out: Path):
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
+
+    data = torch.load(work / "latents.pt")
+    state = torch.load(work / "transformer.pt")
+    tokenizer = world_tokenizer()
+    text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"])
+    text_encoder.load_state_dict(state["text_encoder"])
+    transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
+                                   head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
+                                   text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
+                                   latent_size=data["latents"].shape[-1], frames=world.FRAMES)
+    transformer.load_state_dict(state["transformer"])
+    vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
+    vae.register_to_config(scaling_factor=data["scaling_factor"])
+    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
+                             transformer=transformer.eval(), scheduler=cogvideox_scheduler())
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "bachvid.json").write_text(json.dumps(
+        {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
+         "trained_steps": state["step"], "seed": args.seed}, indent=2))
+    log(work, f"exported to {out}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="diffusers folder to write (default: the package's toy model)")
+    parser.add_argument("--work", default="runs/toy", help="checkpoints, latents and log")
+    parser.add_argument("--stages", default="vae,latents,transformer,export")
+    parser.add_argument("--scale", choices=("full", "smoke"), default="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=50, help="wall-time budget of the two training stages")
+    parser.add_argument("--vae-share", type=float, default=0.25, help="fraction of --minutes for the VAE")
+    parser.add_argument("--vae-steps", type=int, default=100_000)
+    parser.add_argument("--vae-batch", type=int, default=4)
+    parser.add_argument("--clips-per-combo", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=100_000, help="transformer steps (the time budget may end it first)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sample-steps", type=int, default=30, help="default inference steps of the exported model")
+    parser.add_argument("--guidance", type=float, default=6.0, help="default guidance of the exported model")
+    parser.add_argument("--resume", action="store_true")
+
+
+def run(args) -> int:
+    from ..models import DEFAULT_MODEL_DIR
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = model_sizes(args.scale)
+    stages = args.stages.split(",")
+    vae = train_vae(args, work, sizes) if "vae" in stages else None
+    if "latents" in stages:
+        encode_latents(args, work, vae)
+    if "transformer" in stages:
+        train_transformer(args, work, sizes)
+    if "export" in stages:
+        export(args, work, sizes, Path(args.out) if args.out else DEFAULT_MODEL_DIR)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bachvid toy train", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
