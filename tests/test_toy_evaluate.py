@@ -1,0 +1,40 @@
+"""The pixel-only evaluator reads rendered clips right (>= 98%), also when degraded."""
+
+import numpy as np
+import pytest
+
+from bachvid.toy import world
+from bachvid.toy.evaluate import iou, score_clip
+
+
+def sample(n, seed):
+    rng = np.random.default_rng(seed)
+    combos = world.all_combinations()
+    for _ in range(n):
+        combo = combos[rng.integers(len(combos))]
+        yield combo, world.render_clip(*combo, seed=int(rng.integers(1 << 30)))
+
+
+def degrade(frames, rng):
+    x = frames.astype(np.float32)
+    x = (x + np.roll(x, 1, 1) + np.roll(x, -1, 1) + np.roll(x, 1, 2) + np.roll(x, -1, 2)) / 5  # blur ~1 px
+    return np.clip(x + rng.normal(0, 8, x.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("degraded, floor, iou_floor", [(False, 0.98, 0.9), (True, 0.95, 0.85)])
+def test_evaluator_accuracy_on_rendered_clips(degraded, floor, iou_floor):
+    rng = np.random.default_rng(1)
+    n, right, ious = 200 if not degraded else 100, np.zeros(3), []
+    for combo, clip in sample(n, seed=7 + degraded):
+        frames = degrade(clip.frames, rng) if degraded else clip.frames
+        score = score_clip(frames)
+        right += [score.background_kind == combo[0], score.character_kind == combo[1], score.action == combo[2]]
+        ious.append(iou(score.mask, clip.mask))
+    assert (right / n).min() >= floor, right / n
+    assert np.mean(ious) >= iou_floor
+
+
+def test_evaluator_is_not_fooled_by_an_empty_scene():
+    clip = world.render_clip("city", "robot", "stand", seed=0)
+    score = score_clip(clip.background)
+    assert score.background_kind == "city" and score.character_share < 0.01
