@@ -1,86 +1,255 @@
-"""The bachvid command end to end on a tiny model: files, resume, --force, errors."""
+"""The bachvid command: files, resume, --force, errors (on a fast fake pipeline), and once end to
+end on the real pipeline over a tiny model."""
 
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from bachvid import cli
-from bachvid.pipeline import BachVidPipeline
-from bachvid.tiny import tiny_cogvideox_pipeline
+from bachvid.story import StoryError
 
-STORY = "a green meadow # a red robot # stands still\na green meadow # a red robot # jumps\n"
-FLAGS = ["--steps", "4", "--frames", "9", "--height", "32", "--width", "32"]
+STORY = """a green meadow # a red robot # stands still
+a green meadow # a red robot # walks to the left
+a green meadow # a red robot # jumps
+
+a sandy desert # a white ghost # stands still
+a blue ocean # a white ghost # comes closer
+"""
+
+
+@dataclass(frozen=True)
+class Settings:  # the contract's GenerationSettings
+    seed: int = 0
+    num_inference_steps: int = 3
+    num_frames: int = 5
+    height: int = 16
+    width: int = 24
+    guidance_scale: float = 6.0
+
+
+@dataclass
+class Result:  # the contract's ShotResult
+    role: str
+    index: int | None
+    prompt: str
+    seed: int
+    frames: np.ndarray
+    mask: np.ndarray | None
+    seconds: float
+    record: object | None = None
+
+
+class FakePipeline:
+    """Follows the pipeline contract; frames are a flat colour per seed, so they are checkable."""
+
+    model_name, model_note = "fake-model", "a fake for tests"
+
+    def __init__(self, interrupt_at=None):
+        self.calls, self.interrupt_at = [], interrupt_at
+
+    def default_settings(self):
+        return Settings()
+
+    def check_story(self, story):
+        for shot in (story.identity, *story.shots):
+            if "TOO LONG" in shot.background + story.character:
+                raise StoryError("the character would be cut by the text limit", story.path, shot.line)
+
+    def _result(self, role, index, story, shot, seed, settings, config):
+        self.calls.append((story.name, role, index, settings, config))
+        if (story.name, index) == self.interrupt_at:
+            raise KeyboardInterrupt
+        colour = np.random.default_rng(seed).integers(0, 256, 3)
+        frames = np.broadcast_to(colour, (settings.num_frames, settings.height, settings.width, 3)).astype(np.uint8)
+        mask = np.zeros(((settings.num_frames - 1) // 4 + 1, settings.height // 8, settings.width // 8), bool)
+        mask[:, 0, 0] = True
+        prompt = f"{shot.background}, {story.character}, {shot.action}"
+        return Result(role, index, prompt, seed, frames, mask, 0.01, "record" if role == "identity" else None)
+
+    def generate_identity(self, story, settings, config, progress=True):
+        return self._result("identity", None, story, story.identity, settings.seed, settings, config)
+
+    def generate_shot(self, story, index, identity, settings, config, progress=True):
+        assert identity.record == "record"
+        return self._result("shot", index, story, story.shots[index], story.shot_seed(index, settings.seed),
+                            settings, config)
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    loads = []
-
-    def load(args):
-        loads.append(args.model)
-        return BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2), model_name="tiny-test")
-
-    monkeypatch.setattr(cli, "_load_pipeline", load)
-    return loads
+def fake(monkeypatch):
+    pipe = FakePipeline()
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pipe)
+    return pipe
 
 
 def run(tmp_path, *extra, story=STORY, name="s.txt"):
     path = tmp_path / name
     path.write_text(story)
-    return cli.main(["generate", str(path), "--out", str(tmp_path / "out"), *FLAGS, *extra])
+    return cli.main(["generate", str(path), "--out", str(tmp_path / "out"), *extra])
 
 
-def test_generate_writes_every_promised_file(tmp_path, tiny):
+def made(pipe):
+    return [(name, role, index) for name, role, index, _, _ in pipe.calls]
+
+
+FILES = ("identity.mp4", "identity.gif", "masks/identity-mask.mp4", "contact-sheet.png", "manifest.json")
+
+
+def test_generate_writes_every_promised_file_and_manifest(tmp_path, fake, capsys):
+    assert run(tmp_path) == 0
+    assert "model: fake-model (a fake for tests)" in capsys.readouterr().out
+    robot, ghost = tmp_path / "out" / "story-000", tmp_path / "out" / "story-001"
+    for name in (*FILES, "shot-01.mp4", "shot-01.gif", "shot-02.mp4", "shot-02.gif", "masks/shot-02-mask.mp4"):
+        assert (robot / name).is_file(), name
+    assert (ghost / "shot-01.mp4").is_file() and not (ghost / "shot-02.mp4").exists()
+    assert not list((tmp_path / "out").rglob(".*"))  # no temporary files left
+
+    manifest = json.loads((robot / "manifest.json").read_text())
+    assert manifest["story"]["character"] == "a red robot" and manifest["story"]["line"] == 1
+    assert [s["action"] for s in manifest["story"]["shots"]] == ["walks to the left", "jumps"]
+    videos = manifest["videos"]
+    assert [videos[n]["seed"] for n in ("identity", "shot-01", "shot-02")] == [0, 1, 2]
+    assert videos["shot-02"]["prompt"] == "a green meadow, a red robot, jumps"
+    assert videos["shot-01"]["size"] == [16, 24] and videos["shot-01"]["frames"] == 5
+    assert videos["identity"]["seconds"] == 0.01 and "masks/identity-mask.mp4" in videos["identity"]["files"]
+    assert manifest["recipe"]["settings"] == {"seed": 0, "num_inference_steps": 3, "num_frames": 5, "height": 16,
+                                              "width": 24, "guidance_scale": 6.0}
+    assert manifest["recipe"]["config"]["shared_background"] is True and manifest["recipe"]["config"]["enabled"]
+    assert manifest["model"] == {"name": "fake-model", "note": "a fake for tests"}
+    assert set(manifest["versions"]) >= {"bachvid", "torch", "diffusers", "transformers"} and manifest["platform"]
+    assert manifest["started"] <= manifest["finished"] and manifest["command"][:2] == ["bachvid", "generate"]
+    ghost_manifest = json.loads((ghost / "manifest.json").read_text())
+    assert ghost_manifest["story"]["shared_background"] is False
+
+    from bachvid.outputs import read_video
+
+    shot = read_video(robot / "shot-01.mp4", size=(16, 24))
+    assert shot.shape == (5, 16, 24, 3)
+    assert np.abs(shot.astype(int) - np.random.default_rng(1).integers(0, 256, 3)).max() <= 3
+
+
+def test_flags_beat_story_options_beat_model_defaults(tmp_path, fake):
+    story = ("stories:\n  - background: m\n    character: r\n    actions: [a, b]\n    seed: 5\n    frames: 9\n"
+             "    height: 32\n")
+    assert run(tmp_path, "--seed", "7", "--steps", "2", "--no-shared-background", story=story, name="s.yaml") == 0
+    settings, config = fake.calls[0][3], fake.calls[0][4]
+    assert settings == Settings(seed=7, num_inference_steps=2, num_frames=9, height=32, width=24)
+    assert config.shared_background is False and config.enabled
+    assert [c[3].seed for c in fake.calls] == [7, 7]  # the pipeline derives shot seeds from the base seed
+
+
+def test_rerun_skips_missing_videos_are_made_and_force_remakes(tmp_path, fake, capsys):
     assert run(tmp_path) == 0
     folder = tmp_path / "out" / "story-000"
-    for name in ("identity.mp4", "identity.gif", "shot-01.mp4", "shot-01.gif", "masks/identity-mask.mp4",
-                 "masks/shot-01-mask.mp4", "contact-sheet.png", "manifest.json"):
-        assert (folder / name).is_file(), name
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*.mp4")}
+    fake.calls.clear()
+    assert run(tmp_path) == 0
+    assert fake.calls == [] and capsys.readouterr().out.count("skipped") == 2
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("*.mp4")} == stamps
+
+    (folder / "shot-02.mp4").unlink()  # as if the batch had stopped before it
+    assert run(tmp_path) == 0
+    assert made(fake) == [("story-000", "identity", None), ("story-000", "shot", 1)]  # identity in memory only
+    assert (folder / "identity.mp4").stat().st_mtime_ns == stamps[folder / "identity.mp4"]
+    assert (folder / "shot-01.mp4").stat().st_mtime_ns == stamps[folder / "shot-01.mp4"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["videos"]["shot-01"]["seed"] == 1 and manifest["settings"]["num_inference_steps"] == 4
-    assert manifest["config"]["shared_background"] is True and "finished" in manifest
-    assert manifest["model"]["name"] == "tiny-test" and manifest["versions"]["diffusers"]
+    assert set(manifest["videos"]) == {"identity", "shot-01", "shot-02"} and manifest["finished"]
 
-
-def test_rerun_skips_and_force_regenerates(tmp_path, tiny, capsys):
-    assert run(tmp_path) == 0
-    video = tmp_path / "out" / "story-000" / "shot-01.mp4"
-    stamp = video.stat().st_mtime_ns
-    assert run(tmp_path) == 0
-    assert "skipped" in capsys.readouterr().out and video.stat().st_mtime_ns == stamp
-    video.unlink()  # an interrupted batch: the missing shot is made, the identity file is kept
-    identity = tmp_path / "out" / "story-000" / "identity.mp4"
-    identity_stamp = identity.stat().st_mtime_ns
-    assert run(tmp_path) == 0
-    assert video.is_file() and identity.stat().st_mtime_ns == identity_stamp
+    fake.calls.clear()
     assert run(tmp_path, "--force") == 0
-    assert identity.stat().st_mtime_ns != identity_stamp
+    assert len(fake.calls) == 5
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
 
 
-def test_bad_story_exits_2_with_file_and_line(tmp_path, tiny, capsys):
+def test_a_changed_recipe_does_not_mix_with_old_videos(tmp_path, fake, capsys):
+    assert run(tmp_path, "--steps", "2") == 0
+    capsys.readouterr()
+    fake.calls.clear()
+    assert run(tmp_path, "--steps", "4") == 2
+    err = capsys.readouterr().err
+    assert "settings.num_inference_steps 2 -> 4" in err and "--force" in err and fake.calls == []
+    assert run(tmp_path, "--steps", "4", "--force") == 0 and len(fake.calls) == 5
+
+
+def test_ctrl_c_keeps_finished_videos_and_a_rerun_goes_on(tmp_path, fake, capsys):
+    fake.interrupt_at = ("story-000", 1)
+    assert run(tmp_path) == 130
+    assert "interrupted; finished videos are kept in" in capsys.readouterr().err
+    folder = tmp_path / "out" / "story-000"
+    assert (folder / "shot-01.mp4").is_file() and not (folder / "shot-02.mp4").exists()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["videos"]) == {"identity", "shot-01"} and manifest["finished"] is None
+    assert not list((tmp_path / "out").rglob(".*"))
+
+    fake.interrupt_at, fake.calls = None, []
+    assert run(tmp_path) == 0
+    assert made(fake)[:2] == [("story-000", "identity", None), ("story-000", "shot", 1)]
+    assert len(fake.calls) == 4 and (folder / "contact-sheet.png").is_file()
+
+
+def test_bad_story_file_exits_2_with_file_and_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pytest.fail("no model for a bad file"))
     assert run(tmp_path, story="a # b # c\na # b\n") == 2
     err = capsys.readouterr().err
-    assert "s.txt:2:" in err and "3 parts" in err
-    assert tiny == []  # no model was loaded for a bad file
+    assert f"{tmp_path / 's.txt'}:2:" in err and "3 parts" in err
 
 
-def test_too_long_character_is_reported_before_generating(tmp_path, tiny, capsys):
-    long = "a " + "red " * 20 + "robot"
-    assert run(tmp_path, story=f"a meadow # {long} # jumps\na meadow # {long} # stands still\n") == 2
+def test_every_story_the_model_refuses_is_reported_before_generating(tmp_path, fake, capsys):
+    story = STORY.replace("a red robot #", "a red robot TOO LONG #").replace("a blue ocean", "TOO LONG")
+    assert run(tmp_path, story=story) == 2
     err = capsys.readouterr().err
-    assert "s.txt:1:" in err and "character would be cut" in err
-    assert not (tmp_path / "out").exists()
+    assert "s.txt:1: the character would be cut" in err and "s.txt:6:" in err
+    assert fake.calls == [] and not (tmp_path / "out").exists()
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
-    (tmp_path / "s.txt").write_text(STORY)
-    code = cli.main(["generate", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o"),
-                     "--model", str(tmp_path / "no-model")])
-    assert code == 2 and "model_index.json" in capsys.readouterr().err
+    pytest.importorskip("bachvid.pipeline", reason="bachvid.pipeline is not written yet")
+    assert run(tmp_path, "--model", str(tmp_path / "no-model")) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot load the model" in err and "no-model" in err
 
 
-def test_help_runs_as_a_program():
-    done = subprocess.run([sys.executable, "-m", "bachvid.cli", "generate", "--help"], capture_output=True, text=True)
+def test_positive_numbers_are_checked_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path, "--steps", "0")
+    assert info.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_real_pipeline(tmp_path, monkeypatch):
+    pipeline = pytest.importorskip("bachvid.pipeline", reason="bachvid.pipeline is not written yet")
+    from bachvid.tiny import tiny_cogvideox_pipeline
+
+    pipe = pipeline.BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2), model_name="tiny-test")
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pipe)
+    story = "a green meadow # a red robot # stands still\na green meadow # a red robot # jumps\n"
+    assert run(tmp_path, "--steps", "2", "--frames", "5", "--height", "32", "--width", "32", story=story) == 0
+    folder = tmp_path / "out" / "story-000"
+    for name in (*FILES, "shot-01.mp4", "shot-01.gif", "masks/shot-01-mask.mp4"):
+        assert (folder / name).is_file(), name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["videos"]["shot-01"]["seed"] == 1 and manifest["recipe"]["model"] == "tiny-test"
+
+
+def test_help_version_and_lazy_subcommands():
+    def bachvid(*args):
+        return subprocess.run([sys.executable, "-m", "bachvid.cli", *args], capture_output=True, text=True)
+
+    done = bachvid("--help")
+    assert done.returncode == 0 and "generate" in done.stdout and "toy" in done.stdout
+    assert bachvid("--version").stdout.strip() == f"bachvid {cli.__version__}"
+    done = bachvid("generate", "--help")
     assert done.returncode == 0 and "--no-shared-background" in done.stdout
+    probe = "import sys; from bachvid import cli; cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_toy_train_is_registered_and_loaded_on_use(capsys):
+    pytest.importorskip("bachvid.toy.train", reason="the toy model recipe is not in this checkout")
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["toy", "train", "--help"])
+    assert info.value.code == 0 and "--minutes" in capsys.readouterr().out

@@ -1,5 +1,9 @@
 """Output files are readable, atomic, and show what they claim."""
 
+import json
+import os
+import stat
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,17 +11,57 @@ from PIL import Image
 from bachvid import outputs
 
 
-def frames(n=9, size=32, seed=0):
-    return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+def frames(n=9, size=32, seed=0, width=None):
+    return np.random.default_rng(seed).integers(0, 255, (n, size, width or size, 3), dtype=np.uint8)
 
 
-def test_video_roundtrip_and_gif(tmp_path):
-    video = frames()
+def blocky(n=9, size=16, seed=0):
+    """Flat 4x4-pixel patches: what a codec keeps almost exactly."""
+    small = np.random.default_rng(seed).integers(0, 255, (n, size // 4, size // 4, 3), dtype=np.uint8)
+    return outputs.enlarge(small, 4)
+
+
+def test_display_scale_is_even_and_reaches_the_minimum():
+    assert outputs.display_scale(480, 720) == 1 and outputs.display_scale(256, 999) == 1
+    assert outputs.display_scale(64, 64) == 4 and outputs.display_scale(32, 48) == 8
+    assert outputs.display_scale(100, 100) == 4  # 3 would do, but colour blocks need an even factor
+
+
+def test_mp4_round_trip_keeps_frame_count_and_size(tmp_path):
+    video = blocky(n=9, size=64)
     outputs.save_video(tmp_path / "v.mp4", video, fps=8)
-    back = outputs.read_video(tmp_path / "v.mp4")
-    assert back.shape == (9, 256, 256, 3)  # upscaled x8 nearest so codecs and players accept it
-    outputs.save_gif(tmp_path / "v.gif", video)
-    assert Image.open(tmp_path / "v.gif").n_frames == 9
+    stored = outputs.read_video(tmp_path / "v.mp4")
+    assert stored.shape == (9, 256, 256, 3)  # 64x64 enlarged x4 nearest
+    back = outputs.read_video(tmp_path / "v.mp4", size=(64, 64))
+    assert back.shape == video.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - video).mean() < 8  # lossy, but the same picture
+
+
+def test_mp4_of_odd_size_plays(tmp_path):
+    video = frames(n=3, size=257, width=259)  # yuv420p needs even sides: the edge row/column is repeated
+    outputs.save_video(tmp_path / "odd.mp4", video)
+    assert outputs.read_video(tmp_path / "odd.mp4").shape == (3, 258, 260, 3)
+    assert outputs.read_video(tmp_path / "odd.mp4", size=(257, 259)).shape == video.shape
+    with pytest.raises(ValueError, match="not a 300x300 video"):
+        outputs.read_video(tmp_path / "odd.mp4", size=(300, 300))
+
+
+def test_gif_preview_frame_count_and_enlargement(tmp_path):
+    outputs.save_gif(tmp_path / "v.gif", frames(n=7), fps=8)
+    image = Image.open(tmp_path / "v.gif")
+    assert image.n_frames == 7 and image.size == (256, 256)
+    assert abs(image.info["duration"] - 125) <= 10  # GIF counts in hundredths of a second
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 8, 8), np.uint8), "shaped"),
+    (np.zeros((0, 8, 8, 3), np.uint8), "shaped"),
+    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+])
+def test_bad_frames_are_refused_before_any_file_is_made(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        outputs.save_video(tmp_path / "v.mp4", bad)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
@@ -26,31 +70,68 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
     def broken(tmp):
         tmp.write_text("half")
-        raise RuntimeError("crash mid-write")
+        raise KeyboardInterrupt  # Ctrl-C mid-write
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(KeyboardInterrupt):
         outputs.write_atomic(target, broken)
-    assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
+    assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left
+
+
+def test_atomic_write_makes_folders_and_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = outputs.write_manifest(tmp_path / "a" / "b" / "m.json", {"x": np.float32(0.5), "n": np.arange(2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert json.loads(path.read_text()) == {"x": 0.5, "n": [0, 1]}
 
 
 def test_mask_overlay_tints_exactly_the_mask():
     video = np.full((9, 32, 32, 3), 100, dtype=np.uint8)
     mask = np.zeros((3, 4, 4), dtype=bool)
     mask[1, 1, 2] = True  # latent frame 1 = frames 1..4, token (1, 2) = pixels y 8..15, x 16..23
+    mask[2, 0, 0] = True  # latent frame 2 = frames 5..8
     out = outputs.mask_overlay(video, mask)
     changed = np.any(out != video, axis=-1)
     expected = np.zeros_like(changed)
     expected[1:5, 8:16, 16:24] = True
+    expected[5:9, 0:8, 0:8] = True
     assert np.array_equal(changed, expected)
-    assert out[1, 8, 16, 0] > 100 and out[1, 8, 16, 1] < 100
+    assert out[1, 10, 18].tolist() == [170, 55, 55]  # inside: 45% red over grey 100
+    assert out[1, 8, 16].tolist() == list(outputs.OUTLINE_COLOUR)  # the inner edge
+    assert out[5, 0, 0].tolist() == [170, 55, 55]  # the frame's border is not outlined
+
+
+def test_mask_overlay_in_time():
+    mask = np.zeros((3, 1, 1), dtype=bool)
+    mask[1] = True
+
+    def tinted(frames, temporal=4):
+        video = np.zeros((frames, 8, 8, 3), dtype=np.uint8)
+        return np.any(outputs.mask_overlay(video, mask, temporal=temporal) != 0, axis=(1, 2, 3)).tolist()
+
+    assert tinted(5, temporal=2) == [False, True, True, False, False]  # causal: 1 + 2 x 2 frames
+    # 12 = 3 x 4 frames is not causal packing (CogVideoX decodes even latent counts so): spread evenly
+    assert tinted(12) == [False] * 4 + [True] * 4 + [False] * 4
+    with pytest.raises(ValueError, match="finer"):
+        outputs.mask_overlay(np.zeros((5, 8, 8, 3), dtype=np.uint8), np.zeros((2, 16, 16), dtype=bool))
 
 
 def test_latent_frame_mapping_follows_the_causal_vae():
     assert [outputs.latent_frame_of(f) for f in range(10)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
 
 
-def test_contact_sheet_has_a_row_per_video(tmp_path):
-    outputs.contact_sheet(tmp_path / "c.png", [("identity", frames()), ("shot 1", frames(seed=1))], cell=64)
-    image = Image.open(tmp_path / "c.png")
-    assert image.height == 24 + 2 * (64 + 6)
+def test_contact_sheet_has_a_row_per_video_and_keeps_aspect(tmp_path):
+    videos = [("identity: a red robot stands still", frames()), ("shot-01: " + "words " * 20, frames(seed=1)),
+              ("wide", frames(size=32, width=64))]
+    outputs.contact_sheet(tmp_path / "c.png", videos, cell=64)
+    image = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"))
+    assert image.shape[0] == 26 + 3 * (64 + 8)
+    first = videos[0][1][0]
+    cell = image[26:26 + 64, 320:320 + 64]
+    assert np.array_equal(cell[::2, ::2], first)  # enlarged x2, nearest: every pixel kept
+    assert not (image[26 + 2 * 72:, 320 + 64:320 + 128] == 255).all()  # the wide video is twice as wide
+    with pytest.raises(ValueError):
+        outputs.contact_sheet(tmp_path / "e.png", [])

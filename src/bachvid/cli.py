@@ -1,188 +1,396 @@
-"""The `bachvid` command. Each subcommand is a small function registered in `SUBCOMMANDS`."""
+"""The `bachvid` command.
+
+A subcommand is a function that adds its parser to the subparsers and sets `run` (a function
+args -> exit code); SUBCOMMANDS lists them. Heavy modules (torch, diffusers) are imported only
+by the subcommand that runs, so `bachvid --help` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import platform
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .story import StoryError, load_stories
+from .story import Story, StoryError, load_stories
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def _versions() -> dict:
-    import diffusers
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand parser whose arguments are added (and module imported) only when it is used."""
+
+    def __init__(self, *args, fill=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fill = fill
+
+    def _filled(self) -> None:
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            fill(self)
+
+    def parse_known_args(self, *args, **kwargs):
+        self._filled()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self):
+        self._filled()
+        return super().format_help()
+
+
+def _from_module(name: str):
+    """A parser filler for a module with `add_arguments(parser)` and `run(args) -> int`."""
+
+    def fill(parser: argparse.ArgumentParser) -> None:
+        module = importlib.import_module(name)
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
+
+    return fill
+
+
+# bachvid generate ----------------------------------------------------------------------------
+
+SETTING_FLAGS = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate consistent shots for every story in a file",
+                       description="Generate the identity video and the shots of every story. Settings: a flag "
+                                   "given here beats the story's own option, which beats the model's default.")
+    p.add_argument("story_file", help="stories: .txt (background # character # action lines) or .yaml/.yml/.json")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per story)")
+    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
+    p.add_argument("--seed", type=_non_negative, help="identity seed; shot i uses seed + 1 + i")
+    p.add_argument("--steps", type=_positive, dest="num_inference_steps", help="denoising steps")
+    p.add_argument("--frames", type=_positive, dest="num_frames")
+    p.add_argument("--height", type=_positive)
+    p.add_argument("--width", type=_positive)
+    p.add_argument("--guidance", type=float, dest="guidance_scale", help="classifier-free guidance scale")
+    p.add_argument("--no-shared-background", action="store_true",
+                   help="inject the character only; each shot keeps its own background")
+    p.add_argument("--no-bachvid", action="store_true", help="plain generation, a baseline to compare with")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="weights' dtype (default: the pipeline's, float32)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu, ... (default: cuda if available)")
+    p.add_argument("--cpu-offload", action="store_true", help="keep idle models on the CPU (saves GPU memory)")
+    p.add_argument("--vae-tiling", action="store_true", help="VAE tiling and slicing, for large videos")
+    p.add_argument("--force", action="store_true", help="remake videos that already exist")
+    p.set_defaults(run=run_generate)
+
+
+def _device(requested: str | None) -> str:
+    if requested:
+        return requested
     import torch
-    import transformers
 
-    return {"bachvid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def _load_pipeline(args):
-    """Load the model named on the command line (a factory so tests can swap in a small one)."""
+    """Load the model named on the command line (a factory, so tests can swap in a small one)."""
     import torch
 
     from .pipeline import BachVidPipeline
 
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = BachVidPipeline.from_pretrained(args.model, torch_dtype=dtype)
     if args.cpu_offload:
-        pipe.enable_model_cpu_offload()
+        pipe.enable_model_cpu_offload(**({"device": args.device} if args.device else {}))
     else:
-        pipe.to(args.device)
+        pipe.to(_device(args.device))
     if args.vae_tiling:
         pipe.enable_vae_tiling()
         pipe.enable_vae_slicing()
     return pipe
 
 
-def add_generate(sub):
-    p = sub.add_parser("generate", help="generate consistent shots for every story in a file")
-    p.add_argument("story_file", help="stories: .txt (background # character # action lines) or .yaml/.json")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per story)")
-    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int, dest="num_inference_steps")
-    p.add_argument("--frames", type=int, dest="num_frames")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--guidance", type=float, dest="guidance_scale")
-    p.add_argument("--no-shared-background", action="store_true", help="inject the character only")
-    p.add_argument("--no-bachvid", action="store_true", help="plain generation (a baseline to compare with)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--cpu-offload", action="store_true")
-    p.add_argument("--vae-tiling", action="store_true", help="VAE tiling and slicing, for large videos")
-    p.add_argument("--force", action="store_true", help="regenerate videos that already exist")
-    p.set_defaults(run=run_generate)
+def _versions() -> dict:
+    """Installed versions, read from package metadata (importing diffusers just for this takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"bachvid": __version__, **{name: installed(name) for name in ("torch", "diffusers", "transformers")},
+            "python": platform.python_version()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_ready(data):
+    """What `data` reads as after a trip through the manifest (tuples become lists, ...)."""
+    from .outputs import json_value
+
+    return json.loads(json.dumps(data, default=json_value))
+
+
+@dataclass
+class _Job:
+    """One story of the batch: what to make, where, and from what (its recipe)."""
+
+    story: Story
+    settings: object  # GenerationSettings
+    config: object  # BachVidConfig
+    folder: Path
+    recipe: dict  # everything that decides the pixels; a re-run may only reuse videos of the same recipe
+    previous: dict | None = None  # the manifest already in the folder
+
+    @property
+    def names(self) -> list[str]:
+        return ["identity"] + [f"shot-{i + 1:02d}" for i in range(len(self.story.shots))]
+
+    def video(self, name: str) -> Path:
+        return self.folder / f"{name}.mp4"
+
+
+def _story_texts(story: Story) -> dict:
+    return {"character": story.character, "shared_background": story.shared_background,
+            "identity": {"background": story.identity.background, "action": story.identity.action},
+            "shots": [{"background": s.background, "action": s.action} for s in story.shots]}
+
+
+def _settings(defaults, story: Story, args):
+    """Model default < story option < command-line flag."""
+    story_options = {"seed": story.seed, "num_frames": story.num_frames, "height": story.height,
+                     "width": story.width}
+    flags = {name: getattr(args, name) for name in SETTING_FLAGS}
+    changes = {k: v for k, v in story_options.items() if v is not None}
+    changes.update({k: v for k, v in flags.items() if v is not None})
+    return replace(defaults, **changes)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read it ({error}); --force remakes this story") from error
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    changes = []
+    for section in new:
+        before, after = old.get(section), new[section]
+        if before == after:
+            continue
+        if section == "story":
+            changes.append("the story's text")
+        elif isinstance(before, dict) and isinstance(after, dict):
+            changes += [f"{section}.{k} {before.get(k)!r} -> {after.get(k)!r}"
+                        for k in after if before.get(k) != after.get(k)]
+        else:
+            changes.append(f"{section} {before!r} -> {after!r}")
+    return changes
+
+
+def _mismatch(job: _Job) -> str | None:
+    """Why the videos already in the folder may not be reused, or None."""
+    if job.previous is None or job.previous.get("recipe") == job.recipe:
+        return None
+    if not any(job.video(n).is_file() for n in job.names):
+        return None
+    changes = _differences(job.previous.get("recipe") or {}, job.recipe)
+    shown = ", ".join(changes[:4]) + (", ..." if len(changes) > 4 else "")
+    return (f"{job.folder}: its videos were made from another recipe ({shown}); "
+            f"--force remakes them, or choose another --out")
 
 
 def run_generate(args) -> int:
+    try:
+        return _generate(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished videos are kept in {args.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _fail(errors) -> int:
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _generate(args) -> int:
     from tqdm.auto import tqdm
 
-    from . import outputs
     from .config import BachVidConfig
 
     try:
         stories = load_stories(args.story_file)
     except StoryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail([error])
     try:
         pipe = _load_pipeline(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if pipe.model_note:
-        print(f"model: {pipe.model_name} ({pipe.model_note})")
+    except (OSError, ValueError) as error:  # FileNotFoundError: no such model
+        return _fail([f"cannot load the model: {error}"])
+    note = getattr(pipe, "model_note", None)
+    print(f"model: {pipe.model_name}" + (f" ({note})" if note else ""))
+
     errors = []
-    for story in stories:
+    for story in stories:  # all of them before any generation, so every bad story shows at once
         try:
             pipe.check_story(story)
         except StoryError as error:
             errors.append(error)
     if errors:
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(errors)
 
     config = BachVidConfig(enabled=not args.no_bachvid, shared_background=not args.no_shared_background)
-    overrides = {k: getattr(args, k) for k in ("seed", "num_inference_steps", "num_frames", "height", "width",
-                                               "guidance_scale") if getattr(args, k) is not None}
+    defaults = pipe.default_settings()
     out = Path(args.out)
-    total = sum(1 + len(s.shots) for s in stories)
-    bar = tqdm(total=total, desc="videos", unit="video")
-    try:
-        for story in stories:
-            settings = pipe.default_settings().for_story(story)
-            settings = settings.__class__(**{**settings.__dict__, **overrides})
-            _generate_story(pipe, story, settings, config, out / story.name, args.force, bar, outputs)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished videos are kept in {out}", file=sys.stderr)
-        return 130
-    finally:
-        bar.close()
+    if out.exists() and not out.is_dir():
+        return _fail([f"--out {out} is a file, not a folder"])
+    jobs = []
+    for story in stories:
+        settings = _settings(defaults, story, args)
+        recipe = _json_ready({"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
+                              "story": _story_texts(story)})
+        job = _Job(story, settings, config, out / story.name, recipe)
+        try:
+            job.previous = None if args.force else _read_manifest(job.folder / "manifest.json")
+        except ValueError as error:
+            errors.append(error)
+            continue
+        if reason := _mismatch(job):
+            errors.append(reason)
+        jobs.append(job)
+    if errors:
+        return _fail(errors)
+
+    header = {"model": {"name": pipe.model_name, "note": note}, "versions": _versions(),
+              "platform": platform.platform(), "command": getattr(args, "command_line", None)}
+    fps = getattr(pipe, "fps", 8)
+    with tqdm(total=sum(len(job.names) for job in jobs), desc="videos", unit="video") as bar:
+        for job in jobs:
+            _make_story(pipe, job, header, fps, args.force, bar)
     return 0
 
 
-def _generate_story(pipe, story, settings, config, folder: Path, force: bool, bar, outputs) -> None:
-    from dataclasses import asdict
+def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> None:
+    """Make the story's missing videos, then its contact sheet; the manifest follows every video."""
+    from . import outputs
 
-    names = ["identity"] + [f"shot-{i + 1:02d}" for i in range(len(story.shots))]
-    done = [(folder / f"{n}.mp4").is_file() for n in names]
-    if all(done) and not force:
-        bar.write(f"{story.name}: skipped (all videos exist; --force regenerates)")
-        bar.update(len(names))
+    story, folder = job.story, job.folder
+    todo = [n for n in job.names if force or not job.video(n).is_file()]
+    old_videos = (job.previous or {}).get("videos", {})
+    if not todo and (job.previous or {}).get("finished") and (folder / "contact-sheet.png").is_file():
+        bar.write(f"{story.name}: skipped (all {len(job.names)} videos exist; --force remakes them)")
+        bar.update(len(job.names))
         return
-    manifest = {
-        "story": {"name": story.name, "character": story.character, "source": story.path, "line": story.line,
-                  "shared_background": story.shared_background,
-                  "identity": asdict(story.identity), "shots": [asdict(s) for s in story.shots]},
-        "model": {"name": pipe.model_name, "note": pipe.model_note},
-        "settings": asdict(settings), "config": config.to_dict(), "versions": _versions(),
-        "started": datetime.now(timezone.utc).isoformat(), "videos": {},
-    }
-    videos = []
+    manifest = {"story": {"name": story.name, "source": story.path, "line": story.line, **_story_texts(story)},
+                **header, "recipe": job.recipe, "started": _now(), "finished": None,
+                "videos": {n: old_videos[n] for n in job.names if n not in todo and n in old_videos}}
+    rows: dict[str, tuple[str, object]] = {}
 
-    def keep(name, result):
-        fps = pipe.fps
-        if force or not (folder / f"{name}.mp4").is_file():
-            outputs.save_video(folder / f"{name}.mp4", result.frames, fps)
-            outputs.save_gif(folder / f"{name}.gif", result.frames, fps)
-            if result.mask is not None:
-                overlay = outputs.mask_overlay(result.frames, result.mask)
-                outputs.save_video(folder / "masks" / f"{name}-mask.mp4", overlay, fps)
-        manifest["videos"][name] = {"prompt": result.prompt, "seed": result.seed,
-                                    "seconds": round(result.seconds, 3), **result.stats}
-        videos.append((f"{name}: {result.prompt}", result.frames))
+    def keep(name: str, result) -> None:
+        files = [f"{name}.gif"]
+        outputs.save_gif(folder / f"{name}.gif", result.frames, fps)
+        mask_file = folder / "masks" / f"{name}-mask.mp4"
+        if result.mask is not None:
+            outputs.save_video(mask_file, outputs.mask_overlay(result.frames, result.mask), fps)
+            files.append(f"masks/{name}-mask.mp4")
+        else:
+            mask_file.unlink(missing_ok=True)  # from an earlier run with masks
+        outputs.save_video(job.video(name), result.frames, fps)  # last: the MP4 marks the video as done
+        height, width = result.frames.shape[1:3]
+        manifest["videos"][name] = {
+            "prompt": result.prompt, "seed": result.seed, "seconds": round(result.seconds, 3),
+            "frames": len(result.frames), "size": [height, width], "fps": fps,
+            "display_scale": outputs.display_scale(height, width), "files": [f"{name}.mp4", *files],
+            **({"stats": result.stats} if getattr(result, "stats", None) else {})}
         outputs.write_manifest(folder / "manifest.json", manifest)
+        rows[name] = (f"{name}: {result.prompt}", result.frames)
+
+    def kept(name: str, shot) -> None:
+        entry = manifest["videos"].get(name, {})
+        size = entry.get("size") or [job.settings.height, job.settings.width]
+        try:
+            frames = outputs.read_video(job.video(name), size=tuple(size))
+        except ValueError:
+            frames = outputs.read_video(job.video(name))
+        rows[name] = (f"{name}: {entry.get('prompt') or shot.action}", frames)
         bar.update(1)
 
-    identity = pipe.generate_identity(story, settings, config)
-    keep("identity", identity)
-    for i in range(len(story.shots)):
-        if done[i + 1] and not force:
-            bar.write(f"{story.name}: {names[i + 1]} exists, kept")
-            videos.append((f"{names[i + 1]} (kept)", outputs.read_video(folder / f"{names[i + 1]}.mp4")))
+    identity = None
+    if todo:  # every shot needs the identity's record: remake it in memory (deterministic) if its file is kept
+        identity = pipe.generate_identity(story, job.settings, job.config, progress=True)
+        if "identity" in todo:
+            keep("identity", identity)
+        else:
+            rows["identity"] = (f"identity: {identity.prompt}", identity.frames)
+        bar.update(1)
+    else:
+        kept("identity", story.identity)
+    for i, name in enumerate(job.names[1:]):
+        if name in todo:
+            keep(name, pipe.generate_shot(story, i, identity, job.settings, job.config, progress=True))
             bar.update(1)
-            continue
-        keep(names[i + 1], pipe.generate_shot(story, i, identity, settings, config))
-    outputs.contact_sheet(folder / "contact-sheet.png", videos)
-    manifest["finished"] = datetime.now(timezone.utc).isoformat()
+        else:
+            kept(name, story.shots[i])
+    outputs.contact_sheet(folder / "contact-sheet.png", [rows[n] for n in job.names])
+    manifest["finished"] = _now()
     outputs.write_manifest(folder / "manifest.json", manifest)
+    bar.write(f"{story.name}: {len(todo)} made, {len(job.names) - len(todo)} kept -> {folder}")
 
 
-def _toy_train(sub):
-    try:
-        from .toy import train
-    except ImportError:
-        return
+# bachvid toy ... -------------------------------------------------------------------------------
+
+def add_toy(sub) -> None:
     toy = sub.add_parser("toy", help="the toy world and its model")
-    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
-    p = toy_sub.add_parser("train", help="train the built-in toy model from its recipe")
-    train.add_arguments(p)
-    p.set_defaults(run=train.run)
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="COMMAND", parser_class=_LazyParser)
+    toy_sub.add_parser("train", help="train the built-in toy model from its recipe",
+                       fill=_from_module("bachvid.toy.train"))
 
 
-SUBCOMMANDS = (add_generate, _toy_train)
+# Registry and entry point -------------------------------------------------------------------
+
+SUBCOMMANDS = (add_generate, add_toy)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bachvid", description="Consistent multi-shot video generation (BachVid).")
     parser.add_argument("--version", action="version", version=f"bachvid {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = ["bachvid", *argv]
     start = time.perf_counter()
     code = args.run(args)
     if args.command == "generate" and code == 0:

@@ -1,7 +1,14 @@
 """Everything bachvid writes: videos, previews, mask overlays, contact sheets, manifests.
 
-Every file is written atomically (temporary file in the same folder, then os.replace), so a
-crash or Ctrl-C never leaves a half-written video that a re-run would mistake for a finished one.
+Every file is written atomically (a temporary file in the same folder, then os.replace), so a
+crash or Ctrl-C never leaves a half-written video that a re-run would take for a finished one.
+
+Small videos are stored enlarged. The toy model makes 64x64 clips; H.264 in yuv420p keeps
+colour at half resolution, which would smear a 64-pixel character's colours, and many players
+refuse or blur tiny videos. So videos whose short side is under 256 px are enlarged by an even
+factor with nearest-neighbour (each model pixel becomes a k x k block, and each 2x2 colour
+block stays inside one model pixel). `display_scale` gives the factor, and
+`read_video(path, size=...)` undoes it.
 """
 
 from __future__ import annotations
@@ -9,54 +16,106 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-PREVIEW_MIN_SIZE = 256  # small videos are upscaled (nearest) in previews so they stay legible
+MIN_DISPLAY_SIZE = 256  # short side, in pixels, below which videos and previews are enlarged
+MASK_COLOUR = (255, 0, 0)
+OUTLINE_COLOUR = (255, 255, 0)
 
 
 def write_atomic(path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) on a temporary path next to `path`, then move it into place."""
+    """Call write(tmp) on a temporary path next to `path`, then move it into place.
+
+    On any exception (Ctrl-C included) the temporary file is removed and an older `path` is
+    kept as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    tmp = Path(name)
     try:
-        write(Path(tmp))
+        write(tmp)
+        with open(tmp, "rb+") as handle:  # on disk before it gets the real name
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600 files; outputs are for sharing
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
-def _upscale(frames: np.ndarray, minimum: int = PREVIEW_MIN_SIZE) -> np.ndarray:
-    factor = max(1, -(-minimum // min(frames.shape[1:3])))
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _check_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected frames shaped (F, H, W, 3) with F >= 1, got {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {frames.dtype}")
+    return frames
+
+
+def display_scale(height: int, width: int) -> int:
+    """The even nearest-neighbour factor that makes the short side >= MIN_DISPLAY_SIZE (1 if it is)."""
+    short = min(height, width)
+    if short >= MIN_DISPLAY_SIZE:
+        return 1
+    factor = -(-MIN_DISPLAY_SIZE // short)
+    return factor + factor % 2
+
+
+def enlarge(frames: np.ndarray, factor: int) -> np.ndarray:
     return frames.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else frames
 
 
-def save_video(path, frames: np.ndarray, fps: int = 8) -> Path:
-    """H.264 MP4 (yuv420p). Frames smaller than 256 px are upscaled x k (nearest) so players
-    and codecs accept them; the pixels stay exactly the model's, only enlarged."""
-    frames = _upscale(np.asarray(frames, dtype=np.uint8))
+def _even(frames: np.ndarray) -> np.ndarray:
+    """Repeat the last row/column where a side is odd: yuv420p needs even sizes."""
+    h, w = frames.shape[1:3]
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def save_video(path, frames, fps: int = 8) -> Path:
+    """H.264 MP4 (yuv420p, PyAV), enlarged by display_scale; read it back with read_video."""
+    frames = _check_frames(frames)
+    stored = _even(enlarge(frames, display_scale(*frames.shape[1:3])))
     return write_atomic(path, lambda tmp: iio.imwrite(
-        tmp, frames, extension=".mp4", plugin="pyav", codec="libx264", fps=fps,
-        out_pixel_format="yuv420p"))
+        tmp, stored, extension=".mp4", plugin="pyav", codec="libx264", fps=fps, out_pixel_format="yuv420p"))
 
 
-def save_gif(path, frames: np.ndarray, fps: int = 8) -> Path:
-    frames = _upscale(np.asarray(frames, dtype=np.uint8))
-    images = [Image.fromarray(f) for f in frames]
+def save_gif(path, frames, fps: int = 8) -> Path:
+    """A looping GIF preview, enlarged like the MP4. Pillow merges identical consecutive frames
+    (their durations add up), so a still video may hold fewer GIF frames than video frames."""
+    frames = _check_frames(frames)
+    images = [Image.fromarray(f) for f in enlarge(frames, display_scale(*frames.shape[1:3]))]
     return write_atomic(path, lambda tmp: images[0].save(
-        tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0))
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0))
 
 
-def read_video(path) -> np.ndarray:
-    return iio.imread(path, plugin="pyav")
+def read_video(path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames (F, H, W, 3) uint8 as stored; with size=(height, width), shrunk back to the
+    model's size (block means over the display_scale enlargement)."""
+    frames = iio.imread(path, plugin="pyav")
+    if size is None:
+        return frames
+    height, width = size
+    factor = display_scale(height, width)
+    if frames.shape[1] < height * factor or frames.shape[2] < width * factor:
+        raise ValueError(f"{path} holds {frames.shape[2]}x{frames.shape[1]} frames, not a {width}x{height} "
+                         f"video enlarged x{factor}")
+    frames = frames[:, :height * factor, :width * factor]
+    blocks = frames.reshape(len(frames), height, factor, width, factor, 3).mean(axis=(2, 4))
+    return np.rint(blocks).astype(np.uint8)
 
 
 def latent_frame_of(frame: int, temporal: int = 4) -> int:
@@ -64,53 +123,82 @@ def latent_frame_of(frame: int, temporal: int = 4) -> int:
     return 0 if frame == 0 else (frame - 1) // temporal + 1
 
 
-def mask_overlay(frames: np.ndarray, mask: np.ndarray, temporal: int = 4, alpha: float = 0.45) -> np.ndarray:
-    """Tint the foreground (mask over the video token grid) red on the frames."""
-    frames = np.asarray(frames, dtype=np.uint8)
+def mask_overlay(frames, mask, temporal: int = 4, alpha: float = 0.45) -> np.ndarray:
+    """The frames with the foreground tinted red and outlined in yellow.
+
+    `mask` is bool (latent frames, h tokens, w tokens): it is spread to pixels nearest in space,
+    and in time through the causal VAE's packing (latent_frame_of) when the frame count is
+    1 + temporal x (latent frames - 1). Any other count (CogVideoX's VAE decodes an even number
+    of latent frames to temporal x as many frames, 4 -> 16) is spread evenly. Only pixels under
+    the mask change; the outline is its inner edge."""
+    frames = _check_frames(frames)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"expected a mask shaped (latent frames, h tokens, w tokens), got {mask.shape}")
     f, h, w, _ = frames.shape
     latent, th, tw = mask.shape
-    which = [min(latent_frame_of(i, temporal), latent - 1) for i in range(f)]
-    pixel_mask = mask[which].repeat(h // th, axis=1).repeat(w // tw, axis=2)
+    if th > h or tw > w:
+        raise ValueError(f"a {th}x{tw} token mask is finer than {h}x{w} frames")
+    if f == 1 + temporal * (latent - 1):
+        which = [latent_frame_of(i, temporal) for i in range(f)]
+    else:
+        which = [i * latent // f for i in range(f)]
+    rows, cols = np.arange(h) * th // h, np.arange(w) * tw // w
+    pixels = mask[which][:, rows][:, :, cols]
     out = frames.astype(np.float32)
-    red = np.array([255.0, 0.0, 0.0])
-    out[pixel_mask] = (1 - alpha) * out[pixel_mask] + alpha * red
-    return out.round().astype(np.uint8)
+    out[pixels] = (1 - alpha) * out[pixels] + alpha * np.array(MASK_COLOUR, dtype=np.float32)
+    out = np.rint(out).astype(np.uint8)
+    out[pixels & ~_interior(pixels)] = OUTLINE_COLOUR
+    return out
+
+
+def _interior(pixels: np.ndarray) -> np.ndarray:
+    """Mask pixels whose four neighbours are mask too (beyond the frame counts as mask)."""
+    padded = np.pad(pixels, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    return (pixels & padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:])
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font, Pillow >= 10.1
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160) -> Path:
-    """One row per video (first, middle, last frame), labelled: the story at a glance."""
-    label_w, pad = 360, 6
-    rows = []
+    """A PNG with one row per video (identity first): label, then first, middle and last frame,
+    `cell` pixels high, enlarged nearest-neighbour so tiny videos stay legible."""
+    if not videos:
+        raise ValueError("a contact sheet needs at least one video")
+    font, pad, label_width, header = _font(14), 8, 320, 26
+    picks = []
     for label, frames in videos:
-        picks = [frames[0], frames[len(frames) // 2], frames[-1]]
-        row = Image.new("RGB", (label_w + 3 * (cell + pad), cell + pad), "white")
-        draw = ImageDraw.Draw(row)
-        draw.multiline_text((6, 6), _wrap(label, 48), fill="black")
-        for i, frame in enumerate(picks):
-            row.paste(Image.fromarray(frame).resize((cell, cell), Image.NEAREST), (label_w + i * (cell + pad), pad // 2))
-        rows.append(row)
-    header = Image.new("RGB", (rows[0].width, 24), "white")
-    ImageDraw.Draw(header).text((label_w + 6, 6), "first" + " " * 28 + "middle" + " " * 27 + "last", fill="gray")
-    sheet = Image.new("RGB", (rows[0].width, 24 + sum(r.height for r in rows)), "white")
-    sheet.paste(header, (0, 0))
-    y = 24
-    for row in rows:
-        sheet.paste(row, (0, y))
-        y += row.height
+        frames = _check_frames(frames)
+        h, w = frames.shape[1:3]
+        size = (max(1, round(w * cell / h)), cell)
+        picks.append((label, [Image.fromarray(frames[i]).resize(size, Image.NEAREST)
+                              for i in (0, len(frames) // 2, len(frames) - 1)]))
+    column = max(image.width for _, images in picks for image in images) + pad
+    sheet = Image.new("RGB", (label_width + 3 * column, header + len(picks) * (cell + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, title in enumerate(("first", "middle", "last")):
+        draw.text((label_width + i * column, 6), title, fill="gray", font=font)
+    for r, (label, images) in enumerate(picks):
+        y = header + r * (cell + pad)
+        draw.multiline_text((6, y), textwrap.fill(label, 44), fill="black", font=font, spacing=3)
+        for i, image in enumerate(images):
+            sheet.paste(image, (label_width + i * column, y))
     return write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
-def _wrap(text: str, width: int) -> str:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join(lines + [line])
-
-
 def write_manifest(path, data: dict) -> Path:
-    text = json.dumps(data, indent=2, default=str)
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
+    """JSON, indent 2, written atomically (see json_value for non-JSON values)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=json_value) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def json_value(value):
+    """json.dumps' default: numpy numbers and arrays as numbers and lists, anything else as text."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)

@@ -3,12 +3,14 @@
 Two file forms:
 - text, CharaConsist style: one `background # character # action` per line, a blank line
   between stories; the first line of a story is its identity shot;
-- YAML or JSON (parsed by PyYAML, so both report line numbers) for per-story options.
-Every error names the file and the line.
+- YAML or JSON (both read by PyYAML, so both report line numbers) for per-story options.
+Every error names the file and the line, because a batch of stories is written by hand and a
+typo found after an hour of generation is an hour lost.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ import yaml
 
 
 class StoryError(ValueError):
+    """A mistake in a story file; str() reads `path:line: message` like a compiler error."""
+
     def __init__(self, message: str, path: str | None = None, line: int | None = None):
         self.message, self.path, self.line = message, path, line
         where = ":".join(str(x) for x in (path, line) if x is not None)
@@ -27,17 +31,17 @@ class StoryError(ValueError):
 class Shot:
     background: str
     action: str
-    line: int | None = None
+    line: int | None = None  # where it was written, for errors found later (e.g. a prompt too long)
 
 
 @dataclass(frozen=True)
 class Story:
-    name: str
+    name: str  # also the output folder's name
     character: str
     identity: Shot
     shots: tuple[Shot, ...]
-    shared_background: bool = True
-    seed: int | None = None
+    shared_background: bool = True  # False: backgrounds switch, only the character is carried over
+    seed: int | None = None  # None: the command line's or the model's default
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None
@@ -50,28 +54,40 @@ class Story:
 
 
 def load_stories(path) -> list[Story]:
+    """Read a story file; the suffix picks the form (.txt, .yaml/.yml, .json)."""
     path = Path(path)
-    if not path.is_file():
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".yaml", ".yml", ".json"):
+        raise StoryError(f"unknown story file type {suffix or '(no suffix)'!r}: use .txt, .yaml, .yml or .json",
+                         str(path))
+    if path.is_dir():
+        raise StoryError("this is a folder, not a story file", str(path))
+    if not path.exists():
         raise StoryError("no such story file", str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not text
     except (OSError, UnicodeDecodeError) as error:
         raise StoryError(f"cannot read the story file: {error}", str(path)) from error
-    suffix = path.suffix.lower()
     if suffix == ".txt":
         return parse_story_text(text, str(path))
-    if suffix in (".yaml", ".yml", ".json"):
-        return parse_story_mapping(text, str(path))
-    raise StoryError(f"unknown story file type {suffix!r}: use .txt, .yaml, .yml or .json", str(path))
+    return parse_story_mapping(text, str(path))
 
 
 def _story_name(index: int) -> str:
     return f"story-{index:03d}"
 
 
+# Text form -----------------------------------------------------------------------------------
+
+PARTS = ("background", "character", "action")
+
+
 def parse_story_text(text: str, path: str | None = None) -> list[Story]:
+    """Stories from `background # character # action` lines, a blank line between stories."""
     blocks: list[list[tuple[int, str]]] = [[]]
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): the latter also breaks at form feeds and other rare
+    # characters, and line numbers must agree with the user's editor.
+    for number, raw in enumerate(text.split("\n"), start=1):
         if raw.strip():
             blocks[-1].append((number, raw))
         elif blocks[-1]:
@@ -79,142 +95,162 @@ def parse_story_text(text: str, path: str | None = None) -> list[Story]:
     blocks = [b for b in blocks if b]
     if not blocks:
         raise StoryError("the story file has no stories", path)
-    stories = []
-    for index, block in enumerate(blocks):
-        rows = []
-        for number, raw in block:
-            parts = [p.strip() for p in raw.split("#")]
-            if len(parts) != 3:
-                raise StoryError(f"expected 'background # character # action' (3 parts), found {len(parts)}",
-                                 path, number)
-            for name, part in zip(("background", "character", "action"), parts):
-                if not part:
-                    raise StoryError(f"the {name} is empty", path, number)
-            rows.append((number, *parts))
-        if len(rows) < 2:
-            raise StoryError("a story needs an identity line and at least one shot line", path, block[0][0])
-        character = rows[0][2]
-        for number, _, other, _ in rows[1:]:
-            if other != character:
-                raise StoryError(f"every line of a story must have the same character: {other!r} != {character!r}",
-                                 path, number)
-        shots = [Shot(background, action, number) for number, background, _, action in rows]
-        stories.append(Story(
-            name=_story_name(index), character=character, identity=shots[0], shots=tuple(shots[1:]),
-            shared_background=len({s.background for s in shots}) == 1, path=path, line=rows[0][0],
-        ))
-    return stories
+    return [_story_from_lines(block, index, path) for index, block in enumerate(blocks)]
 
 
-_KEYS = {"name", "background", "character", "identity", "actions", "backgrounds", "shared_background",
-         "seed", "frames", "height", "width"}
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+def _story_from_lines(block: list[tuple[int, str]], index: int, path: str | None) -> Story:
+    rows = []
+    for number, raw in block:
+        parts = [p.strip() for p in raw.split("#")]
+        if len(parts) != len(PARTS):
+            raise StoryError(f"expected 'background # character # action' (3 parts), found {len(parts)}",
+                             path, number)
+        for name, part in zip(PARTS, parts):
+            if not part:
+                raise StoryError(f"the {name} is empty", path, number)
+        rows.append((number, *parts))
+    if len(rows) < 2:
+        raise StoryError("a story needs an identity line and at least one shot line after it", path, rows[0][0])
+    character = rows[0][2]
+    for number, _, other, _ in rows[1:]:
+        if other != character:
+            raise StoryError(f"every line of a story must have the same character: {other!r} != {character!r}",
+                             path, number)
+    shots = [Shot(background, action, number) for number, background, _, action in rows]
+    return Story(name=_story_name(index), character=character, identity=shots[0], shots=tuple(shots[1:]),
+                 shared_background=len({s.background for s in shots}) == 1, path=path, line=rows[0][0])
 
 
-def _line(node) -> int:
+# YAML / JSON form ----------------------------------------------------------------------------
+
+KEYS = ("name", "background", "character", "identity", "actions", "backgrounds", "shared_background",
+        "seed", "frames", "height", "width")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name: no '..', no hidden or '-' names
+
+
+def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
+def _value(node: yaml.Node):
+    """The Python value of a composed node (kept as a node until then, for its line)."""
+    value = yaml.safe_load(yaml.serialize(node))
+    if isinstance(value, str):  # PyYAML reads JSON's "\ud83d\ude00" as two lone surrogates: rejoin them
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 def parse_story_mapping(text: str, path: str | None = None) -> list[Story]:
+    """Stories from YAML or JSON: `stories: [...]` or a bare list, one mapping per story."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise StoryError(f"not valid YAML/JSON: {getattr(error, 'problem', error)}", path,
+        raise StoryError(f"not valid YAML/JSON: {getattr(error, 'problem', None) or error}", path,
                          mark.line + 1 if mark else None) from error
     if root is None:
         raise StoryError("the story file has no stories", path)
     if isinstance(root, yaml.MappingNode):
-        entries = {k.value: v for k, v in root.value}
-        if set(entries) != {"stories"}:
-            raise StoryError("the top level must be a list of stories or a mapping with one key, 'stories'",
+        if not any(k.value == "stories" for k, _ in root.value) and any(k.value in KEYS for k, _ in root.value):
+            raise StoryError("a single story must still be listed: put it under 'stories:' as '- ...'",
                              path, _line(root))
+        entries = _mapping(root, ("stories",), path)
+        if "stories" not in entries:
+            raise StoryError("the top level needs a 'stories' list", path, _line(root))
         root = entries["stories"]
     if not isinstance(root, yaml.SequenceNode) or not root.value:
         raise StoryError("expected a non-empty list of stories", path, _line(root))
-    stories, names = [], set()
+    stories, names = [], {}
     for index, node in enumerate(root.value):
         story = _story_from_node(node, index, path)
-        if story.name in names:
-            raise StoryError(f"two stories are named {story.name!r}", path, _line(node))
-        names.add(story.name)
+        folded = story.name.lower()  # folders collide on case-insensitive file systems
+        if folded in names:
+            raise StoryError(f"two stories are named {story.name!r} (the first on line {names[folded]})",
+                             path, _line(node))
+        names[folded] = _line(node)
         stories.append(story)
     return stories
+
+
+def _mapping(node: yaml.MappingNode, known, path) -> dict[str, yaml.Node]:
+    """Key -> value node; unknown and repeated keys are errors, since a typo must not pass silently."""
+    fields = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            raise StoryError(f"unknown key {key!r}; {hint}", path, _line(key_node))
+        if key in fields:
+            raise StoryError(f"{key!r} is given twice", path, _line(key_node))
+        fields[key] = value_node
+    return fields
 
 
 def _story_from_node(node, index: int, path: str | None) -> Story:
     if not isinstance(node, yaml.MappingNode):
         raise StoryError("each story must be a mapping (background, character, actions, ...)", path, _line(node))
-    fields = {}
-    for key_node, value_node in node.value:
-        key = key_node.value
-        if key not in _KEYS:
-            raise StoryError(f"unknown key {key!r}; known keys: {', '.join(sorted(_KEYS))}", path, _line(key_node))
-        fields[key] = value_node
-    value = lambda key: yaml.safe_load(yaml.serialize(fields[key]))  # noqa: E731
+    fields = _mapping(node, KEYS, path)
 
-    def text(key, item_node=None):
-        item_node = item_node if item_node is not None else fields.get(key)
-        if item_node is None:
-            raise StoryError(f"the story needs a {key!r}", path, _line(node))
-        item = yaml.safe_load(yaml.serialize(item_node))
+    def text(item_node, what: str) -> str:
+        item = _value(item_node)
         if not isinstance(item, str) or not item.strip():
-            raise StoryError(f"{key!r} must be a non-empty text", path, _line(item_node))
+            raise StoryError(f"{what} must be a non-empty text", path, _line(item_node))
         return item.strip()
 
-    character = text("character")
-    if "actions" not in fields:
-        raise StoryError("the story needs 'actions'", path, _line(node))
-    actions_node = fields["actions"]
-    if not isinstance(actions_node, yaml.SequenceNode) or not actions_node.value:
-        raise StoryError("'actions' must be a non-empty list", path, _line(actions_node))
-    actions = [(text("action", n), _line(n)) for n in actions_node.value]
-    if "backgrounds" in fields:
-        bg_node = fields["backgrounds"]
-        if not isinstance(bg_node, yaml.SequenceNode):
-            raise StoryError("'backgrounds' must be a list", path, _line(bg_node))
-        backgrounds = [text("background", n) for n in bg_node.value]
-    else:
-        backgrounds = None
-    background = text("background") if "background" in fields else None
-    if background is None and backgrounds is None:
-        raise StoryError("the story needs a 'background' (or per-shot 'backgrounds')", path, _line(node))
+    def required(key: str) -> yaml.Node:
+        if key not in fields:
+            raise StoryError(f"the story needs a {key!r}", path, _line(node))
+        return fields[key]
 
-    if "identity" in fields:
-        identity = Shot(background or backgrounds[0], text("identity"), _line(fields["identity"]))
-        shot_rows = actions
-    else:
-        if len(actions) < 2:
-            raise StoryError("with no 'identity', the first action makes the identity video and at least one "
-                             "more action is needed", path, _line(actions_node))
-        identity = Shot(background or (backgrounds[0] if backgrounds else ""), actions[0][0], actions[0][1])
-        shot_rows = actions[1:]
-    if backgrounds is not None:
-        if len(backgrounds) != len(shot_rows):
-            raise StoryError(f"'backgrounds' has {len(backgrounds)} entries but there are {len(shot_rows)} shots",
-                             path, _line(fields["backgrounds"]))
-    shots = tuple(Shot(backgrounds[i] if backgrounds else background, a, line) for i, (a, line) in enumerate(shot_rows))
+    def text_list(key: str, what: str) -> list[tuple[str, int]]:
+        list_node = required(key)
+        if not isinstance(list_node, yaml.SequenceNode) or not list_node.value:
+            raise StoryError(f"{key!r} must be a non-empty list", path, _line(list_node))
+        return [(text(n, what), _line(n)) for n in list_node.value]
 
-    def integer(key, minimum):
+    def integer(key: str, minimum: int) -> int | None:
         if key not in fields:
             return None
-        item = value(key)
+        item = _value(fields[key])
         if not isinstance(item, int) or isinstance(item, bool) or item < minimum:
-            raise StoryError(f"{key!r} must be an integer >= {minimum}", path, _line(fields[key]))
+            raise StoryError(f"{key!r} must be an integer >= {minimum}, got {item!r}", path, _line(fields[key]))
         return item
 
-    shared = len({identity.background, *(s.background for s in shots)}) == 1
+    character = text(required("character"), "'character'")
+    background = text(required("background"), "'background'")
+    actions = text_list("actions", "each action")
+    if "identity" in fields:
+        identity = Shot(background, text(fields["identity"], "'identity'"), _line(fields["identity"]))
+    else:
+        if len(actions) < 2:
+            raise StoryError("with no 'identity', the first action makes the identity video, so at least "
+                             "two actions are needed", path, _line(fields["actions"]))
+        identity = Shot(background, *actions[0])
+        actions = actions[1:]
+    if "backgrounds" in fields:  # one per shot; the identity keeps 'background'
+        backgrounds = [b for b, _ in text_list("backgrounds", "each background")]
+        if len(backgrounds) != len(actions):
+            raise StoryError(f"'backgrounds' has {len(backgrounds)} entries but the story has {len(actions)} "
+                             f"shots (one background per shot; the identity's is 'background')",
+                             path, _line(fields["backgrounds"]))
+    else:
+        backgrounds = [background] * len(actions)
+    shots = tuple(Shot(b, a, line) for b, (a, line) in zip(backgrounds, actions))
+
+    shared = len({background, *backgrounds}) == 1
     if "shared_background" in fields:
-        flag = value("shared_background")
+        flag = _value(fields["shared_background"])
         if not isinstance(flag, bool):
             raise StoryError("'shared_background' must be true or false", path, _line(fields["shared_background"]))
         if flag and not shared:
             raise StoryError("'shared_background' is true but the shots have different backgrounds", path,
                              _line(fields["shared_background"]))
         shared = flag
-    name = value("name") if "name" in fields else _story_name(index)
+    name = _value(fields["name"]) if "name" in fields else _story_name(index)
     if not isinstance(name, str) or not _NAME.match(name):
-        raise StoryError("'name' may use letters, digits, '.', '_' and '-' only", path, _line(fields["name"]))
+        raise StoryError(f"'name' names a folder: letters, digits, '.', '_' and '-', starting with a letter or "
+                         f"digit; got {name!r}", path, _line(fields["name"]))
     return Story(name=name, character=character, identity=identity, shots=shots, shared_background=shared,
                  seed=integer("seed", 0), num_frames=integer("frames", 1), height=integer("height", 8),
                  width=integer("width", 8), path=path, line=_line(node))
