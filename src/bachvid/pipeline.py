@@ -211,19 +211,19 @@ class BachVidPipeline:
                 progress: bool = False, stop_after: int | None = None) -> RunOutput:
         """One run under explicit per-step plans, with whatever the controller holds (source,
         target, mask reader). The building block of the method, open for tests and experiments."""
-        do_cfg = settings.guidance_scale > 1.0
-        embeds, negative = self.backbone.encode(prompt.prompt, do_cfg)
+        return self._prepare_run(prompt, seed, settings, progress)(plan_for, stop_after)
+
+    def _prepare_run(self, prompt: PromptSpans, seed: int, settings: GenerationSettings, progress: bool) -> "_Run":
+        """Text embeddings and initial noise, drawn once so a pre-run and its real run share them."""
+        embeds, negative = self.backbone.encode(prompt.prompt, settings.guidance_scale > 1.0)
         noise = self.backbone.initial_noise(seed, settings.num_frames, settings.height, settings.width, embeds.dtype)
-        return _Run(self, embeds, negative, noise, settings, progress)(plan_for, stop_after)
+        return _Run(self, embeds, negative, noise, settings, progress)
 
     def _generate(self, role, index, background, character, action, seed, settings, config, identity, progress):
         start = time.perf_counter()
         spans = self.spans(background, character, action)
         grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
-        do_cfg = settings.guidance_scale > 1.0
-        embeds, negative = self.backbone.encode(spans.prompt, do_cfg)
-        noise = self.backbone.initial_noise(seed, settings.num_frames, settings.height, settings.width, embeds.dtype)
-        run = _Run(self, embeds, negative, noise, settings, progress)
+        run = self._prepare_run(spans, seed, settings, progress)
         stats: dict = {}
 
         if not config.enabled:
