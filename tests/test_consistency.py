@@ -16,7 +16,7 @@ from bachvid.toy.consistency import compare
 def toy():
     pipe = BachVidPipeline.from_pretrained()
     settings = pipe.default_settings()
-    return pipe, settings.__class__(**{**settings.__dict__, "num_inference_steps": 20, "seed": 3})
+    return pipe, settings.__class__(**{**settings.__dict__, "num_inference_steps": 12, "seed": 3})
 
 
 def background_distance(result, identity):
@@ -29,7 +29,7 @@ def background_distance(result, identity):
 def test_background_injection_brings_background_latents_closer(toy):
     pipe, settings = toy
     story = Story(name="t", character="a red robot", identity=Shot("a green meadow", "stands still"),
-                  shots=(Shot("a green meadow", "walks to the left"), Shot("a green meadow", "jumps")))
+                  shots=(Shot("a green meadow", "walks to the left"),))
     identity = pipe.generate_identity(story, settings, BachVidConfig(), progress=False)
     for i in range(len(story.shots)):
         vanilla = pipe.generate_shot(story, i, identity, settings, BachVidConfig(enabled=False), progress=False)
