@@ -47,3 +47,45 @@ def test_shipped_model_is_small_and_loads_by_default():
     pipe = BachVidPipeline.from_pretrained()
     assert pipe.model_note and "toy" in pipe.model_note
     assert pipe.backbone.num_layers >= 8 and pipe.backbone.token_grid(17, 64, 64) == (5, 8, 8)
+
+
+def test_learning_rate_warms_up_decays_and_restarts():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(lr=1e-3, steps=1000, restart_at=None)
+    assert train.learning_rate(args, 0) < train.learning_rate(args, 199) == pytest.approx(1e-3, rel=0.1)
+    assert train.learning_rate(args, 1000) == pytest.approx(1e-4)
+    args.restart_at, args.steps = 1000, 2000  # continuing: fresh warmup from the restart, cosine to --steps
+    assert train.learning_rate(args, 1000) == pytest.approx(1e-5)
+    assert train.learning_rate(args, 1099) == pytest.approx(1e-3, rel=0.05)
+    assert train.learning_rate(args, 2000) == pytest.approx(1e-4)
+
+
+def test_continuing_a_model_with_ema_and_scoring_it(tmp_path):
+    """Train 2 steps, continue to 4 with a restarted schedule and an EMA, export the EMA, score it."""
+    import torch
+
+    from bachvid.toy import quality
+
+    work, out = tmp_path / "work", tmp_path / "model"
+    common = ["--scale", "smoke", "--work", str(work), "--out", str(out), "--batch-size", "2", "--sample-steps", "2",
+              "--threads", "1"]
+    assert train.main([*common, "--stages", "vae,latents,transformer", "--vae-steps", "1", "--vae-batch", "1",
+                       "--clips-per-combo", "1", "--steps", "2"]) == 0
+    assert "ema" not in torch.load(work / "transformer.pt")
+    scale = torch.load(work / "latents.pt")["scaling_factor"]
+    assert train.main([*common, "--stages", "latents,transformer,export", "--resume", "--clips-per-combo", "1",
+                       "--scaling-factor", str(scale), "--steps", "4", "--restart-at", "2", "--ema-decay", "0.5"]) == 0
+    state = torch.load(work / "transformer.pt")
+    assert state["step"] == 4
+    assert json.loads((out / "bachvid.json").read_text())["ema_decay"] == 0.5
+    assert "(resume)" in (work / "train.log").read_text()  # latents were not encoded again
+
+    pipe, defaults, _ = quality.load(out)
+    assert len(state["ema"]) == len(list(pipe.transformer.parameters())) + len(list(pipe.text_encoder.parameters()))
+    report = quality.measure(pipe, defaults, samples=2, steps=1, batch=2, out=tmp_path / "q", log=lambda m: None)
+    assert report["samples"] == 2 and 0 <= report["action"] <= 1 and (tmp_path / "q" / "sheet.png").is_file()
+    again = quality.measure(pipe, defaults, samples=2, steps=1, batch=2, out=tmp_path / "q", log=lambda m: None)
+    assert "seconds_per_video_batched" not in again and again["action"] == report["action"]  # resumed, not redone
+    refs = quality.references(pipe, samples=2)
+    assert refs["rendered"]["background"] == 1.0 and refs["rendered"]["mask_iou_vs_truth"] > 0.9

@@ -100,7 +100,10 @@ def encode_latents(args, work: Path, vae):
         latents.append(vae.encode(batch).latent_dist.mode())
         prompts += [compose_prompt(*world.texts(*combo)) for combo, _ in chunk]
     latents = torch.cat(latents)  # (N, C, F, h, w)
-    scale = float(1.0 / latents.std())
+    measured = float(1.0 / latents.std())
+    scale = args.scaling_factor or measured
+    if args.scaling_factor:
+        log(work, f"latents: keeping scaling factor {scale:.4f} (these latents measure {measured:.4f})")
     torch.save({"latents": latents, "prompts": prompts, "scaling_factor": scale}, work / "latents.pt")
     log(work, f"encoded {len(prompts)} clips to {tuple(latents.shape[1:])} latents in {time.time() - start:.0f}s, "
               f"scaling factor {scale:.4f}")
@@ -140,15 +143,19 @@ def train_transformer(args, work: Path, sizes: dict):
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     checkpoint = work / "transformer.pt"
     step = 0
+    ema_params = None
     if args.resume and checkpoint.is_file():
         state = torch.load(checkpoint)
         transformer.load_state_dict(state["transformer"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+        ema_params = state.get("ema")
+        log(work, f"transformer: resumed at step {step}{'' if ema_params is None else ' (with EMA)'}")
+    if args.ema_decay > 0 and ema_params is None:  # EMA starts from the weights at hand
+        ema_params = [p.detach().clone() for p in params]
     generator = torch.Generator().manual_seed(args.seed + step)
-    alphas = scheduler.alphas_cumprod
-    start, last_save, ema = time.time(), time.time(), None
+    start, last_save, ema, first_step = time.time(), time.time(), None, step
     budget = args.minutes * 60 * (1 - args.vae_share)
     while step < args.steps and time.time() - start < budget:
         pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
@@ -158,13 +165,12 @@ def train_transformer(args, work: Path, sizes: dict):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         xt = scheduler.add_noise(x0, noise, t)
-        a = alphas[t].view(-1, 1, 1, 1, 1)
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        target = scheduler.get_velocity(x0, noise, t)  # v = sqrt(a) eps - sqrt(1 - a) x0
         text = text_encoder(ids[token_rows])[0]
         pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=rope,
                            return_dict=False)[0]
         loss = F.mse_loss(pred, target)
-        lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps))))
+        lr = learning_rate(args, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -172,20 +178,35 @@ def train_transformer(args, work: Path, sizes: dict):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if args.ema_decay > 0:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - args.ema_decay)
         if step % 50 == 0:
-            log(work, f"transformer step {step} loss {ema:.4f} lr {lr:.2e} ({time.time() - start:.0f}s)")
+            rate = (step - first_step) / max(time.time() - start, 1e-9)
+            log(work, f"transformer step {step} loss {ema:.4f} lr {lr:.2e} ({time.time() - start:.0f}s, {rate:.2f} steps/s)")
         step += 1
-        if time.time() - last_save > 300:
-            save_transformer(checkpoint, transformer, text_encoder, optimizer, step)
+        if time.time() - last_save > 120:
+            save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
             last_save = time.time()
-    save_transformer(checkpoint, transformer, text_encoder, optimizer, step)
-    log(work, f"transformer done: {step} steps in {time.time() - start:.0f}s, loss {ema:.4f}")
+    save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
+    log(work, f"transformer done: {step} steps in {time.time() - start:.0f}s, loss {ema if ema is None else round(ema, 4)}")
 
 
-def save_transformer(path, transformer, text_encoder, optimizer, step):
+def learning_rate(args, step: int) -> float:
+    """Warmup, then cosine to 10% at --steps; with --restart-at R a fresh warmup and cosine run from R."""
+    begin = args.restart_at if args.restart_at is not None else 0
+    progress = min(1.0, (step - begin) / max(1, args.steps - begin))
+    warmup = min(1.0, (step - begin + 1) / (200 if begin == 0 else 100))
+    return args.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_transformer(path, transformer, text_encoder, optimizer, step, ema_params=None):
     tmp = Path(str(path) + ".tmp")
-    torch.save({"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
-                "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    state = {"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
+             "optimizer": optimizer.state_dict(), "step": step}
+    if ema_params is not None:
+        state["ema"] = [e.detach().clone() for e in ema_params]
+    torch.save(state, tmp)
     tmp.replace(path)
 
 
@@ -203,6 +224,11 @@ def export(args, work: Path, sizes: dict, out: Path):
                                    text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
                                    latent_size=data["latents"].shape[-1], frames=world.FRAMES)
     transformer.load_state_dict(state["transformer"])
+    use_ema = state.get("ema") is not None and not args.no_ema
+    if use_ema:  # the EMA of the weights (same order as training's parameter list)
+        with torch.no_grad():
+            for p, e in zip(list(transformer.parameters()) + list(text_encoder.parameters()), state["ema"]):
+                p.copy_(e)
     vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
     vae.register_to_config(scaling_factor=data["scaling_factor"])
     pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
@@ -210,8 +236,9 @@ def export(args, work: Path, sizes: dict, out: Path):
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     (out / "bachvid.json").write_text(json.dumps(
         {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
-         "trained_steps": state["step"], "seed": args.seed}, indent=2))
-    log(work, f"exported to {out}")
+         "trained_steps": state["step"], "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {})},
+        indent=2))
+    log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,6 +252,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae-steps", type=int, default=100_000)
     parser.add_argument("--vae-batch", type=int, default=4)
     parser.add_argument("--clips-per-combo", type=int, default=20)
+    parser.add_argument("--scaling-factor", type=float, default=None,
+                        help="keep this latent scaling factor instead of measuring it (continuing a model)")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="keep an EMA of the weights (0: off)")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights even if an EMA exists")
+    parser.add_argument("--restart-at", type=int, default=None,
+                        help="continuing: a fresh warmup + cosine schedule from this step to --steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=100_000, help="transformer steps (the time budget may end it first)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -237,14 +271,19 @@ def run(args) -> int:
     from ..models import DEFAULT_MODEL_DIR
 
     torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = model_sizes(args.scale)
     stages = args.stages.split(",")
     vae = train_vae(args, work, sizes) if "vae" in stages else None
     if "latents" in stages:
-        encode_latents(args, work, vae)
+        expected = len(world.split_combinations()[0]) * args.clips_per_combo
+        if args.resume and vae is None and (work / "latents.pt").is_file() \
+                and len(torch.load(work / "latents.pt")["prompts"]) == expected:
+            log(work, f"latents: {expected} clips already encoded (resume)")
+        else:
+            encode_latents(args, work, vae)
     if "transformer" in stages:
         train_transformer(args, work, sizes)
     if "export" in stages:
