@@ -89,3 +89,42 @@ def test_continuing_a_model_with_ema_and_scoring_it(tmp_path):
     assert "seconds_per_video_batched" not in again and again["action"] == report["action"]  # resumed, not redone
     refs = quality.references(pipe, samples=2)
     assert refs["rendered"]["background"] == 1.0 and refs["rendered"]["mask_iou_vs_truth"] > 0.9
+
+
+def test_phrase_variants_leave_out_each_phrase():
+    tokenizer = train.world_tokenizer()
+    prompts = ["a green meadow, a red robot, jumps", "a blue ocean, a white ghost, stands still"]
+    rows, ids = train.phrase_variants(prompts, tokenizer)
+    assert rows.shape == (2, 8) and len(ids) == rows.max() + 2  # + the empty prompt
+    decode = lambda row: tokenizer.decode(ids[row], skip_special_tokens=True).replace(" ,", ",")  # noqa: E731
+    assert decode(rows[0, 0]) == prompts[0]
+    assert decode(rows[0, 4]) == "a green meadow, a red robot"  # action left out
+    assert decode(rows[1, 1 | 2]) == "stands still"  # background and character left out
+    assert decode(rows[1, 7]) == "" and decode(len(ids) - 1) == ""
+
+
+def test_continuing_an_exported_model_keeps_its_vae(tmp_path):
+    """--init-from: the VAE and scaling factor stay, the weights are the start, the steps add up."""
+    import torch
+    from diffusers import CogVideoXTransformer3DModel
+
+    first, second, work = tmp_path / "first", tmp_path / "second", tmp_path / "work2"
+    common = ["--scale", "smoke", "--batch-size", "2", "--sample-steps", "2", "--threads", "1",
+              "--clips-per-combo", "1"]
+    assert train.main([*common, "--work", str(tmp_path / "work1"), "--out", str(first), "--vae-steps", "1",
+                       "--vae-batch", "1", "--steps", "2"]) == 0
+    marked = CogVideoXTransformer3DModel.from_pretrained(first / "transformer")
+    with torch.no_grad():
+        marked.proj_out.bias.fill_(0.25)  # a mark a fresh start could not have
+    marked.save_pretrained(first / "transformer")
+    assert train.main([*common, "--work", str(work), "--out", str(second), "--init-from", str(first),
+                       "--stages", "latents,transformer,export", "--steps", "3", "--phrase-dropout", "0.5"]) == 0
+    assert json.loads((second / "bachvid.json").read_text())["trained_steps"] == 5
+    a, b = (json.loads((f / "vae" / "config.json").read_text()) for f in (first, second))
+    assert a["scaling_factor"] == b["scaling_factor"]
+    assert "starting from the weights" in (work / "train.log").read_text()
+    after = CogVideoXTransformer3DModel.from_pretrained(second / "transformer")
+    assert torch.allclose(after.proj_out.bias.float(), torch.full_like(after.proj_out.bias.float(), 0.25), atol=0.01)
+    assert not torch.equal(after.proj_out.weight, marked.proj_out.weight.to(after.dtype))  # and trained on
+    with pytest.raises(SystemExit):
+        train.main([*common, "--work", str(work), "--init-from", str(first), "--stages", "vae"])

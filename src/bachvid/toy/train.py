@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..prompt import compose_prompt
+from ..prompt import PART_SEPARATOR, compose_prompt
 from ..tiny import build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_vae
 from . import world
 
@@ -139,6 +139,11 @@ def train_transformer(args, work: Path, sizes: dict):
     ids = tokenizer(unique, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
     prompt_index = torch.tensor([unique.index(p) for p in prompts])
+    if args.phrase_dropout > 0:  # rows of ids for every prompt with any of its phrases left out
+        variant_rows, ids = phrase_variants(unique[:-1], tokenizer)
+    if args.init_from:
+        start_from_model(Path(args.init_from), transformer, text_encoder)
+        log(work, f"transformer: starting from the weights of {args.init_from}")
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     checkpoint = work / "transformer.pt"
@@ -161,7 +166,10 @@ def train_transformer(args, work: Path, sizes: dict):
         pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
         x0 = latents[pick]
         token_rows = prompt_index[pick].clone()
-        token_rows[torch.rand(args.batch_size, generator=generator) < 0.1] = len(unique) - 1  # CFG dropout
+        if args.phrase_dropout > 0:
+            dropped = torch.rand(args.batch_size, 3, generator=generator) < args.phrase_dropout
+            token_rows = variant_rows[token_rows, (dropped * torch.tensor([1, 2, 4])).sum(1)]
+        token_rows[torch.rand(args.batch_size, generator=generator) < 0.1] = len(ids) - 1  # CFG dropout
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         xt = scheduler.add_noise(x0, noise, t)
@@ -190,6 +198,41 @@ def train_transformer(args, work: Path, sizes: dict):
             last_save = time.time()
     save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
     log(work, f"transformer done: {step} steps in {time.time() - start:.0f}s, loss {ema if ema is None else round(ema, 4)}")
+
+
+def phrase_variants(prompts: list[str], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (P, 8), ids (V + 1, T)): ids[rows[p, code]] is prompt p without the phrases whose bit is set
+    in code (1 background, 2 character, 4 action); the last row of ids is the empty prompt.
+
+    Training on prompts that name only some phrases ties each phrase to what it shows on its own,
+    which is what held-out combinations need (a model that only saw "a meadow, a blob" stand still
+    must still make "a meadow, a blob, walks to the left" walk left)."""
+    texts, rows = [], []
+    for prompt in prompts:
+        parts = prompt.split(PART_SEPARATOR)
+        if len(parts) != 3:
+            raise ValueError(f"expected background, character and action in {prompt!r}")
+        row = []
+        for code in range(8):
+            text = PART_SEPARATOR.join(part for k, part in enumerate(parts) if not code >> k & 1)
+            if text not in texts:
+                texts.append(text)
+            row.append(texts.index(text))
+        rows.append(row)
+    ids = tokenizer(texts + [""], padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    return torch.tensor(rows), ids
+
+
+def start_from_model(folder: Path, transformer, text_encoder) -> None:
+    """Continue training an exported model: its transformer and text encoder weights (fp16 on disk)."""
+    from diffusers import CogVideoXTransformer3DModel
+    from transformers import T5EncoderModel
+
+    trained = CogVideoXTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float32)
+    transformer.load_state_dict(trained.state_dict())
+    encoder = T5EncoderModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    text_encoder.load_state_dict(encoder.state_dict())
 
 
 def learning_rate(args, step: int) -> float:
@@ -236,9 +279,32 @@ def export(args, work: Path, sizes: dict, out: Path):
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     (out / "bachvid.json").write_text(json.dumps(
         {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
-         "trained_steps": state["step"], "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {})},
+         "trained_steps": state["step"] + base_steps(args), "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {})},
         indent=2))
     log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
+
+
+def base_steps(args) -> int:
+    """Transformer steps already in the --init-from model (0 when training from scratch)."""
+    if not args.init_from:
+        return 0
+    defaults = Path(args.init_from) / "bachvid.json"
+    return int(json.loads(defaults.read_text()).get("trained_steps", 0)) if defaults.is_file() else 0
+
+
+def take_vae(folder: Path, work: Path) -> float:
+    """Continuing a model keeps its VAE (copied to work/vae) and its latent scaling factor."""
+    import shutil
+
+    from diffusers import AutoencoderKLCogVideoX
+
+    vae = AutoencoderKLCogVideoX.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    if not (work / "vae").is_dir():
+        vae.save_pretrained(work / "vae")
+    elif not (work / "vae" / "config.json").is_file():
+        shutil.rmtree(work / "vae")
+        vae.save_pretrained(work / "vae")
+    return float(vae.config.scaling_factor)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,6 +324,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights even if an EMA exists")
     parser.add_argument("--restart-at", type=int, default=None,
                         help="continuing: a fresh warmup + cosine schedule from this step to --steps")
+    parser.add_argument("--init-from", default=None,
+                        help="continue an exported model folder: its VAE, scaling factor, transformer and text encoder")
+    parser.add_argument("--phrase-dropout", type=float, default=0.0,
+                        help="probability of leaving each phrase (background, character, action) out of a prompt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=100_000, help="transformer steps (the time budget may end it first)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -276,6 +346,10 @@ def run(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sizes = model_sizes(args.scale)
     stages = args.stages.split(",")
+    if args.init_from:
+        if "vae" in stages:
+            raise SystemExit("--init-from keeps the model's VAE: leave 'vae' out of --stages")
+        args.scaling_factor = args.scaling_factor or take_vae(Path(args.init_from), work)
     vae = train_vae(args, work, sizes) if "vae" in stages else None
     if "latents" in stages:
         expected = len(world.split_combinations()[0]) * args.clips_per_combo
