@@ -7,9 +7,8 @@ import torch
 from bachvid.config import BachVidConfig
 from bachvid.pipeline import BachVidPipeline
 from bachvid.story import Shot, Story
-from bachvid.toy.consistency import compare
-
-
+from bachvid.toy import world
+from bachvid.toy.consistency import compare, measure, toy_stories
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +42,29 @@ def test_background_injection_brings_background_latents_closer(toy):
         # and in pixels, read by the toy evaluator
         assert compare(identity.frames, bachvid.frames, "left")["background_error"] < \
             compare(identity.frames, vanilla.frames, "left")["background_error"]
+
+
+def test_latent_token_mask_follows_the_vae_frame_groups():
+    mask = np.zeros((17, 64, 64), bool)
+    mask[:, 8:24, 16:40] = True  # 2 x 3 tokens in every frame
+    tokens = world.latent_token_mask(mask)
+    assert tokens.shape == (5, 8, 8) and (tokens.sum(axis=(1, 2)) == 6).all()
+    assert (tokens[0] == world.token_mask(mask[:1])[0]).all()
+    late = np.zeros_like(mask)
+    late[5:9, 0:8, 0:8] = True  # frames 5..8 are latent frame 2
+    assert world.latent_token_mask(late).sum(axis=(1, 2)).tolist() == [0, 0, 1, 0, 0]
+
+
+def test_consistency_report_has_both_rows_ratios_masks_and_a_sheet(toy, tmp_path):
+    pipe, settings = toy
+    quick = settings.__class__(**{**settings.__dict__, "num_inference_steps": 4})
+    summary = measure(pipe, toy_stories(1, seed=5), sheet=tmp_path / "sheet.png", settings=quick)
+    assert summary["shots"] == 3
+    assert 0 <= summary["bachvid"]["mask_iou"] <= 1 and 0 <= summary["bachvid"]["identity_mask_iou"] <= 1
+    assert "mask_iou" not in summary["vanilla"]  # vanilla shots read no mask
+    ratio = summary["ratio bachvid/vanilla"]
+    assert set(ratio) == set(summary["vanilla"]) and ratio["seconds"] > 0
+    assert ratio["background_error"] == pytest.approx(
+        summary["bachvid"]["background_error"] / summary["vanilla"]["background_error"])
+    from PIL import Image
+    assert Image.open(tmp_path / "sheet.png").size[0] > 7 * 64

@@ -6,10 +6,13 @@ the same seeds: vanilla (each shot alone) and with BachVid. From pixels only (th
 - character similarity: colour-histogram intersection of the character's pixels with the identity's
   (the belt colour and body pattern are per-seed details the text never names);
 - action fidelity: the evaluator reads the shot's action as the one asked for;
-- time per shot.
-It prints both rows and the ratios BachVid / vanilla:
+- time per shot;
+- for BachVid, how well the foreground mask read from attention fits the character: IoU with the
+  evaluator's pixel mask on the video token grid (identity and shots).
+It prints both rows and the ratios BachVid / vanilla, and with --out writes report.json and a
+contact sheet (identity, then each shot vanilla | BachVid):
 
-    python -m bachvid.toy.consistency --stories 8
+    python -m bachvid.toy.consistency --stories 8 --out runs/consistency
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ..config import BachVidConfig
 from ..story import Shot, Story
 from . import world
-from .evaluate import score_clip
+from .evaluate import iou, score_clip
+from .quality import contact_sheet
 
 SHOT_ACTIONS = ("left", "jump", "closer")
 
@@ -58,24 +63,43 @@ def compare(identity_frames: np.ndarray, shot_frames: np.ndarray, action: str) -
             "character_kind_kept": float(shot.character_kind == ident.character_kind)}
 
 
-def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, progress: bool = False) -> dict:
+def mask_iou(attention_mask: np.ndarray, frames: np.ndarray) -> float:
+    """IoU of a mask read from attention (token grid) with the evaluator's character pixels on that grid."""
+    return iou(attention_mask, world.latent_token_mask(score_clip(frames).mask))
+
+
+def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, progress: bool = False,
+            sheet: Path | None = None, settings=None) -> dict:
+    """Summary rows (vanilla, bachvid, their ratio) over every shot of `stories`; `settings`
+    (GenerationSettings) default to the model's."""
     config = config or BachVidConfig()
-    base = pipe.default_settings()
+    base = settings or pipe.default_settings()
     rows = {"vanilla": [], "bachvid": []}
+    identity_ious, videos, labels = [], [], []
     for story in stories:
         settings = base.for_story(story)
         identity = pipe.generate_identity(story, settings, config, progress=progress)
-        for mode, mode_config in (("vanilla", config.replace(enabled=False)), ("bachvid", config)):
-            for i, action in enumerate(SHOT_ACTIONS):
+        identity_ious.append(mask_iou(identity.mask, identity.frames))
+        videos.append(identity.frames)
+        labels.append(f"{story.name} identity")
+        for i, action in enumerate(SHOT_ACTIONS):
+            for mode, mode_config in (("vanilla", config.replace(enabled=False)), ("bachvid", config)):
                 start = time.perf_counter()
                 shot = pipe.generate_shot(story, i, identity, settings, mode_config, progress=progress)
                 row = compare(identity.frames, shot.frames, action)
                 row["seconds"] = time.perf_counter() - start
+                if shot.mask is not None:
+                    row["mask_iou"] = mask_iou(shot.mask, shot.frames)
                 rows[mode].append(row)
+                videos.append(shot.frames)
+                labels.append(f"{action} {mode}")
     summary = {mode: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for mode, rs in rows.items()}
+    summary["bachvid"]["identity_mask_iou"] = float(np.mean(identity_ious))
     summary["ratio bachvid/vanilla"] = {k: summary["bachvid"][k] / max(summary["vanilla"][k], 1e-9)
                                         for k in summary["vanilla"]}
     summary["shots"] = len(rows["bachvid"])
+    if sheet is not None:
+        contact_sheet(np.stack(videos), sheet, columns=1 + 2 * len(SHOT_ACTIONS), frames=(0, 16), labels=labels)
     return summary
 
 
@@ -88,15 +112,28 @@ def main(argv=None) -> int:
     parser.add_argument("--stories", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-shared-background", action="store_true")
+    parser.add_argument("--mask-foreground", choices=("after_background", "character"), default=None,
+                        help="which words make the foreground mask (default: the config's)")
+    parser.add_argument("--out", default=None, help="folder for report.json and sheet.png")
     args = parser.parse_args(argv)
     pipe = BachVidPipeline.from_pretrained(args.model)
     config = BachVidConfig(shared_background=not args.no_shared_background)
-    summary = measure(pipe, toy_stories(args.stories, args.seed), config)
+    if args.mask_foreground:
+        config = config.replace(mask_foreground=args.mask_foreground)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    summary = measure(pipe, toy_stories(args.stories, args.seed), config,
+                      sheet=out / "sheet.png" if out is not None else None)
     print(json.dumps(summary, indent=2))
+    if out is not None:
+        (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{'metric':24s} {'vanilla':>10s} {'bachvid':>10s} {'ratio':>8s}")
-    for key in summary["vanilla"]:
-        print(f"{key:24s} {summary['vanilla'][key]:10.3f} {summary['bachvid'][key]:10.3f} "
-              f"{summary['ratio bachvid/vanilla'][key]:8.2f}")
+    for key in summary["bachvid"]:
+        vanilla = summary["vanilla"].get(key)
+        shown = (f"{vanilla:10.3f}", f"{summary['ratio bachvid/vanilla'][key]:8.2f}") if vanilla is not None \
+            else (f"{'-':>10s}", f"{'-':>8s}")
+        print(f"{key:24s} {shown[0]} {summary['bachvid'][key]:10.3f} {shown[1]}")
     return 0
 
 

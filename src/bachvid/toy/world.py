@@ -212,3 +212,14 @@ def token_mask(mask: np.ndarray, token: int = TOKEN) -> np.ndarray:
     f, h, w = mask.shape
     cover = mask.reshape(f, h // token, token, w // token, token).mean(axis=(2, 4))
     return cover >= 0.5
+
+
+def latent_token_mask(mask: np.ndarray, token: int = TOKEN, temporal: int = 4) -> np.ndarray:
+    """(latent frames, S/token, S/token): the character mask on the video token grid the model sees.
+
+    The CogVideoX VAE turns frame 0 into latent frame 0 and frames 4k-3..4k into latent frame k; a
+    token is foreground when the character covers >= 50% of its pixels over those frames."""
+    f, h, w = mask.shape
+    groups = [mask[:1]] + [mask[start : start + temporal] for start in range(1, f, temporal)]
+    cover = np.stack([g.reshape(len(g), h // token, token, w // token, token).mean(axis=(0, 2, 4)) for g in groups])
+    return cover >= 0.5
