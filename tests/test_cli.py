@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bachvid import cli
+from bachvid.config import BachVidConfig
 from bachvid.story import StoryError
 
 STORY = """a green meadow # a red robot # stands still
@@ -53,6 +54,9 @@ class FakePipeline:
 
     def default_settings(self):
         return Settings()
+
+    def default_config(self, **changes):
+        return BachVidConfig(**{"mask_layers": (1,), **changes})  # a model-calibrated knob
 
     def check_story(self, story):
         for shot in (story.identity, *story.shots):
@@ -119,6 +123,7 @@ def test_generate_writes_every_promised_file_and_manifest(tmp_path, fake, capsys
     assert manifest["recipe"]["settings"] == {"seed": 0, "num_inference_steps": 3, "num_frames": 5, "height": 16,
                                               "width": 24, "guidance_scale": 6.0}
     assert manifest["recipe"]["config"]["shared_background"] is True and manifest["recipe"]["config"]["enabled"]
+    assert manifest["recipe"]["config"]["mask_layers"] == [1]  # the model's calibrated knobs are kept
     assert manifest["model"] == {"name": "fake-model", "note": "a fake for tests"}
     assert set(manifest["versions"]) >= {"bachvid", "torch", "diffusers", "transformers"} and manifest["platform"]
     assert manifest["started"] <= manifest["finished"] and manifest["command"][:2] == ["bachvid", "generate"]

@@ -45,3 +45,25 @@ def test_uninstall_restores_stock_processors(saved_folder):
     pipe.backbone.uninstall()
     names = {type(p).__name__ for p in pipe.pipe.transformer.attn_processors.values()}
     assert names == {"CogVideoXAttnProcessor2_0"}
+
+
+def test_model_defaults_carry_calibrated_bachvid_settings(tmp_path):
+    """bachvid.json's "bachvid" section becomes the model's default config; explicit changes win."""
+    import shutil
+
+    from bachvid.models import DEFAULT_MODEL_DIR
+
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    defaults = json.loads((folder / "bachvid.json").read_text())
+    defaults["bachvid"] = {"mask_layers": [6, 7], "tau_mask": 0.1, "mask_foreground": "character"}
+    (folder / "bachvid.json").write_text(json.dumps(defaults))
+    pipe = BachVidPipeline.from_pretrained(folder)
+    config = pipe.default_config(shared_background=False)
+    assert config.mask_layers == (6, 7) and config.tau_mask == 0.1 and config.mask_foreground == "character"
+    assert config.shared_background is False and pipe.layers(config).mask == frozenset({6, 7})
+    assert pipe.default_config(tau_mask=0.3).tau_mask == 0.3
+    defaults["bachvid"] = {"mask_layer": [1]}
+    (folder / "bachvid.json").write_text(json.dumps(defaults))
+    with pytest.raises(ValueError, match="unknown BachVid setting"):
+        BachVidPipeline.from_pretrained(folder).default_config()

@@ -244,8 +244,6 @@ def _fail(errors) -> int:
 def _generate(args) -> int:
     from tqdm.auto import tqdm
 
-    from .config import BachVidConfig
-
     try:
         stories = load_stories(args.story_file)
     except StoryError as error:
@@ -266,7 +264,7 @@ def _generate(args) -> int:
     if errors:
         return _fail(errors)
 
-    config = BachVidConfig(enabled=not args.no_bachvid, shared_background=not args.no_shared_background)
+    config = pipe.default_config(enabled=not args.no_bachvid, shared_background=not args.no_shared_background)
     defaults = pipe.default_settings()
     out = Path(args.out)
     if out.exists() and not out.is_dir():

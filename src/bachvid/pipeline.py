@@ -31,7 +31,7 @@ from .match import best_matches
 from .plan import PLAIN, Layers, PlanMaker
 from .prompt import PromptSpans, PromptTooLong, token_spans
 
-DEFAULTS_FILE = "bachvid.json"  # optional per-model defaults: steps, guidance, fps
+DEFAULTS_FILE = "bachvid.json"  # optional per-model defaults: steps, guidance, fps; "bachvid": config knobs
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,18 @@ class BachVidPipeline:
             guidance_scale=float(self._defaults.get("guidance_scale", 6.0)),
         )
 
+    def default_config(self, **changes) -> BachVidConfig:
+        """BachVid's defaults with the model's calibrated knobs (bachvid.json's "bachvid" section,
+        e.g. mask layers and step chosen by `python -m bachvid.toy.calibrate`), then `changes`."""
+        model = dict(self._defaults.get("bachvid", {}))
+        for name in ("vital_layers", "mask_layers", "match_layers"):
+            if model.get(name) is not None:
+                model[name] = tuple(model[name])
+        try:
+            return BachVidConfig(**{**model, **changes})
+        except TypeError as error:
+            raise ValueError(f"{DEFAULTS_FILE} of {self.model_name} has an unknown BachVid setting: {error}") from error
+
     def layers(self, config: BachVidConfig) -> Layers:
         return Layers.resolve(config, self.backbone.default_layers(), self.backbone.num_layers)
 
@@ -186,7 +198,7 @@ class BachVidPipeline:
     def __call__(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None,
                  progress: bool = True) -> StoryResult:
         settings = (settings or self.default_settings()).for_story(story)
-        config = config or BachVidConfig()
+        config = config or self.default_config()
         self.check_story(story)
         identity = self.generate_identity(story, settings, config, progress=progress)
         shots = [self.generate_shot(story, i, identity, settings, config, progress=progress)

@@ -72,7 +72,7 @@ def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, pro
             sheet: Path | None = None, settings=None) -> dict:
     """Summary rows (vanilla, bachvid, their ratio) over every shot of `stories`; `settings`
     (GenerationSettings) default to the model's."""
-    config = config or BachVidConfig()
+    config = config or pipe.default_config()
     base = settings or pipe.default_settings()
     rows = {"vanilla": [], "bachvid": []}
     identity_ious, videos, labels = [], [], []
@@ -114,12 +114,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-shared-background", action="store_true")
     parser.add_argument("--mask-foreground", choices=("after_background", "character"), default=None,
                         help="which words make the foreground mask (default: the config's)")
+    parser.add_argument("--plain-defaults", action="store_true",
+                        help="ignore the model's calibrated settings (bachvid.json) and use BachVidConfig's defaults")
     parser.add_argument("--out", default=None, help="folder for report.json and sheet.png")
     args = parser.parse_args(argv)
     pipe = BachVidPipeline.from_pretrained(args.model)
-    config = BachVidConfig(shared_background=not args.no_shared_background)
+    config = pipe.default_config(shared_background=not args.no_shared_background)
     if args.mask_foreground:
         config = config.replace(mask_foreground=args.mask_foreground)
+    if args.plain_defaults:
+        config = BachVidConfig(shared_background=not args.no_shared_background, mask_foreground=config.mask_foreground)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
