@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-shared-background", action="store_true")
     parser.add_argument("--mask-foreground", choices=("after_background", "character"), default=None,
                         help="which words make the foreground mask (default: the config's)")
+    parser.add_argument("--vital-layers", type=int, default=None, metavar="N",
+                        help="inject into the first N layers (default: the model's / the backbone's choice)")
     parser.add_argument("--plain-defaults", action="store_true",
                         help="ignore the model's calibrated settings (bachvid.json) and use BachVidConfig's defaults")
     parser.add_argument("--out", default=None, help="folder for report.json and sheet.png")
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
         config = config.replace(mask_foreground=args.mask_foreground)
     if args.plain_defaults:
         config = BachVidConfig(shared_background=not args.no_shared_background, mask_foreground=config.mask_foreground)
+    if args.vital_layers:
+        config = config.replace(vital_layers=tuple(range(args.vital_layers)))
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
