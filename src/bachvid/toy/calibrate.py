@@ -32,16 +32,21 @@ from .evaluate import iou, score_clip
 SPANS = ("after_background", "character")
 
 
-class LayerScores:
-    """Reads like a MaskReader, but keeps each layer's background/foreground scores apart."""
+class AttentionRecorder:
+    """Stands in for the controller's MaskReader: keeps the background/foreground scores of every
+    (foreground span, step, layer) apart instead of averaging them."""
 
-    def __init__(self, background: torch.Tensor, foreground: torch.Tensor, real_length: int):
-        self.background, self.foreground, self.real_length = background, foreground, real_length
-        self.per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, controller, spans):
+        self.controller = controller
+        self.real_length = spans.real_length
+        self.words = {span: (torch.tensor(spans.background), torch.tensor(spans.foreground(span))) for span in SPANS}
+        self.scores: dict[str, dict[int, dict[int, tuple]]] = {span: {} for span in SPANS}
 
     def add(self, layer, video_queries, text_keys):
-        self.per_layer[layer] = text_attention_scores(video_queries, text_keys, self.real_length,
-                                                      self.background, self.foreground)
+        step = self.controller.plan.step
+        for span, (background, foreground) in self.words.items():
+            self.scores[span].setdefault(step, {})[layer] = text_attention_scores(
+                video_queries, text_keys, self.real_length, background, foreground)
 
 
 def layer_mask(scores: list[tuple[torch.Tensor, torch.Tensor]], grid, kernel: int) -> np.ndarray:
@@ -51,33 +56,20 @@ def layer_mask(scores: list[tuple[torch.Tensor, torch.Tensor]], grid, kernel: in
     return open_mask((fg >= bg).reshape(grid).cpu(), kernel).numpy()
 
 
-def read_all(pipe, combo, seed: int, steps: list[int], settings, kernel: int) -> dict:
-    """One plain generation reading every layer at `steps`; per span: {step: {layer: (bg, fg)}} and the truth."""
+def read_all(pipe, combo, seed: int, steps: list[int], settings) -> dict:
+    """One plain generation reading every layer at `steps`: the scores, the token grid and the truth."""
     spans = pipe.spans(*world.texts(*combo))
-    grid = pipe.backbone.token_grid(settings.num_frames, settings.height, settings.width)
     layers = frozenset(range(pipe.backbone.num_layers))
-    readers = {(span, step): LayerScores(torch.tensor(spans.background), torch.tensor(spans.foreground(span)),
-                                         spans.real_length) for span in SPANS for step in steps}
     controller = pipe.controller
-
-    class Both:  # the controller holds one reader; this one hands each call to both spans' readers
-        def add(self, layer, q, k):
-            for span in SPANS:
-                readers[span, controller.plan.step].add(layer, q, k)
-
-    def plan(step: int) -> StepPlan:
-        return StepPlan(step=step, read_mask=layers) if step in steps else PLAIN
-
     controller.reset()
-    controller.mask_reader = Both()
+    controller.mask_reader = recorder = AttentionRecorder(controller, spans)
     try:
-        run = pipe._prepare_run(spans, seed, settings, progress=False)
-        frames = run(plan).frames
+        frames = pipe.denoise(spans, seed, settings,
+                              lambda step: StepPlan(step=step, read_mask=layers) if step in steps else PLAIN).frames
     finally:
         controller.reset()
-    truth = world.latent_token_mask(score_clip(frames).mask)
-    return {"truth": truth, "grid": grid,
-            "scores": {span: {step: readers[span, step].per_layer for step in steps} for span in SPANS}}
+    return {"truth": world.latent_token_mask(score_clip(frames).mask), "scores": recorder.scores,
+            "grid": pipe.backbone.token_grid(settings.num_frames, settings.height, settings.width)}
 
 
 def calibrate(pipe, videos: int = 12, fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6), seed: int = 0,
@@ -87,8 +79,8 @@ def calibrate(pipe, videos: int = 12, fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6), 
     steps = sorted({min(step_index(f, n), n - 1) for f in fractions})
     rng = np.random.default_rng(seed)
     combos = world.all_combinations()
-    runs = [read_all(pipe, combos[rng.integers(len(combos))], int(rng.integers(1 << 20)), steps,
-                     settings, kernel) for _ in range(videos)]
+    runs = [read_all(pipe, combos[rng.integers(len(combos))], int(rng.integers(1 << 20)), steps, settings)
+            for _ in range(videos)]
     layers = list(range(pipe.backbone.num_layers))
 
     def score(span, step, chosen) -> float:

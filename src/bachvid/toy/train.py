@@ -294,15 +294,10 @@ def base_steps(args) -> int:
 
 def take_vae(folder: Path, work: Path) -> float:
     """Continuing a model keeps its VAE (copied to work/vae) and its latent scaling factor."""
-    import shutil
-
     from diffusers import AutoencoderKLCogVideoX
 
     vae = AutoencoderKLCogVideoX.from_pretrained(folder / "vae", torch_dtype=torch.float32)
-    if not (work / "vae").is_dir():
-        vae.save_pretrained(work / "vae")
-    elif not (work / "vae" / "config.json").is_file():
-        shutil.rmtree(work / "vae")
+    if not (work / "vae" / "config.json").is_file():
         vae.save_pretrained(work / "vae")
     return float(vae.config.scaling_factor)
 
