@@ -12,7 +12,7 @@ def test_calibration_scores_every_layer_and_writes_its_choice(tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL_DIR, folder)
     assert calibrate.main(["--model", str(folder), "--videos", "2", "--out", str(tmp_path / "c"),
-                           "--write-defaults"]) == 0
+                           "--write-defaults", "--vital-layers", "5"]) == 0
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     table = report["per_layer_iou"]
     assert set(table) == {"after_background", "character"}
@@ -24,7 +24,7 @@ def test_calibration_scores_every_layer_and_writes_its_choice(tmp_path):
 
     config = BachVidPipeline.from_pretrained(folder).default_config()
     assert list(config.mask_layers) == best["layers"] and config.mask_foreground == best["span"]
-    assert round(config.tau_mask * report["steps"]) == best["step"]
+    assert round(config.tau_mask * report["steps"]) == best["step"] and config.vital_layers == (0, 1, 2, 3, 4)
     kept = json.loads((folder / "bachvid.json").read_text())
     assert kept["guidance_scale"] == json.loads((DEFAULT_MODEL_DIR / "bachvid.json").read_text())["guidance_scale"]
 

@@ -1,6 +1,7 @@
 """The toy recipe runs end to end at smoke scale, and the shipped model is what the README says."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -49,8 +50,6 @@ def test_shipped_model_is_small_and_loads_by_default():
 
 
 def test_learning_rate_warms_up_decays_and_restarts():
-    from types import SimpleNamespace
-
     args = SimpleNamespace(lr=1e-3, steps=1000, restart_at=None)
     assert train.learning_rate(args, 0) < train.learning_rate(args, 199) == pytest.approx(1e-3, rel=0.1)
     assert train.learning_rate(args, 1000) == pytest.approx(1e-4)
@@ -58,6 +57,24 @@ def test_learning_rate_warms_up_decays_and_restarts():
     assert train.learning_rate(args, 1000) == pytest.approx(1e-5)
     assert train.learning_rate(args, 1099) == pytest.approx(1e-3, rel=0.05)
     assert train.learning_rate(args, 2000) == pytest.approx(1e-4)
+
+
+def test_stop_at_ends_a_stage_without_changing_its_schedule(tmp_path):
+    """--vae-stop-at / --stop-at replay a run the time budget ended: same schedule, fewer steps."""
+    import torch
+
+    common = ["--scale", "smoke", "--stages", "vae,latents,transformer", "--vae-batch", "1", "--clips-per-combo", "1",
+              "--batch-size", "2", "--threads", "1", "--vae-steps", "100"]
+    stopped, short = tmp_path / "stopped", tmp_path / "short"
+    assert train.main([*common, "--work", str(stopped), "--vae-stop-at", "2", "--steps", "100", "--stop-at", "3"]) == 0
+    assert train.main([*common, "--work", str(short), "--vae-stop-at", "2", "--steps", "3"]) == 0
+    assert "vae done: 2 steps" in (stopped / "train.log").read_text()
+    a, b = (torch.load(w / "transformer.pt") for w in (stopped, short))
+    assert a["step"] == b["step"] == 3
+    # the same three batches, but learning rates from a 100-step schedule rather than a 3-step one
+    assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(train.learning_rate(
+        SimpleNamespace(lr=1e-3, steps=100, restart_at=None), 2))
+    assert any(not torch.equal(x, y) for x, y in zip(a["transformer"].values(), b["transformer"].values()))
 
 
 def test_continuing_a_model_with_ema_and_scoring_it(tmp_path):

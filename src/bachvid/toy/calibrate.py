@@ -12,6 +12,7 @@ runs plain generations that read the text attention of every layer, then reports
 
     python -m bachvid.toy.calibrate --videos 12 --out runs/calibrate
     python -m bachvid.toy.calibrate --write-defaults   # store the choice in the model's bachvid.json
+    python -m bachvid.toy.calibrate --videos 24 --seed 1 --write-defaults --vital-layers 5   # the shipped one
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def main(argv=None) -> int:
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for report.json")
+    parser.add_argument("--vital-layers", type=int, default=None, metavar="N",
+                        help="with --write-defaults, also store injection into the first N layers (a choice made "
+                             "with python -m bachvid.toy.consistency --vital-layers N)")
     parser.add_argument("--write-defaults", action="store_true",
                         help="store the best mask layers, step and span under 'bachvid' in the model's bachvid.json")
     args = parser.parse_args(argv)
@@ -151,7 +155,10 @@ def main(argv=None) -> int:
 
         path = Path(args.model or DEFAULT_MODEL_DIR) / DEFAULTS_FILE
         defaults = json.loads(path.read_text()) if path.is_file() else {}
-        defaults["bachvid"] = {**defaults.get("bachvid", {}), **report["config"]}
+        chosen = dict(report["config"])
+        if args.vital_layers:
+            chosen["vital_layers"] = list(range(args.vital_layers))
+        defaults["bachvid"] = {**defaults.get("bachvid", {}), **chosen}
         path.write_text(json.dumps(defaults, indent=2) + "\n")
         print(f"wrote {path}")
     return 0

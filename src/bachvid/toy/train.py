@@ -62,7 +62,8 @@ def train_vae(args, work: Path, sizes: dict):
     rng = np.random.default_rng(args.seed)
     combos = world.all_combinations()
     start, step = time.time(), 0
-    while step < args.vae_steps and time.time() - start < args.minutes * 60 * args.vae_share:
+    last = min(args.vae_steps, args.vae_stop_at or args.vae_steps)
+    while step < last and time.time() - start < args.minutes * 60 * args.vae_share:
         batch = torch.stack([clip_tensor(world.render_clip(*combos[rng.integers(len(combos))],
                                                            seed=int(rng.integers(1 << 30)), frames=9).frames)
                              for _ in range(args.vae_batch)])
@@ -162,7 +163,8 @@ def train_transformer(args, work: Path, sizes: dict):
     generator = torch.Generator().manual_seed(args.seed + step)
     start, last_save, ema, first_step = time.time(), time.time(), None, step
     budget = args.minutes * 60 * (1 - args.vae_share)
-    while step < args.steps and time.time() - start < budget:
+    last = min(args.steps, args.stop_at or args.steps)
+    while step < last and time.time() - start < budget:
         pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
         x0 = latents[pick]
         token_rows = prompt_index[pick].clone()
@@ -311,6 +313,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=50, help="wall-time budget of the two training stages")
     parser.add_argument("--vae-share", type=float, default=0.25, help="fraction of --minutes for the VAE")
     parser.add_argument("--vae-steps", type=int, default=100_000)
+    parser.add_argument("--vae-stop-at", type=int, default=None,
+                        help="end the VAE stage at this step without changing its schedule (exact replays)")
     parser.add_argument("--vae-batch", type=int, default=4)
     parser.add_argument("--clips-per-combo", type=int, default=20)
     parser.add_argument("--scaling-factor", type=float, default=None,
@@ -325,6 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probability of leaving each phrase (background, character, action) out of a prompt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=100_000, help="transformer steps (the time budget may end it first)")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="end the transformer stage at this step without changing the schedule of --steps "
+                             "(replays a run that the time budget ended)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sample-steps", type=int, default=30, help="default inference steps of the exported model")
