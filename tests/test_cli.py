@@ -58,10 +58,9 @@ class FakePipeline:
     def default_config(self, **changes):
         return BachVidConfig(**{"mask_layers": (1,), **changes})  # a model-calibrated knob
 
-    def check_story(self, story):
-        for shot in (story.identity, *story.shots):
-            if "TOO LONG" in shot.background + story.character:
-                raise StoryError("the character would be cut by the text limit", story.path, shot.line)
+    def story_errors(self, story):
+        return [StoryError("the character would be cut by the text limit", story.path, shot.line)
+                for shot in (story.identity, *story.shots) if "TOO LONG" in shot.background + story.character]
 
     def _result(self, role, index, story, shot, seed, settings, config):
         self.calls.append((story.name, role, index, settings, config))
@@ -208,6 +207,7 @@ def test_every_story_the_model_refuses_is_reported_before_generating(tmp_path, f
     assert run(tmp_path, story=story) == 2
     err = capsys.readouterr().err
     assert "s.txt:1: the character would be cut" in err and "s.txt:6:" in err
+    assert "s.txt:2:" in err and "s.txt:3:" in err and "s.txt:5:" not in err  # every bad line, only those
     assert fake.calls == [] and not (tmp_path / "out").exists()
 
 

@@ -67,3 +67,16 @@ def test_model_defaults_carry_calibrated_bachvid_settings(tmp_path):
     (folder / "bachvid.json").write_text(json.dumps(defaults))
     with pytest.raises(ValueError, match="unknown BachVid setting"):
         BachVidPipeline.from_pretrained(folder).default_config()
+
+
+def test_story_errors_name_every_line_that_would_be_cut():
+    from bachvid.story import StoryError, parse_story_text
+
+    pipe = BachVidPipeline.from_pretrained()
+    long = " ".join(["a very long green meadow"] * 6)
+    story = parse_story_text(f"a green meadow # a red robot # stands still\n{long} # a red robot # jumps\n"
+                             f"a green meadow # a red robot # jumps\n{long} # a red robot # jumps\n", path="s.txt")[0]
+    errors = pipe.story_errors(story)
+    assert [e.line for e in errors] == [2, 4] and all("background would be cut" in str(e) for e in errors)
+    with pytest.raises(StoryError, match="s.txt:2:"):
+        pipe.check_story(story)

@@ -255,12 +255,8 @@ def _generate(args) -> int:
     note = getattr(pipe, "model_note", None)
     print(f"model: {pipe.model_name}" + (f" ({note})" if note else ""))
 
-    errors = []
-    for story in stories:  # all of them before any generation, so every bad story shows at once
-        try:
-            pipe.check_story(story)
-        except StoryError as error:
-            errors.append(error)
+    # every line of every story before any generation, so all mistakes show at once
+    errors = [error for story in stories for error in pipe.story_errors(story)]
     if errors:
         return _fail(errors)
 

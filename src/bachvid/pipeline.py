@@ -184,15 +184,23 @@ class BachVidPipeline:
     def spans(self, background: str, character: str, action: str) -> PromptSpans:
         return token_spans(self.pipe.tokenizer, background, character, action, self.backbone.text_length)
 
-    def check_story(self, story) -> None:
-        """Raise StoryError (file and line) when a shot's background or character would be cut."""
+    def story_errors(self, story) -> list:
+        """A StoryError (file and line) for every shot whose background or character would be cut."""
         from .story import StoryError
 
+        errors = []
         for shot in (story.identity, *story.shots):
             try:
                 self.spans(shot.background, story.character, shot.action)
             except (PromptTooLong, ValueError) as error:
-                raise StoryError(str(error), path=story.path, line=shot.line or story.line) from error
+                errors.append(StoryError(str(error), path=story.path, line=shot.line or story.line))
+        return errors
+
+    def check_story(self, story) -> None:
+        """Raise the first of `story_errors` (the API's check before generating)."""
+        errors = self.story_errors(story)
+        if errors:
+            raise errors[0]
 
     # Generation -----------------------------------------------------------------------------
     def __call__(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None,
