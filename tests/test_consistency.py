@@ -68,3 +68,16 @@ def test_consistency_report_has_both_rows_ratios_masks_and_a_sheet(toy, tmp_path
         summary["bachvid"]["background_error"] / summary["vanilla"]["background_error"])
     from PIL import Image
     assert Image.open(tmp_path / "sheet.png").size[0] > 7 * 64
+
+
+def test_knobs_from_the_command_line():
+    from bachvid.toy.consistency import knob
+
+    assert knob("inject_end=1.0") == ("inject_end", 1.0)
+    assert knob("mask_layers=[4, 7]") == ("mask_layers", (4, 7))
+    assert knob("mask_foreground=character") == ("mask_foreground", "character")
+    assert knob("token_merge=false") == ("token_merge", False)
+    with pytest.raises(SystemExit, match="BachVidConfig knob"):
+        knob("mask_layer=[1]")
+    with pytest.raises(SystemExit):
+        knob("inject_end")

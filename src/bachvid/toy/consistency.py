@@ -103,6 +103,18 @@ def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, pro
     return summary
 
 
+def knob(text: str) -> tuple[str, object]:
+    """'name=value' -> (name, value); the value is read as JSON (numbers, lists, true/false) or kept as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not hasattr(BachVidConfig, name.strip()):
+        raise SystemExit(f"--set {text!r}: expected KNOB=VALUE with a BachVidConfig knob")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return name.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+
+
 def main(argv=None) -> int:
     from ..pipeline import BachVidPipeline
 
@@ -116,6 +128,8 @@ def main(argv=None) -> int:
                         help="which words make the foreground mask (default: the config's)")
     parser.add_argument("--vital-layers", type=int, default=None, metavar="N",
                         help="inject into the first N layers (default: the model's / the backbone's choice)")
+    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                        help="any BachVidConfig knob, e.g. --set inject_end=1.0 --set mask_layers=[4,7] (repeatable)")
     parser.add_argument("--plain-defaults", action="store_true",
                         help="ignore the model's calibrated settings (bachvid.json) and use BachVidConfig's defaults")
     parser.add_argument("--out", default=None, help="folder for report.json and sheet.png")
@@ -128,6 +142,8 @@ def main(argv=None) -> int:
         config = BachVidConfig(shared_background=not args.no_shared_background, mask_foreground=config.mask_foreground)
     if args.vital_layers:
         config = config.replace(vital_layers=tuple(range(args.vital_layers)))
+    if args.set:
+        config = config.replace(**dict(knob(text) for text in args.set))
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
