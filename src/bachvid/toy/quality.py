@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -51,21 +50,22 @@ def held_out_prompts(samples: int, seed: int = 0):
 
 
 def load(model=None):
-    """(stock diffusers pipeline in float32, bachvid.json defaults, folder) of a toy model folder."""
-    from diffusers import DiffusionPipeline
+    """(stock diffusers pipeline in float32, the model's default steps and guidance, folder).
 
+    Loaded by `BachVidPipeline.from_pretrained` (one loading path for everything), then with
+    BachVid's attention processors taken out again: the bars are about the model alone."""
     from ..models import DEFAULT_MODEL_DIR
+    from ..pipeline import BachVidPipeline
 
     folder = Path(model) if model else DEFAULT_MODEL_DIR
     if not (folder / "model_index.json").is_file():
         raise SystemExit(f"no diffusers model folder at {folder}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    defaults_file = folder / "bachvid.json"
-    defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
-    return pipe, defaults, folder
+    bachvid = BachVidPipeline.from_pretrained(folder)
+    bachvid.backbone.uninstall()
+    bachvid.pipe.set_progress_bar_config(disable=True)
+    settings = bachvid.default_settings()
+    defaults = {"num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
+    return bachvid.pipe, defaults, folder
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
