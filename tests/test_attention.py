@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from bachvid.attention import KeyGroup, dense_masked_attention, injected_attention
 from bachvid.backbones.cogvideox import CogVideoXRope
-from bachvid.controller import AttentionCall, Controller
+from bachvid.controller import AttentionCall, Controller, VideoState
 from bachvid.identity import CachedIdentity
 from bachvid.plan import Injection, StepPlan, TokenMerge
 
@@ -90,9 +90,9 @@ def test_controller_injection_matches_dense_reference_with_rope_repositioning():
 
     background = Injection(queries=torch.tensor([3, 4, 9]) , sources=torch.tensor([3, 4, 5]) , positions=torch.tensor([0, 1, 2]))
     foreground = Injection(queries=torch.tensor([10, 11, 12]), sources=torch.tensor([14, 6]), positions=torch.tensor([8, 9]))
-    controller = Controller()
-    controller.source = record
-    controller.plan = StepPlan(step=0, inject_layers=frozenset({0}), injections=(background, foreground))
+    video = VideoState(source=record)
+    controller = Controller([video], branches=batch)
+    video.plan = StepPlan(step=0, inject_layers=frozenset({0}), injections=(background, foreground))
     out = controller.attend(AttentionCall(0, q, k, v, text, rope))
 
     # Dense reference, built by hand: rotate everything, append extra keys, mask per query.
@@ -112,7 +112,7 @@ def test_controller_injection_matches_dense_reference_with_rope_repositioning():
 
     # Re-positioning matters: the same tokens at their source positions give another result.
     moved = Injection(foreground.queries, foreground.sources, foreground.sources - text)
-    controller.plan = StepPlan(step=0, inject_layers=frozenset({0}), injections=(background, moved))
+    video.plan = StepPlan(step=0, inject_layers=frozenset({0}), injections=(background, moved))
     other = controller.attend(AttentionCall(0, q, k, v, text, rope))
     assert (other - out).abs().max() > 1e-3
 
@@ -124,11 +124,11 @@ def test_token_merge_blends_only_matched_tokens_per_branch():
     record = CachedIdentity(text_length=text)
     identity_out = torch.randn(batch, heads, nv, dim, generator=g)
     record.keep_output(0, 0, identity_out)
-    controller = Controller()
-    controller.source = record
+    video = VideoState(source=record)
+    controller = Controller([video], branches=batch)
     plain = controller.attend(AttentionCall(0, q, k, v, text, None))
     merge = TokenMerge(current=torch.tensor([1, 4]), identity=torch.tensor([0, 5]), weight=torch.tensor([0.5, 1.0]))
-    controller.plan = StepPlan(step=0, merge_layers=frozenset({0}), merge=merge)
+    video.plan = StepPlan(step=0, merge_layers=frozenset({0}), merge=merge)
     merged = controller.attend(AttentionCall(0, q, k, v, text, None))
     assert torch.allclose(merged[:, :, text + 1], 0.5 * plain[:, :, text + 1] + 0.5 * identity_out[:, :, 0])
     assert torch.allclose(merged[:, :, text + 4], identity_out[:, :, 5])

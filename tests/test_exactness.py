@@ -55,15 +55,12 @@ def test_doubled_identity_keys_reproduce_the_identity(tiny_pipe, settings):
     tokens = text + frames * h * w
 
     record = CachedIdentity(text_length=text)
-    tiny_pipe.controller.reset()
-    tiny_pipe.controller.target = record
-    identity = tiny_pipe.denoise(spans, 7, settings, lambda s: StepPlan(step=s, keep_key_value=layers))
+    identity = tiny_pipe.denoise(spans, 7, settings, lambda s: StepPlan(step=s, keep_key_value=layers), target=record)
 
     def replay(injection):
-        tiny_pipe.controller.reset()
-        tiny_pipe.controller.source = record
         return tiny_pipe.denoise(spans, 7, settings,
-                                 lambda s: StepPlan(step=s, inject_layers=layers, injections=(injection,)))
+                                 lambda s: StepPlan(step=s, inject_layers=layers, injections=(injection,)),
+                                 source=record)
 
     doubled = replay(full_copy_injection(tokens, text))
     assert (doubled.latents - identity.latents).abs().max() <= 1e-4

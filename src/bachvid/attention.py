@@ -6,6 +6,11 @@ foreground keys, text queries see none). A dense (N x (N + M)) mask would cost O
 CogVideoX-5B scale. Because the query sets are disjoint, the same result comes from
 partitioning the queries: each part runs one plain SDPA over [own keys ; its extra keys], and
 queries outside every part run SDPA over the own keys. No mask, no approximation.
+
+Every SDPA call here takes 4-D (batch, heads, tokens, dim) tensors: PyTorch's fused kernels
+(flash, memory-efficient; CUDA and CPU) accept nothing else, and a 3-D call silently falls back
+to the math kernel, which builds the whole query x key matrix (18.7 GiB for one injected call
+at CogVideoX-5B size).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ class KeyGroup:
     values: torch.Tensor
 
 
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Plain attention of (H, Q, D) queries over (H, K, D) keys, run as a 4-D call (fused kernels)."""
+    return F.scaled_dot_product_attention(query[None], key[None], value[None])[0]
+
+
 def injected_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -36,13 +46,22 @@ def injected_attention(
 ) -> torch.Tensor:
     """SDPA over (B, H, N, D) where batch element b's queries in groups[b][g] also see that group's keys.
 
-    Query sets within one batch element must be disjoint.
+    Query sets within one batch element must be disjoint. Batch elements without groups run
+    together in one batched call.
     """
     if not groups or not any(groups):
         return F.scaled_dot_product_attention(query, key, value)
+    if len(groups) != query.shape[0]:
+        raise ValueError(f"{len(groups)} group lists for a batch of {query.shape[0]}")
     out = torch.empty_like(query)
+    plain = [b for b, batch_groups in enumerate(groups) if not batch_groups]
+    if plain:
+        rows = torch.tensor(plain, device=query.device)
+        out[rows] = F.scaled_dot_product_attention(query[rows], key[rows], value[rows])
     n = query.shape[2]
     for b, batch_groups in enumerate(groups):
+        if not batch_groups:
+            continue
         q, k, v = query[b], key[b], value[b]
         covered = torch.zeros(n, dtype=torch.bool, device=query.device)
         for group in batch_groups:
@@ -51,12 +70,15 @@ def injected_attention(
             if covered[group.queries].any():
                 raise ValueError("injection groups of one batch element must have disjoint queries")
             covered[group.queries] = True
+            if group.keys.shape[1] == 0:
+                out[b][:, group.queries] = sdpa(q[:, group.queries], k, v)
+                continue
             keys = torch.cat([k, group.keys.to(k.dtype)], dim=1)
             values = torch.cat([v, group.values.to(v.dtype)], dim=1)
-            out[b][:, group.queries] = F.scaled_dot_product_attention(q[:, group.queries], keys, values)
+            out[b][:, group.queries] = sdpa(q[:, group.queries], keys, values)
         rest = (~covered).nonzero(as_tuple=True)[0]
         if rest.numel():
-            out[b][:, rest] = F.scaled_dot_product_attention(q[:, rest], k, v)
+            out[b][:, rest] = sdpa(q[:, rest], k, v)
     return out
 
 

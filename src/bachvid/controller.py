@@ -1,22 +1,26 @@
-"""Carries out the current step plan at every attention call.
+"""Carries out each video's step plan at every attention call.
 
 Backbones hand over one `AttentionCall` per attention layer: queries, keys (before RoPE) and
-values of [text ; video] tokens, plus the backbone's RoPE. The controller applies RoPE, keeps
-what the identity must keep, builds the extra key groups of the plan's injections, runs the
-injected attention, reads masks and match features, and merges outputs. It knows nothing about
-which model it runs in.
+values of [text ; video] tokens for a batch of videos, plus the backbone's RoPE. The batch holds
+one or more videos, each as `branches` consecutive rows (CFG: [uncond, cond]); `videos` lists
+their states in batch order. For every video the controller applies RoPE, keeps what an
+identity record must keep, builds the extra key groups of the plan's injections, runs the
+injected attention, reads masks and matches, and merges outputs. An identity denoised or
+replayed in the same batch feeds its `LiveIdentity` before the shots of the same call read it.
+It knows nothing about which model it runs in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from .attention import KeyGroup, injected_attention
-from .identity import CachedIdentity, IdentityRecord
+from .identity import IdentityRecord
 from .mask import MaskReader
+from .match import MatchAccumulator
 from .plan import PLAIN, Injection, StepPlan
 
 
@@ -35,67 +39,107 @@ class AttentionCall:
     rope: Rope | None
 
 
+@dataclass
+class VideoState:
+    """One video of the batch: its plan for the current step and where its readings go."""
+
+    plan: StepPlan = PLAIN
+    source: IdentityRecord | None = None  # identity answering the plan's injections, merges and matches
+    target: object | None = None  # identity record this video feeds (CachedIdentity or LiveIdentity)
+    mask_reader: MaskReader | None = None
+    matcher: MatchAccumulator | None = None
+
+
+@dataclass
 class Controller:
-    """Per-run state: the plan of the current step and where readings and kept tensors go."""
+    """The videos of the current batch, in batch order, and how many CFG rows each has."""
 
-    def __init__(self):
-        self.plan: StepPlan = PLAIN
-        self.source: IdentityRecord | None = None  # identity answering the plan's injections and merges
-        self.target: CachedIdentity | None = None  # identity being recorded in this run
-        self.mask_reader: MaskReader | None = None
-        self.match_features: dict[int, torch.Tensor] = {}
+    videos: list[VideoState] = field(default_factory=lambda: [VideoState()])
+    branches: int = 1  # set by the backbone for each forward: rows per video
 
-    def reset(self) -> None:
-        self.__init__()
+    def use(self, videos: list[VideoState]) -> None:
+        self.videos = list(videos)
+
+    def clear(self) -> None:
+        self.videos = [VideoState()]
+
+    @property
+    def single(self) -> VideoState:
+        """The state of a one-video run."""
+        if len(self.videos) != 1:
+            raise RuntimeError(f"the controller runs {len(self.videos)} videos, not one")
+        return self.videos[0]
+
+    def _rows(self, index: int) -> slice:
+        return slice(index * self.branches, (index + 1) * self.branches)
 
     def attend(self, call: AttentionCall) -> torch.Tensor:
-        plan, layer, t = self.plan, call.layer, call.text_length
+        layer, t = call.layer, call.text_length
+        if call.query.shape[0] != len(self.videos) * self.branches:
+            raise RuntimeError(f"batch of {call.query.shape[0]} rows for {len(self.videos)} videos "
+                               f"x {self.branches} branches")
         query, key, value = call.query, call.key, call.value
         if call.rope is not None:
             query = torch.cat([query[:, :, :t], call.rope.rotate(query[:, :, t:])], dim=2)
             key = torch.cat([key[:, :, :t], call.rope.rotate(key[:, :, t:])], dim=2)
 
-        if layer in plan.keep_key_value:
-            self.target.keep_key_value(plan.step, layer, call.key, value)
+        # Identities first: what they keep here, shots of the same call read.
+        for i, video in enumerate(self.videos):
+            if layer in video.plan.keep_key_value:
+                rows = self._rows(i)
+                video.target.keep_key_value(video.plan.step, layer, call.key[rows], call.value[rows])
 
-        groups = None
-        if layer in plan.inject_layers and plan.injections:
-            groups = self._key_groups(plan, layer, call)
+        groups = [[] for _ in range(call.query.shape[0])]
+        for i, video in enumerate(self.videos):
+            plan = video.plan
+            if layer in plan.inject_layers and plan.injections:
+                for row, row_groups in zip(range(*self._rows(i).indices(len(groups))), self._key_groups(video, call)):
+                    groups[row] = row_groups
         out = injected_attention(query, key, value, groups)
-
-        if layer in plan.read_mask:  # masks come from the conditional (last) CFG branch
-            self.mask_reader.add(layer, query[-1, :, t:], key[-1, :, :t])
         video_out = out[:, :, t:]
-        if layer in plan.read_match:
-            cond = video_out[-1]
-            self.match_features[layer] = cond.transpose(0, 1).reshape(cond.shape[1], -1)
-        if layer in plan.keep_output:
-            self.target.keep_output(plan.step, layer, video_out)
-        if plan.merge is not None and layer in plan.merge_layers:
-            out = self._merge(plan, layer, out, t)
-        return out
 
-    def _key_groups(self, plan: StepPlan, layer: int, call: AttentionCall) -> list[list[KeyGroup]]:
-        id_key, id_value = self.source.key_value(plan.step, layer)
-        if id_key.shape[0] != call.key.shape[0]:
+        for i, video in enumerate(self.videos):
+            if layer in video.plan.keep_output:
+                video.target.keep_output(video.plan.step, layer, video_out[self._rows(i)])
+        merged = None
+        for i, video in enumerate(self.videos):
+            plan, rows = video.plan, self._rows(i)
+            cond = rows.stop - 1  # masks and matches come from the conditional (last) CFG branch
+            if layer in plan.read_mask:
+                video.mask_reader.add(layer, query[cond, :, t:], key[cond, :, :t])
+            if layer in plan.read_match:
+                identity = video.source.output(plan.step, layer)[-1]
+                video.matcher.add(layer, _features(video_out[cond]), _features(identity))
+            if plan.merge is not None and layer in plan.merge_layers:
+                merged = out.clone() if merged is None else merged
+                merged[rows] = self._merge(video, layer, out[rows], t)
+        for video in self.videos:
+            if video.target is not None:
+                video.target.end_call(video.plan.step, layer)
+        return out if merged is None else merged
+
+    def _key_groups(self, video: VideoState, call: AttentionCall) -> list[list[KeyGroup]]:
+        plan = video.plan
+        id_key, id_value = video.source.key_value(plan.step, call.layer)
+        if id_key.shape[0] != self.branches:
             raise ValueError(
-                f"the identity has {id_key.shape[0]} CFG branches but this run has {call.key.shape[0]}: "
+                f"the identity has {id_key.shape[0]} CFG branches but this run has {self.branches}: "
                 "generate the identity and the shots with the same guidance setting"
             )
         device = call.key.device
-        groups = [[] for _ in range(call.key.shape[0])]
+        groups = [[] for _ in range(self.branches)]
         for injection in plan.injections:
-            keys = id_key.to(device)[:, :, injection.sources.to(device)]
-            values = id_value.to(device)[:, :, injection.sources.to(device)]
-            keys = self._position(keys, injection, call.rope)
-            for b in range(len(groups)):
+            sources = injection.sources.to(device)
+            keys = self._position(id_key.to(device)[:, :, sources], injection, call.rope)
+            values = id_value.to(device)[:, :, sources]
+            for b in range(self.branches):
                 groups[b].append(KeyGroup(injection.queries.to(device), keys[b], values[b]))
         return groups
 
     @staticmethod
     def _position(keys: torch.Tensor, injection: Injection, rope: Rope | None) -> torch.Tensor:
         """Give injected keys the RoPE of their target positions (text keys keep none)."""
-        if rope is None:
+        if rope is None or keys.shape[2] == 0:
             return keys
         positions = injection.positions.to(keys.device)
         video = positions >= 0
@@ -105,11 +149,17 @@ class Controller:
         keys[:, :, video] = rope.rotate(keys[:, :, video], positions[video])
         return keys
 
-    def _merge(self, plan: StepPlan, layer: int, out: torch.Tensor, t: int) -> torch.Tensor:
-        merge = plan.merge
-        identity_out = self.source.output(plan.step, layer).to(out.device)
+    @staticmethod
+    def _merge(video: VideoState, layer: int, out: torch.Tensor, t: int) -> torch.Tensor:
+        merge = video.plan.merge
+        identity_out = video.source.output(video.plan.step, layer).to(out.device)
         current = merge.current.to(out.device) + t
         weight = merge.weight.to(out.device, out.dtype)[:, None]
         out = out.clone()
         out[:, :, current] = (1 - weight) * out[:, :, current] + weight * identity_out[:, :, merge.identity.to(out.device)]
         return out
+
+
+def _features(video_out: torch.Tensor) -> torch.Tensor:
+    """(H, Nv, D) attention output of one row -> (Nv, H*D) matching features."""
+    return video_out.transpose(0, 1).reshape(video_out.shape[1], -1)

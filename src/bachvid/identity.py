@@ -3,9 +3,10 @@
 A shot asks the identity for three things: its keys and values (before RoPE) at a vital layer
 and step, its attention output at a layer and step (for matching and token merge), and its
 foreground mask. `IdentityRecord` is that interface; `CachedIdentity` answers it from memory.
-At CogVideoX-5B scale a raw cache is ~260 GB (BACHVID.md, scale facts), so other records can
-answer the same questions by running the identity in lockstep or by replaying its latents;
-the method does not change.
+At CogVideoX-5B scale a raw cache is ~260 GB (BACHVID.md, scale facts), so `LiveIdentity`
+answers the same questions from an identity that runs in the same batch as the shots (denoised
+in lockstep, or replayed from its stored latents): it holds only the current attention call's
+tensors. The method does not change.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class CachedIdentity:
     def keep_output(self, step: int, layer: int, output: torch.Tensor) -> None:
         self._out[step, layer] = self._store(output)
 
+    def end_call(self, step: int, layer: int) -> None:
+        """Nothing to drop: a cache keeps what it was given."""
+
     def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             return self._kv[step, layer]
@@ -63,3 +67,44 @@ class CachedIdentity:
     def nbytes(self) -> int:
         tensors = [t for kv in self._kv.values() for t in kv] + list(self._out.values())
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class LiveIdentity:
+    """An identity record fed by an identity video running in the same batch as the shots.
+
+    The controller hands it the identity's keys/values and outputs of the current attention
+    call before the shots of that call ask for them, and `end_call` drops them afterwards: at
+    no time does it hold more than one layer's tensors, and nothing survives a step.
+    """
+
+    def __init__(self, text_length: int, foreground: torch.Tensor | None = None):
+        self.text_length = text_length
+        self.foreground = foreground
+        self._kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._out: dict[tuple[int, int], torch.Tensor] = {}
+
+    def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        self._kv[step, layer] = (key, value)
+
+    def keep_output(self, step: int, layer: int, output: torch.Tensor) -> None:
+        self._out[step, layer] = output
+
+    def end_call(self, step: int, layer: int) -> None:
+        self._kv.pop((step, layer), None)
+        self._out.pop((step, layer), None)
+
+    def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return self._kv[step, layer]
+        except KeyError:
+            raise KeyError(f"the live identity did not run layer {layer} at step {step} in this batch") from None
+
+    def output(self, step: int, layer: int) -> torch.Tensor:
+        try:
+            return self._out[step, layer]
+        except KeyError:
+            raise KeyError(f"the live identity kept no output of layer {layer} at step {step} in this batch") from None
+
+    @property
+    def nbytes(self) -> int:
+        return 0

@@ -53,3 +53,35 @@ def best_matches(current: list[torch.Tensor], identity: list[torch.Tensor], chun
         best_index.append(index)
         best_sim.append(value)
     return Matches(torch.cat(best_index), torch.cat(best_sim))
+
+
+class MatchAccumulator:
+    """Builds `best_matches` layer by layer, as the attention calls of one step go by.
+
+    Keeping every matching layer's features for the current video and the identity costs
+    ~2.3 GB each at CogVideoX-5B size (21 layers x 17,550 tokens x 3,072, bf16). Summing the
+    per-layer similarities as they come needs one (Nv x Nv') float32 matrix instead (~1.2 GB),
+    and the identity's features are needed only during the call that produced them, so an
+    identity running in the same batch never has to keep them. Same sum, same argmax.
+    """
+
+    def __init__(self, chunk_size: int = 2048):
+        self.chunk_size = chunk_size
+        self.total: torch.Tensor | None = None
+        self.layers: list[int] = []
+
+    def add(self, layer: int, current: torch.Tensor, identity: torch.Tensor) -> None:
+        """current: (Nv, C) features of this video; identity: (Nv', C) of the identity, same layer and step."""
+        ids = F.normalize(identity.float(), dim=-1)
+        if self.total is None:
+            self.total = torch.zeros(current.shape[0], ids.shape[0], device=current.device)
+        for start in range(0, current.shape[0], self.chunk_size):
+            chunk = F.normalize(current[start : start + self.chunk_size].float(), dim=-1)
+            self.total[start : start + self.chunk_size] += chunk @ ids.T
+        self.layers.append(layer)
+
+    def result(self) -> Matches:
+        if not self.layers:
+            raise RuntimeError("no matching layer ran: check match_layers and tau_match against the model")
+        value, index = (self.total / len(self.layers)).max(dim=-1)
+        return Matches(index, value)

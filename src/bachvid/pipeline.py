@@ -1,34 +1,38 @@
 """BachVidPipeline: one story in, an identity video and consistent shots out.
 
 It wraps a stock diffusers pipeline (loaded with the usual `from_pretrained`) and steers it
-through attention processors and the step callback, so that with BachVid switched off it *is*
-the stock pipeline. The order of work, per story:
+through attention processors, running the stock pipeline's own parts (text encoder, scheduler,
+transformer, VAE) step for step, so that with BachVid switched off its videos *are* the stock
+pipeline's. The order of work for a story (see `modes.py` for how it is batched):
 
-1. identity: denoise the identity shot, keeping what shots need (identity record) and reading
-   its foreground mask;
+1. identity: denoise the identity shot, reading its foreground mask and keeping what the
+   identity mode needs;
 2. per shot, pre-run: denoise from the shot's noise up to max(tau_mask, tau_match) with
    background injection only, reading the shot's mask and its point matches;
 3. per shot, real run: restart from the same noise with background and point-tracked
    foreground injection and token merge.
+
+Generation runs under `torch.inference_mode()`, as diffusers pipelines do.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .backbones import backbone_for
+from .backbones import BatchVideo, backbone_for
 from .config import BachVidConfig
-from .controller import Controller
+from .controller import Controller, VideoState
 from .identity import CachedIdentity
 from .mask import MaskReader
-from .match import best_matches
-from .plan import PLAIN, Layers, PlanMaker
+from .modes import IDENTITY_MODES, ShotResult, StoryRun, run_story, vanilla_videos
+from .plan import Layers
 from .prompt import PromptSpans, PromptTooLong, token_spans
 
 DEFAULTS_FILE = "bachvid.json"  # optional per-model defaults: steps, guidance, fps; "bachvid": config knobs
@@ -43,40 +47,26 @@ class GenerationSettings:
     width: int = 720
     guidance_scale: float = 6.0
 
-    def for_story(self, story) -> "GenerationSettings":
-        """These settings with the story's own options (seed, frames, size) on top."""
+    def for_story(self, story, **explicit) -> "GenerationSettings":
+        """The one precedence rule of the API and the CLI: these (model) defaults < the story's own
+        options (seed, frames, size) < explicit values (None: not given)."""
         changes = {
             name: value
             for name, value in (("seed", story.seed), ("num_frames", story.num_frames),
                                 ("height", story.height), ("width", story.width))
             if value is not None
         }
+        unknown = set(explicit) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown generation settings: {', '.join(sorted(unknown))}")
+        changes.update({name: value for name, value in explicit.items() if value is not None})
         return replace(self, **changes)
-
-
-@dataclass
-class ShotResult:
-    role: str  # "identity" or "shot"
-    index: int | None
-    prompt: str
-    seed: int
-    frames: np.ndarray  # uint8 (F, H, W, 3)
-    mask: np.ndarray | None  # bool (latent frames, h tokens, w tokens)
-    seconds: float
-    record: CachedIdentity | None = None
-    stats: dict = field(default_factory=dict)
-    latents: torch.Tensor | None = None  # final latents, before the VAE
 
 
 @dataclass
 class StoryResult:
     identity: ShotResult
     shots: list[ShotResult]
-
-
-def _to_uint8(frames) -> np.ndarray:
-    video = np.asarray(frames[0] if isinstance(frames, (list, tuple)) or np.ndim(frames) == 5 else frames)
-    return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 class BachVidPipeline:
@@ -204,132 +194,161 @@ class BachVidPipeline:
 
     # Generation -----------------------------------------------------------------------------
     def __call__(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None,
-                 progress: bool = True) -> StoryResult:
-        settings = (settings or self.default_settings()).for_story(story)
-        config = config or self.default_config()
-        self.check_story(story)
-        identity = self.generate_identity(story, settings, config, progress=progress)
-        shots = [self.generate_shot(story, i, identity, settings, config, progress=progress)
-                 for i in range(len(story.shots))]
-        return StoryResult(identity, shots)
+                 progress: bool = True, *, identity_mode: str = "auto", group: int | None = None,
+                 **explicit) -> StoryResult:
+        """Make a story's identity video and shots.
 
+        settings: a whole GenerationSettings (explicit: beats the story's options), or None for the
+        model's defaults with the story's options on top; keywords (seed=, num_inference_steps=,
+        num_frames=, height=, width=, guidance_scale=) beat both. identity_mode: "cache", "replay",
+        "lockstep" or "auto" (see `modes.py`); group: shots per batch (None: as many as fit)."""
+        if settings is not None:
+            settings = replace(settings, **{k: v for k, v in explicit.items() if v is not None})
+        else:
+            settings = self.default_settings().for_story(story, **explicit)
+        results = list(self.generate(story, settings, config, identity_mode=identity_mode, group=group,
+                                     progress=progress))
+        return StoryResult(results[0], results[1:])
+
+    def generate(self, story, settings: GenerationSettings, config: BachVidConfig | None = None, *,
+                 identity_mode: str = "auto", group: int | None = None, shots: list[int] | None = None,
+                 progress: bool = True) -> Iterator[ShotResult]:
+        """Yield the identity's result, then each shot's as soon as its batch is done (nothing waits
+        for the whole story). shots: the indices of the shots to make (default: all)."""
+        config = config or self.default_config()
+        config = config.replace(shared_background=config.shared_background and story.shared_background)
+        self.check_story(story)
+        shots = list(range(len(story.shots))) if shots is None else list(shots)
+        mode = self.identity_mode(identity_mode, settings, config)
+        group = group or self.default_group(settings, len(shots), mode)
+        with torch.inference_mode():
+            yield from run_story(self, story, settings, config, mode, group, shots, progress)
+
+    def identity_mode(self, requested: str, settings: GenerationSettings, config: BachVidConfig) -> str:
+        """"auto": the cache when it fits in a quarter of the free memory where it would live, else replay."""
+        if requested != "auto":
+            if requested not in IDENTITY_MODES:
+                raise ValueError(f"identity mode must be auto, {', '.join(IDENTITY_MODES)}; got {requested!r}")
+            if requested == "cache":
+                self.check_cache_fits(settings, config)
+            return requested
+        needed, free, _ = self._cache_budget(settings, config)
+        return "cache" if needed <= free // 4 else "replay"
+
+    def cache_bytes(self, settings: GenerationSettings, config: BachVidConfig) -> int:
+        """What a CachedIdentity keeps for these settings: keys and values before RoPE at the vital
+        layers on injected steps, outputs at the vital layers on merge steps and at the matching
+        layers on the matching step, for every CFG branch."""
+        from .plan import PlanMaker
+
+        maker = PlanMaker(config, self.layers(config), settings.num_inference_steps, self.backbone.text_length)
+        frames, h, w = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
+        video, tokens = frames * h * w, frames * h * w + self.backbone.text_length
+        width = self.backbone.inner_dim * self.pipe.transformer.dtype.itemsize
+        branches = 2 if settings.guidance_scale > 1.0 else 1
+        plans = maker.identity_plans()
+        total = 0
+        for step in range(settings.num_inference_steps):
+            plan = plans(step)
+            total += len(plan.keep_key_value) * 2 * tokens + len(plan.keep_output) * video
+        return total * width * branches
+
+    def _cache_budget(self, settings, config) -> tuple[int, int, str]:
+        device = self.pipe._execution_device
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            where = f"{device} (free GPU memory)"
+        else:
+            free, where = _available_host_memory(), "host memory"
+        return self.cache_bytes(settings, config), free, where
+
+    def check_cache_fits(self, settings: GenerationSettings, config: BachVidConfig) -> None:
+        """Refuse a cache that would not fit, before anything runs: never an out-of-memory error."""
+        needed, free, where = self._cache_budget(settings, config)
+        if needed > free:
+            raise MemoryError(
+                f"identity_mode='cache' would keep {needed / 2**30:.1f} GiB of identity keys/values but "
+                f"{where} has {free / 2**30:.1f} GiB free; use identity_mode='replay' (stores only the "
+                f"identity's latents) or 'lockstep' (stores nothing), which give the same videos")
+
+    def default_group(self, settings: GenerationSettings, num_shots: int, mode: str) -> int:
+        """Shots per batch: all of them on a CPU; on a GPU as many as its free memory holds, at the
+        activation cost of one more video per shot (about 2.6 GiB at CogVideoX-5B's 49x480x720)."""
+        num_shots = max(1, num_shots)
+        device = self.pipe._execution_device
+        if device.type != "cuda":
+            return num_shots
+        free, _ = torch.cuda.mem_get_info(device)
+        per_video = self.backbone.activation_bytes(settings.num_frames, settings.height, settings.width,
+                                                   2 if settings.guidance_scale > 1.0 else 1)
+        return max(1, min(num_shots, int(free * 0.8 // per_video) - 1))
+
+    # Single videos, for experiments and benchmarks ------------------------------------------------
     def generate_identity(self, story, settings: GenerationSettings, config: BachVidConfig,
                           progress: bool = True) -> ShotResult:
-        shot = story.identity
-        return self._generate("identity", None, shot.background, story.character, shot.action,
-                              settings.seed, settings, config, identity=None, progress=progress)
+        """The identity alone, keeping a CachedIdentity for `generate_shot` (cache mode)."""
+        return next(self.generate(story, settings, config, identity_mode="cache", shots=[], progress=progress))
 
     def generate_shot(self, story, index: int, identity: ShotResult, settings: GenerationSettings,
                       config: BachVidConfig, progress: bool = True) -> ShotResult:
-        shot = story.shots[index]
+        """One shot from an identity made by `generate_identity` (any config with the same layers and steps)."""
         config = config.replace(shared_background=config.shared_background and story.shared_background)
-        return self._generate("shot", index, shot.background, story.character, shot.action,
-                              story.shot_seed(index, settings.seed), settings, config,
-                              identity=identity, progress=progress)
+        with torch.inference_mode():
+            run = StoryRun(self, story, settings, config, progress)
+            if not config.enabled:
+                return list(vanilla_videos(run, run.video("identity", None), [index], 0.0))[1]
+            record = identity.record
+            if record is None:
+                raise ValueError("this identity was generated with BachVid switched off; it has no record to inject")
+            start = time.perf_counter()
+            video, anchor = run.video("shot", index), run.video("identity", None)
+            (fg, matches), = run.preruns([video], anchor, record.foreground, cache=record)
+            latents = run.real_runs([video], anchor, record.foreground, [(fg, matches)], cache=record)[0]
+            pairs = matches.foreground_pairs(fg, record.foreground, config.match_threshold)[0].numel()
+            stats = {"foreground_tokens": int(fg.sum()), "foreground_pairs": int(pairs),
+                     "prerun_steps": run.maker.schedule.prerun_steps, "identity_mode": "cache", "group": 1}
+            return ShotResult("shot", index, video.spans.prompt, video.seed, run.frames(latents), fg.numpy(),
+                              time.perf_counter() - start, None, stats, latents)
 
-    def denoise(self, prompt: PromptSpans, seed: int, settings: GenerationSettings, plan_for,
-                progress: bool = False, stop_after: int | None = None) -> RunOutput:
-        """One run under explicit per-step plans, with whatever the controller holds (source,
-        target, mask reader). The building block of the method, open for tests and experiments."""
-        return self._prepare_run(prompt, seed, settings, progress)(plan_for, stop_after)
+    def denoise(self, prompt: PromptSpans, seed: int, settings: GenerationSettings, plan_for, *,
+                source=None, target=None, mask_reader: MaskReader | None = None, run_steps: int | None = None,
+                progress: bool = False) -> "RunOutput":
+        """One video under explicit per-step plans, reading from `source` and keeping into `target`:
+        the building block of the method, open for tests and experiments."""
+        state = VideoState(source=source, target=target, mask_reader=mask_reader)
 
-    def _prepare_run(self, prompt: PromptSpans, seed: int, settings: GenerationSettings, progress: bool) -> "_Run":
-        """Text embeddings and initial noise, drawn once so a pre-run and its real run share them."""
-        embeds, negative = self.backbone.encode(prompt.prompt, settings.guidance_scale > 1.0)
-        noise = self.backbone.initial_noise(seed, settings.num_frames, settings.height, settings.width, embeds.dtype)
-        return _Run(self, embeds, negative, noise, settings, progress)
+        def step_states(i):
+            state.plan = plan_for(i)
+            return [(state, None)]
 
-    def _generate(self, role, index, background, character, action, seed, settings, config, identity, progress):
-        start = time.perf_counter()
-        spans = self.spans(background, character, action)
-        grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
-        run = self._prepare_run(spans, seed, settings, progress)
-        stats: dict = {}
+        with torch.inference_mode():
+            embeds, negative = self.backbone.encode(prompt.prompt, settings.guidance_scale > 1.0)
+            latents = self.backbone.denoise(
+                [BatchVideo(embeds, negative, seed=seed)], num_frames=settings.num_frames, height=settings.height,
+                width=settings.width, num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale, step_states=step_states, run_steps=run_steps,
+                progress=progress)[0]
+            early = run_steps is not None and run_steps < settings.num_inference_steps
+            frames = None if early else (np.clip(self.backbone.decode(latents, settings.num_frames), 0, 1) * 255
+                                         + 0.5).astype(np.uint8)
+        return RunOutput(frames, latents)
 
-        if not config.enabled:
-            result = run(lambda step: PLAIN)
-            return ShotResult(role, index, spans.prompt, seed, result.frames, None,
-                              time.perf_counter() - start, None, stats, result.latents)
 
-        maker = PlanMaker(config, self.layers(config), settings.num_inference_steps,
-                          self.backbone.text_length)
-        fg_tokens = torch.tensor(spans.foreground(config.mask_foreground))
-        reader = lambda: MaskReader(torch.tensor(spans.background), fg_tokens, spans.real_length,  # noqa: E731
-                                    config.chunk_size)
-        if identity is None:
-            record = CachedIdentity(text_length=self.backbone.text_length)
-            self.controller.reset()
-            self.controller.target, self.controller.mask_reader = record, reader()
-            result = run(maker.identity_plans())
-            record.foreground = self.controller.mask_reader.mask(grid, config.mask_open_kernel)
-            stats["identity_bytes"] = record.nbytes
-            self.controller.reset()
-            return ShotResult(role, index, spans.prompt, seed, result.frames, record.foreground.numpy(),
-                              time.perf_counter() - start, record, stats, result.latents)
+def _available_host_memory() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
 
-        record = identity.record
-        if record is None:
-            raise ValueError("this identity was generated with BachVid switched off; it has no record to inject")
-        # Pre-run: read the shot's own mask and its matches to the identity.
-        self.controller.reset()
-        self.controller.source, self.controller.mask_reader = record, reader()
-        run(maker.prerun_plans(record.foreground), stop_after=maker.schedule.prerun_steps)
-        current_fg = self.controller.mask_reader.mask(grid, config.mask_open_kernel)
-        match_layers = sorted(maker.layers.match)
-        identity_features = []
-        for layer in match_layers:
-            out = record.output(maker.schedule.match_step, layer)[-1]
-            identity_features.append(out.transpose(0, 1).reshape(out.shape[1], -1))
-        matches = best_matches([self.controller.match_features[l] for l in match_layers], identity_features,
-                               config.chunk_size)
-        pairs = matches.foreground_pairs(current_fg, record.foreground, config.match_threshold)[0].numel()
-        stats.update(foreground_tokens=int(current_fg.sum()), foreground_pairs=int(pairs),
-                     prerun_steps=maker.schedule.prerun_steps)
-        # Real run from the same noise.
-        self.controller.reset()
-        self.controller.source = record
-        result = run(maker.shot_plans(record.foreground, current_fg, matches))
-        self.controller.reset()
-        return ShotResult(role, index, spans.prompt, seed, result.frames, current_fg.numpy(),
-                          time.perf_counter() - start, None, stats, result.latents)
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
 class RunOutput:
     frames: np.ndarray | None  # uint8 (F, H, W, 3); None when the run stopped early
     latents: torch.Tensor  # final (or last reached) latents
-
-
-class _Run:
-    """Denoising runs of the stock pipeline for one prompt and noise, the controller following a plan."""
-
-    def __init__(self, owner: BachVidPipeline, embeds, negative, noise, settings: GenerationSettings, progress):
-        self.owner, self.embeds, self.negative, self.noise = owner, embeds, negative, noise
-        self.settings, self.progress = settings, progress
-
-    def __call__(self, plan_for, stop_after: int | None = None) -> RunOutput:
-        controller, steps = self.owner.controller, self.settings.num_inference_steps
-        reached = {}
-
-        def on_step_end(i: int, latents: torch.Tensor) -> bool:
-            reached["latents"] = latents
-            following = i + 1
-            if stop_after is not None and following >= stop_after:
-                controller.plan = PLAIN
-                return True
-            controller.plan = plan_for(following) if following < steps else PLAIN
-            return False
-
-        controller.plan = plan_for(0)
-        early = stop_after is not None and stop_after < steps
-        try:
-            frames = self.owner.backbone.denoise(
-                prompt_embeds=self.embeds, negative_prompt_embeds=self.negative, latents=self.noise.clone(),
-                num_frames=self.settings.num_frames, height=self.settings.height, width=self.settings.width,
-                num_inference_steps=steps, guidance_scale=self.settings.guidance_scale,
-                on_step_end=on_step_end, output_type="latent" if early else "np",
-                progress=self.progress and not early,
-            )
-        finally:
-            controller.plan = PLAIN
-        return RunOutput(None if early else _to_uint8(frames), reached["latents"])

@@ -166,6 +166,27 @@ class PlanMaker:
 
         return plan
 
+    def mask_plans(self) -> Callable[[int], StepPlan]:
+        """An identity that keeps nothing (its shots read it live later): only its mask is read."""
+        return lambda step: StepPlan(step=step, read_mask=self._reads(step)["read_mask"])
+
+    def source_plans(self, prerun: bool) -> Callable[[int], StepPlan]:
+        """An identity running in the shots' batch (lockstep or replay) keeps, at each step, what
+        the shots' pre-runs (prerun=True) or real runs read in that same step, and nothing else."""
+        s, layers = self.schedule, self.layers
+
+        def plan(step: int) -> StepPlan:
+            injecting = step in s.inject
+            if prerun:
+                keep_kv = layers.vital if injecting and self.config.shared_background else frozenset()
+                keep_output = layers.match if step == s.match_step else frozenset()
+            else:
+                keep_kv = layers.vital if injecting else frozenset()
+                keep_output = layers.vital if injecting and s.merge_weights[step] > 0 else frozenset()
+            return StepPlan(step=step, keep_key_value=keep_kv, keep_output=keep_output)
+
+        return plan
+
     def prerun_plans(self, identity_fg: torch.Tensor) -> Callable[[int], StepPlan]:
         """Reads the shot's mask and matches; before its own mask exists, the identity's stands in."""
         injections = ()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cogvideox import CogVideoXBackbone
+from .cogvideox import BatchVideo, CogVideoXBackbone
 
 BACKBONES = (CogVideoXBackbone,)
 

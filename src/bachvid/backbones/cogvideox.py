@@ -9,16 +9,28 @@ so foreground injection there is plain key/value sharing, without point tracking
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from diffusers import CogVideoXPipeline
+from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
-from ..controller import AttentionCall, Controller
+from ..controller import AttentionCall, Controller, VideoState
 from ..plan import Layers
+
+
+@dataclass
+class BatchVideo:
+    """One video of a batched denoising run."""
+
+    embeds: torch.Tensor  # (1, T, C) conditional text embeddings
+    negative: torch.Tensor | None  # (1, T, C) unconditional ones; None without CFG
+    seed: int | None = None  # a denoised video: the seed of its generator
+    replay: Sequence[torch.Tensor] | None = None  # a replayed video: its latents before each step
 
 
 @dataclass
@@ -70,6 +82,7 @@ class CogVideoXBackbone:
 
     def __init__(self, pipe: CogVideoXPipeline):
         self.pipe = pipe
+        self.controller: Controller | None = None
         self._original_processors = None
 
     # Model facts -----------------------------------------------------------------------------
@@ -84,6 +97,21 @@ class CogVideoXBackbone:
     @property
     def text_length(self) -> int:
         return self.transformer.config.max_text_seq_length
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of attention keys/values: heads x head dim."""
+        config = self.transformer.config
+        return config.num_attention_heads * config.attention_head_dim
+
+    def activation_bytes(self, num_frames: int, height: int, width: int, branches: int) -> int:
+        """Memory one more video adds to a batched forward: its widest live tensors in a block
+        (hidden states, q/k/v, attention output and the 4x feed-forward), over [text ; video] tokens.
+        Measured on an H100 with CogVideoX-5B at 49x480x720: ~2.6 GiB per video (CFG pair)."""
+        frames, h, w = self.token_grid(num_frames, height, width)
+        tokens = self.text_length + frames * h * w
+        itemsize = self.transformer.dtype.itemsize
+        return branches * tokens * self.inner_dim * itemsize * (1 + 3 + 1 + 4 + 4)
 
     @property
     def has_rope(self) -> bool:
@@ -119,6 +147,7 @@ class CogVideoXBackbone:
 
     # Attention hooks -------------------------------------------------------------------------
     def install(self, controller: Controller) -> None:
+        self.controller = controller
         if self._original_processors is None:
             self._original_processors = self.transformer.attn_processors
         processors = {}
@@ -132,57 +161,161 @@ class CogVideoXBackbone:
             self.transformer.set_attn_processor(self._original_processors)
             self._original_processors = None
 
-    # Running the stock pipeline -------------------------------------------------------------
+    # Denoising -----------------------------------------------------------------------------
     def encode(self, prompt: str, do_cfg: bool, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.pipe.encode_prompt(
             prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
             max_sequence_length=self.text_length, device=self.pipe._execution_device,
         )
 
-    def initial_noise(self, seed: int, num_frames: int, height: int, width: int, dtype) -> torch.Tensor:
-        """The same noise stock CogVideoXPipeline draws for `generator=torch.Generator(device).manual_seed(seed)`."""
+    def generator(self, seed: int) -> torch.Generator:
+        """The generator stock CogVideoXPipeline would be given for this seed."""
         device = self.pipe._execution_device
-        frames, _, _ = self.token_grid(num_frames, height, width)
-        if self.transformer.config.patch_size_t is not None:
-            frames *= self.transformer.config.patch_size_t
-        spatial = self.pipe.vae_scale_factor_spatial
-        shape = (1, frames, self.transformer.config.in_channels, height // spatial, width // spatial)
-        generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
+
+    def _latent_frames(self, num_frames: int) -> tuple[int, int]:
+        """(pixel frames the latents are drawn for, padding latent frames), as CogVideoX 1.5 pads to patch_size_t."""
+        latent_frames = (num_frames - 1) // self.pipe.vae_scale_factor_temporal + 1
+        p_t = self.transformer.config.patch_size_t
+        extra = 0 if p_t is None or latent_frames % p_t == 0 else p_t - latent_frames % p_t
+        return num_frames + extra * self.pipe.vae_scale_factor_temporal, extra
+
+    def initial_noise(self, generator: torch.Generator, num_frames: int, height: int, width: int, dtype) -> torch.Tensor:
+        """The initial latents stock CogVideoXPipeline draws from `generator` (it draws them first)."""
+        frames, _ = self._latent_frames(num_frames)
+        return self.pipe.prepare_latents(1, self.transformer.config.in_channels, frames, height, width, dtype,
+                                         self.pipe._execution_device, generator)
 
     def denoise(
         self,
+        videos: list[BatchVideo],
         *,
-        prompt_embeds: torch.Tensor,
-        negative_prompt_embeds: torch.Tensor | None,
-        latents: torch.Tensor,
         num_frames: int,
         height: int,
         width: int,
         num_inference_steps: int,
         guidance_scale: float,
-        on_step_end: Callable[[int, torch.Tensor], bool],
-        output_type: str = "np",
-        progress: bool = True,
-    ):
-        """Run the stock pipeline; `on_step_end(i, latents)` hears of each finished step, True stops it."""
+        step_states: Callable[[int], list[tuple[VideoState, int | None]]],
+        run_steps: int | None = None,
+        on_step_end: Callable[[int, list[torch.Tensor | None]], None] | None = None,
+        progress: bool | str = False,
+    ) -> list[torch.Tensor | None]:
+        """Denoise several videos in one batch, step for step as stock CogVideoXPipeline does each alone.
 
-        def callback(pipe, i, t, tensors):
-            if on_step_end(i, tensors["latents"]):
-                pipe._interrupt = True
-            return {}
+        Each video has its own generator (initial noise, then the scheduler's noise), its own CFG
+        pair of rows [uncond, cond] and its own scheduler state, so a video's latents equal a
+        stock run of it alone. A *replayed* video is not denoised: it re-enters every step with
+        the latents it had then, and `step_states(i)` gives, per video, its controller state and
+        how many blocks it needs (None: all; 0: skip it this step), so a replayed identity runs
+        only the blocks whose keys, values or outputs the shots use. Returns the latents of the
+        denoised videos (None for replayed ones) after `run_steps` of `num_inference_steps`."""
+        pipe, config = self.pipe, self.transformer.config
+        device = pipe._execution_device
+        do_cfg = guidance_scale > 1.0
+        run_steps = num_inference_steps if run_steps is None else run_steps
+        pipe.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = pipe.scheduler.timesteps
+        dpm = isinstance(pipe.scheduler, CogVideoXDPMScheduler)
+        dtype = videos[0].embeds.dtype
+        generators = [self.generator(v.seed) if v.replay is None else None for v in videos]
+        latents = [self.initial_noise(g, num_frames, height, width, dtype) if g is not None else None
+                   for g in generators]
+        step_kwargs = [pipe.prepare_extra_step_kwargs(g, 0.0) if g is not None else None for g in generators]
+        old_pred = [None] * len(videos)
+        rope = None
+        if config.use_rotary_positional_embeddings:
+            frames = self._latent_frames(num_frames)[0]
+            latent_frames = (frames - 1) // pipe.vae_scale_factor_temporal + 1
+            rope = pipe._prepare_rotary_positional_embeddings(height, width, latent_frames, device)
+        embeds = [torch.cat([v.negative, v.embeds]) if do_cfg else v.embeds for v in videos]
+        label = progress if isinstance(progress, str) else None
+        for i in tqdm(range(run_steps), desc=label, disable=not progress, leave=False):
+            t = timesteps[i]
+            states = step_states(i)
+            present = [j for j, (_, depth) in enumerate(states) if depth != 0]
+            inputs = [latents[j] if videos[j].replay is None else videos[j].replay[i].to(device) for j in present]
+            model_input = torch.cat([x for x in inputs for _ in range(2 if do_cfg else 1)])
+            model_input = pipe.scheduler.scale_model_input(model_input, t)
+            self.controller.branches = 2 if do_cfg else 1
+            with self._shallow_rows([states[j][0] for j in present], [states[j][1] for j in present]):
+                noise_pred = self.transformer(
+                    hidden_states=model_input,
+                    encoder_hidden_states=torch.cat([embeds[j] for j in present]),
+                    timestep=t.expand(model_input.shape[0]),
+                    image_rotary_emb=rope,
+                    return_dict=False,
+                )[0].float()
+            for row, j in enumerate(present):
+                if videos[j].replay is not None:
+                    continue
+                if do_cfg:
+                    uncond, text = noise_pred[2 * row : 2 * row + 2].chunk(2)
+                    pred = uncond + guidance_scale * (text - uncond)
+                else:
+                    pred = noise_pred[row : row + 1]
+                if dpm:
+                    new, old_pred[j] = pipe.scheduler.step(pred, old_pred[j], t, timesteps[i - 1] if i > 0 else None,
+                                                           latents[j], **step_kwargs[j], return_dict=False)
+                else:
+                    new = pipe.scheduler.step(pred, t, latents[j], **step_kwargs[j], return_dict=False)[0]
+                latents[j] = new.to(dtype)
+            if on_step_end is not None:
+                on_step_end(i, latents)
+        self.controller.clear()
+        return latents
 
-        self.pipe.set_progress_bar_config(disable=not progress, leave=False)
-        return self.pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            latents=latents,
-            num_frames=num_frames,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            max_sequence_length=self.text_length,
-            callback_on_step_end=callback,
-            output_type=output_type,
-        ).frames
+    @contextmanager
+    def _shallow_rows(self, states: list[VideoState], depths: list[int | None]):
+        """Videos with a depth d leave the batch before block d; their model outputs are filler.
+
+        Hooks around the stock forward (so offloading hooks and the stock block code still run):
+        before block d the rows of videos of depth d are dropped and the controller is told; before
+        the final norm, zero rows take their place again so the output keeps its batch size."""
+        self.controller.use(states)
+        cuts = sorted({d for d in depths if d is not None and d < self.num_layers})
+        if not cuts:
+            yield
+            return
+        branches = self.controller.branches
+        alive = list(range(len(states)))
+        handles = []
+
+        def before_block(index):
+            def hook(module, args, kwargs):
+                # every block gets the forward's full-batch temb; hidden states shrink at the cuts
+                nonlocal alive
+                full = torch.tensor([k * branches + b for k in alive for b in range(branches)])
+                if index in cuts:
+                    keep = [i for i, k in enumerate(alive) if depths[k] != index]
+                    rows = torch.tensor([i * branches + b for i in keep for b in range(branches)])
+                    alive = [alive[i] for i in keep]
+                    self.controller.use([states[k] for k in alive])
+                    for name in ("hidden_states", "encoder_hidden_states"):
+                        kwargs[name] = kwargs[name].index_select(0, rows.to(kwargs[name].device))
+                    full = full[rows]
+                kwargs["temb"] = kwargs["temb"].index_select(0, full.to(kwargs["temb"].device))
+                return args, kwargs
+            return hook
+
+        def refill(module, args):
+            hidden = args[0]
+            full = hidden.new_zeros((len(states) * branches, *hidden.shape[1:]))
+            rows = torch.tensor([k * branches + b for k in alive for b in range(branches)], device=hidden.device)
+            full[rows] = hidden
+            return (full, *args[1:])
+
+        try:
+            for index in range(cuts[0], self.num_layers):
+                handles.append(self.transformer.transformer_blocks[index].register_forward_pre_hook(
+                    before_block(index), with_kwargs=True))
+            handles.append(self.transformer.norm_final.register_forward_pre_hook(refill))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
+        """Frames of final latents, as stock CogVideoXPipeline decodes them: float (F, H, W, 3) in [0, 1]."""
+        _, extra = self._latent_frames(num_frames)
+        video = self.pipe.decode_latents(latents[:, extra:])
+        return self.pipe.video_processor.postprocess_video(video=video, output_type="np")[0]

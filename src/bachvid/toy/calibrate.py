@@ -37,14 +37,14 @@ class AttentionRecorder:
     """Stands in for the controller's MaskReader: keeps the background/foreground scores of every
     (foreground span, step, layer) apart instead of averaging them."""
 
-    def __init__(self, controller, spans):
-        self.controller = controller
+    def __init__(self, spans):
+        self.step = -1  # set by the plan of each step
         self.real_length = spans.real_length
         self.words = {span: (torch.tensor(spans.background), torch.tensor(spans.foreground(span))) for span in SPANS}
         self.scores: dict[str, dict[int, dict[int, tuple]]] = {span: {} for span in SPANS}
 
     def add(self, layer, video_queries, text_keys):
-        step = self.controller.plan.step
+        step = self.step
         for span, (background, foreground) in self.words.items():
             self.scores[span].setdefault(step, {})[layer] = text_attention_scores(
                 video_queries, text_keys, self.real_length, background, foreground)
@@ -61,14 +61,13 @@ def read_all(pipe, combo, seed: int, steps: list[int], settings) -> dict:
     """One plain generation reading every layer at `steps`: the scores, the token grid and the truth."""
     spans = pipe.spans(*world.texts(*combo))
     layers = frozenset(range(pipe.backbone.num_layers))
-    controller = pipe.controller
-    controller.reset()
-    controller.mask_reader = recorder = AttentionRecorder(controller, spans)
-    try:
-        frames = pipe.denoise(spans, seed, settings,
-                              lambda step: StepPlan(step=step, read_mask=layers) if step in steps else PLAIN).frames
-    finally:
-        controller.reset()
+    recorder = AttentionRecorder(spans)
+
+    def plan(step: int) -> StepPlan:
+        recorder.step = step
+        return StepPlan(step=step, read_mask=layers) if step in steps else PLAIN
+
+    frames = pipe.denoise(spans, seed, settings, plan, mask_reader=recorder).frames
     return {"truth": world.latent_token_mask(score_clip(frames).mask), "scores": recorder.scores,
             "grid": pipe.backbone.token_grid(settings.num_frames, settings.height, settings.width)}
 

@@ -1,0 +1,260 @@
+"""How a story's videos are run: the identity pass, the shots' pre-runs and real runs, in batches.
+
+A shot needs, at every injected step, the identity's keys and values of that step. Where they
+come from is the *identity mode*; the method (plans, controller) is the same in all three:
+
+- `cache`: the identity runs alone first and a `CachedIdentity` keeps everything shots read.
+  Simple, but ~260 GB at CogVideoX-5B size: for small models.
+- `replay`: the identity runs alone first, keeping only its latent before every step. Shots then
+  run in a batch with the identity *replayed*: at each step its stored latent re-enters the
+  batch and runs only the blocks whose keys, values or outputs the shots read, feeding a
+  `LiveIdentity` in the same attention calls. Nothing per-layer is stored; the kept latents are
+  also what a saved character is made of.
+- `lockstep`: the identity runs alone only up to the pre-run's end (its mask and the latents the
+  pre-runs replay), then is denoised again from its noise in the same batch as each group of
+  shots' real runs, which read it live. No identity store at all; the identity costs a full
+  forward per step per group, which lockstep repays by batching many shots.
+
+In every mode a shot is a pre-run (up to max(tau_mask, tau_match), background injection only,
+reading the shot's mask and matches) and a real run from the same noise. Shots go in groups of
+`group` videos per batch. All modes give the same videos (tested to 1e-5 in float32).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .backbones import BatchVideo
+from .config import BachVidConfig
+from .controller import VideoState
+from .identity import CachedIdentity, LiveIdentity
+from .mask import MaskReader
+from .match import MatchAccumulator
+from .plan import PlanMaker, StepPlan
+from .prompt import PromptSpans
+
+IDENTITY_MODES = ("cache", "replay", "lockstep")
+
+
+@dataclass
+class ShotResult:
+    role: str  # "identity" or "shot"
+    index: int | None  # shot index in the story; None for the identity
+    prompt: str
+    seed: int
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+    mask: np.ndarray | None  # bool (latent frames, h tokens, w tokens)
+    seconds: float
+    record: object | None = None  # the identity's CachedIdentity (cache mode)
+    stats: dict = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # final latents, before the VAE
+    replay: list[torch.Tensor] | None = None  # the identity's latent before each step (replay mode)
+
+
+@dataclass
+class Video:
+    """A video of the story: its prompt, seed and text embeddings (drawn once, shared by its runs)."""
+
+    role: str
+    index: int | None
+    spans: PromptSpans
+    seed: int
+    embeds: torch.Tensor
+    negative: torch.Tensor | None
+
+    def denoised(self) -> BatchVideo:
+        return BatchVideo(self.embeds, self.negative, seed=self.seed)
+
+    def replayed(self, latents: list[torch.Tensor]) -> BatchVideo:
+        return BatchVideo(self.embeds, self.negative, replay=latents)
+
+
+def _to_uint8(frames) -> np.ndarray:
+    return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _depth(plan: StepPlan) -> int:
+    """Blocks a replayed identity must run for a step's plan: through the last layer it feeds."""
+    layers = plan.keep_key_value | plan.keep_output
+    return max(layers) + 1 if layers else 0
+
+
+class StoryRun:
+    """One story under one config and settings: makes its videos' plans and runs their batches."""
+
+    def __init__(self, pipe, story, settings, config: BachVidConfig, progress: bool = True):
+        self.pipe, self.backbone, self.story = pipe, pipe.backbone, story
+        self.settings, self.config, self.progress = settings, config, progress
+        self.maker = PlanMaker(config, pipe.layers(config), settings.num_inference_steps, self.backbone.text_length)
+        self.grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
+
+    # Videos and their readers ----------------------------------------------------------------
+    def video(self, role: str, index: int | None) -> Video:
+        story, settings = self.story, self.settings
+        shot = story.identity if index is None else story.shots[index]
+        seed = settings.seed if index is None else story.shot_seed(index, settings.seed)
+        spans = self.pipe.spans(shot.background, story.character, shot.action)
+        embeds, negative = self.backbone.encode(spans.prompt, settings.guidance_scale > 1.0)
+        return Video(role, index, spans, seed, embeds, negative)
+
+    def _reader(self, video: Video) -> MaskReader:
+        spans = video.spans
+        return MaskReader(torch.tensor(spans.background), torch.tensor(spans.foreground(self.config.mask_foreground)),
+                          spans.real_length, self.config.chunk_size)
+
+    def _denoise(self, batch: list[BatchVideo], step_states, run_steps=None, on_step_end=None, label=""):
+        s = self.settings
+        return self.backbone.denoise(
+            batch, num_frames=s.num_frames, height=s.height, width=s.width, num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale, step_states=step_states, run_steps=run_steps, on_step_end=on_step_end,
+            progress=label if self.progress else False)
+
+    def frames(self, latents: torch.Tensor) -> np.ndarray:
+        return _to_uint8(self.backbone.decode(latents, self.settings.num_frames))
+
+    # The identity alone ------------------------------------------------------------------------
+    def identity_alone(self, identity: Video, record: CachedIdentity | None, run_steps: int | None = None,
+                       keep_latents: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+        """Denoise the identity alone, reading its mask; a cache keeps what shots read, and with
+        keep_latents its latent before every step is kept (what a replay needs)."""
+        plans = self.maker.identity_plans() if record is not None else self.maker.mask_plans()
+        state = VideoState(target=record, mask_reader=self._reader(identity))
+        kept = None
+        if keep_latents:
+            s = self.settings
+            generator = self.backbone.generator(identity.seed)
+            kept = [self.backbone.initial_noise(generator, s.num_frames, s.height, s.width, identity.embeds.dtype)]
+
+        def step_states(i):
+            state.plan = plans(i)
+            return [(state, None)]
+
+        def on_step_end(i, latents):
+            if kept is not None:
+                kept.append(latents[0])
+
+        latents = self._denoise([identity.denoised()], step_states, run_steps, on_step_end, "identity")[0]
+        mask = state.mask_reader.mask(self.grid, self.config.mask_open_kernel)
+        if record is not None:
+            record.foreground = mask
+        return latents, mask, kept
+
+    # Shots -----------------------------------------------------------------------------------
+    def _source(self, identity: Video, identity_fg, cache: CachedIdentity | None, replay: list | None,
+                prerun: bool):
+        """Where shots read the identity: a cache (no batch row), or a live identity row of the batch
+        (replayed from `replay`, or denoised again when `replay` is None)."""
+        if cache is not None:
+            return cache, None
+        live = LiveIdentity(self.backbone.text_length, identity_fg)
+        plans = self.maker.source_plans(prerun)
+        state = VideoState(target=live)
+        row = identity.replayed(replay) if replay is not None else identity.denoised()
+
+        def at_step(i):
+            state.plan = plans(i)
+            return state, (_depth(state.plan) if replay is not None else None)
+
+        return live, (row, at_step)
+
+    def preruns(self, shots: list[Video], identity: Video, identity_fg, *, cache=None, replay=None):
+        """Each shot's pre-run up to max(tau_mask, tau_match): its mask and its matches to the identity."""
+        source, row = self._source(identity, identity_fg, cache, replay, prerun=True)
+        plans = self.maker.prerun_plans(identity_fg)
+        states = [VideoState(source=source, mask_reader=self._reader(v), matcher=MatchAccumulator(self.config.chunk_size))
+                  for v in shots]
+        # The identity row goes first, so its keys/values reach the live record before shots read them.
+        batch = ([row[0]] if row else []) + [v.denoised() for v in shots]
+
+        def step_states(i):
+            for state in states:
+                state.plan = plans(i)
+            return ([row[1](i)] if row else []) + [(state, None) for state in states]
+
+        self._denoise(batch, step_states, self.maker.schedule.prerun_steps, label="pre-run")
+        return [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
+                for state in states]
+
+    def real_runs(self, shots: list[Video], identity: Video, identity_fg, readings, *, cache=None, replay=None):
+        """The shots' real runs from their noise; with neither cache nor replay the identity is denoised
+        in the same batch (lockstep) and its latents come back first."""
+        source, row = self._source(identity, identity_fg, cache, replay, prerun=False)
+        states, plan_fns = [], []
+        for fg, matches in readings:
+            states.append(VideoState(source=source))
+            plan_fns.append(self.maker.shot_plans(identity_fg, fg, matches))
+        batch = ([row[0]] if row else []) + [v.denoised() for v in shots]
+
+        def step_states(i):
+            for state, plans in zip(states, plan_fns):
+                state.plan = plans(i)
+            return ([row[1](i)] if row else []) + [(state, None) for state in states]
+
+        latents = self._denoise(batch, step_states, label="shots")
+        return latents
+
+
+def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: int, shots: list[int],
+              progress: bool = True) -> Iterator[ShotResult]:
+    """Yield the identity's result, then each shot's as its group finishes (shots: indices to make)."""
+    if mode not in IDENTITY_MODES:
+        raise ValueError(f"identity mode must be one of {', '.join(IDENTITY_MODES)}, got {mode!r}")
+    if group < 1:
+        raise ValueError(f"group must be >= 1 shot per batch, got {group}")
+    start = time.perf_counter()
+    run = StoryRun(pipe, story, settings, config, progress)
+    identity = run.video("identity", None)
+    if not config.enabled:
+        yield from vanilla_videos(run, identity, shots, start)
+        return
+    steps = settings.num_inference_steps
+    prerun_steps = run.maker.schedule.prerun_steps
+    cache = CachedIdentity(text_length=pipe.backbone.text_length) if mode == "cache" else None
+    alone_steps = prerun_steps if mode == "lockstep" and shots else None
+    latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
+    identity_stats = {"identity_mode": mode, "identity_bytes": cache.nbytes if cache else
+                      sum(x.numel() * x.element_size() for x in replay)}
+    pending_identity = None
+    if mode == "lockstep" and shots:
+        pending_identity = identity_stats
+    else:
+        yield ShotResult("identity", None, identity.spans.prompt, identity.seed, run.frames(latents),
+                         identity_fg.numpy(), time.perf_counter() - start, cache, identity_stats, latents, replay)
+    for first in range(0, len(shots), group):
+        group_start = time.perf_counter()
+        videos = [run.video("shot", i) for i in shots[first:first + group]]
+        source = {"cache": cache} if mode == "cache" else {"replay": replay}
+        readings = run.preruns(videos, identity, identity_fg, **source)
+        real = {"cache": cache} if mode == "cache" else {"replay": replay} if mode == "replay" else {}
+        outs = run.real_runs(videos, identity, identity_fg, readings, **real)
+        if mode == "lockstep":
+            identity_latents, outs = outs[0], outs[1:]
+            if pending_identity is not None:
+                yield ShotResult("identity", None, identity.spans.prompt, identity.seed, run.frames(identity_latents),
+                                 identity_fg.numpy(), time.perf_counter() - start, None, pending_identity,
+                                 identity_latents, None)
+                pending_identity = None
+        elif mode == "replay":
+            outs = outs[1:]
+        seconds = (time.perf_counter() - group_start) / len(videos)
+        for video, (fg, matches), out in zip(videos, readings, outs):
+            pairs = matches.foreground_pairs(fg, identity_fg, config.match_threshold)[0].numel()
+            stats = {"foreground_tokens": int(fg.sum()), "foreground_pairs": int(pairs), "prerun_steps": prerun_steps,
+                     "identity_mode": mode, "group": len(videos)}
+            yield ShotResult("shot", video.index, video.spans.prompt, video.seed, run.frames(out), fg.numpy(),
+                             seconds, None, stats, out)
+
+
+def vanilla_videos(run: StoryRun, identity: Video, shots: list[int], start: float) -> Iterator[ShotResult]:
+    """BachVid off: every video alone, exactly as the stock pipeline makes it."""
+    for video in [identity] + [run.video("shot", i) for i in shots]:
+        state = VideoState()
+        latents = run._denoise([video.denoised()], lambda i: [(state, None)], label=video.role)[0]
+        yield ShotResult(video.role, video.index, video.spans.prompt, video.seed, run.frames(latents), None,
+                         time.perf_counter() - start, None, {}, latents)
+        start = time.perf_counter()
