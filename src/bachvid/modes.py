@@ -15,6 +15,12 @@ come from is the *identity mode*; the method (plans, controller) is the same in 
   shots' real runs, which read it live. No identity store at all; the identity costs a full
   forward per step per group, which lockstep repays by batching many shots.
 
+A *saved identity* (`SavedIdentity`, a `.bvid` file) is the replay form kept on disk: the
+identity's latent before every step, its foreground mask and final latents, with what it was
+made for (model, settings, BachVid config). A story run from it has no identity pass: its shots
+run in replay mode from the saved latents, and the identity's result is its saved final latents
+decoded again.
+
 In every mode a shot is a pre-run (up to max(tau_mask, tau_match), background injection only,
 reading the shot's mask and matches) and a real run from the same noise. Shots go in groups of
 `group` videos per batch. All modes give the same videos (tested to 1e-5 in float32).
@@ -87,9 +93,11 @@ def _depth(plan: StepPlan) -> int:
 class StoryRun:
     """One story under one config and settings: makes its videos' plans and runs their batches."""
 
-    def __init__(self, pipe, story, settings, config: BachVidConfig, progress: bool = True):
+    def __init__(self, pipe, story, settings, config: BachVidConfig, progress: bool = True, output_type: str = "np"):
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' (decoded frames) or 'latent', got {output_type!r}")
         self.pipe, self.backbone, self.story = pipe, pipe.backbone, story
-        self.settings, self.config, self.progress = settings, config, progress
+        self.settings, self.config, self.progress, self.output_type = settings, config, progress, output_type
         self.maker = PlanMaker(config, pipe.layers(config), settings.num_inference_steps, self.backbone.text_length)
         self.grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
 
@@ -98,8 +106,13 @@ class StoryRun:
         story, settings = self.story, self.settings
         shot = story.identity if index is None else story.shots[index]
         seed = settings.seed if index is None else story.shot_seed(index, settings.seed)
-        spans = self.pipe.spans(shot.background, story.character, shot.action)
-        embeds, negative = self.backbone.encode(spans.prompt, settings.guidance_scale > 1.0)
+        return self.video_of(role, index, shot.background, story.character, shot.action, seed)
+
+    def video_of(self, role: str, index: int | None, background: str, character: str, action: str,
+                 seed: int) -> Video:
+        """A video from its texts and seed (a saved identity's, say), its prompt encoded afresh."""
+        spans = self.pipe.spans(background, character, action)
+        embeds, negative = self.backbone.encode(spans.prompt, self.settings.guidance_scale > 1.0)
         return Video(role, index, spans, seed, embeds, negative)
 
     def _reader(self, video: Video) -> MaskReader:
@@ -114,7 +127,10 @@ class StoryRun:
             guidance_scale=s.guidance_scale, step_states=step_states, run_steps=run_steps, on_step_end=on_step_end,
             progress=label if self.progress else False)
 
-    def frames(self, latents: torch.Tensor) -> np.ndarray:
+    def frames(self, latents: torch.Tensor) -> np.ndarray | None:
+        """Decoded uint8 frames; None with output_type='latent' (as diffusers pipelines skip the VAE)."""
+        if self.output_type == "latent":
+            return None
         return _to_uint8(self.backbone.decode(latents, self.settings.num_frames))
 
     # The identity alone ------------------------------------------------------------------------
@@ -200,25 +216,43 @@ class StoryRun:
 
 
 def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: int, shots: list[int],
-              progress: bool = True) -> Iterator[ShotResult]:
-    """Yield the identity's result, then each shot's as its group finishes (shots: indices to make)."""
+              progress: bool = True, saved: "SavedIdentity | None" = None) -> Iterator[ShotResult]:
+    """Yield the identity's result, then each shot's as its group finishes (shots: indices to make).
+
+    With `saved`, there is no identity pass: the saved identity is replayed (mode must be "replay")
+    and its result is its saved final latents, decoded."""
     if mode not in IDENTITY_MODES:
         raise ValueError(f"identity mode must be one of {', '.join(IDENTITY_MODES)}, got {mode!r}")
     if group < 1:
         raise ValueError(f"group must be >= 1 shot per batch, got {group}")
     start = time.perf_counter()
     run = StoryRun(pipe, story, settings, config, progress)
-    identity = run.video("identity", None)
+    if saved is not None:
+        if mode != "replay" or not config.enabled:
+            raise ValueError("a saved identity is used in replay mode, with BachVid enabled")
+        identity = run.video_of("identity", None, saved.background, saved.character, saved.action, saved.seed)
+        if identity.spans.prompt != saved.prompt:
+            raise ValueError(f"the saved identity's prompt {saved.prompt!r} is built as {identity.spans.prompt!r} "
+                             f"by this bachvid; save the identity again")
+    else:
+        identity = run.video("identity", None)
     if not config.enabled:
         yield from vanilla_videos(run, identity, shots, start)
         return
     steps = settings.num_inference_steps
     prerun_steps = run.maker.schedule.prerun_steps
-    cache = CachedIdentity(text_length=pipe.backbone.text_length) if mode == "cache" else None
-    alone_steps = prerun_steps if mode == "lockstep" and shots else None
-    latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
-    identity_stats = {"identity_mode": mode, "identity_bytes": cache.nbytes if cache else
-                      sum(x.numel() * x.element_size() for x in replay)}
+    cache = None
+    if saved is not None:
+        latents, identity_fg, replay = saved.final.to(pipe.backbone.pipe._execution_device), saved.foreground, \
+            saved.latents
+        identity_stats = {"identity_mode": mode, "identity_bytes": saved.nbytes, "identity_file": saved.path,
+                          "identity_content_hash": saved.content_hash}
+    else:
+        cache = CachedIdentity(text_length=pipe.backbone.text_length) if mode == "cache" else None
+        alone_steps = prerun_steps if mode == "lockstep" and shots else None
+        latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
+        identity_stats = {"identity_mode": mode, "identity_bytes": cache.nbytes if cache else
+                          sum(x.numel() * x.element_size() for x in replay)}
     pending_identity = None
     if mode == "lockstep" and shots:
         pending_identity = identity_stats
@@ -246,6 +280,8 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
             pairs = matches.foreground_pairs(fg, identity_fg, config.match_threshold)[0].numel()
             stats = {"foreground_tokens": int(fg.sum()), "foreground_pairs": int(pairs), "prerun_steps": prerun_steps,
                      "identity_mode": mode, "group": len(videos)}
+            if saved is not None:
+                stats["identity_file"] = saved.path
             yield ShotResult("shot", video.index, video.spans.prompt, video.seed, run.frames(out), fg.numpy(),
                              seconds, None, stats, out)
 

@@ -212,9 +212,10 @@ class BachVidPipeline:
 
     def generate(self, story, settings: GenerationSettings, config: BachVidConfig | None = None, *,
                  identity_mode: str = "auto", group: int | None = None, shots: list[int] | None = None,
-                 progress: bool = True) -> Iterator[ShotResult]:
+                 progress: bool = True, output_type: str = "np") -> Iterator[ShotResult]:
         """Yield the identity's result, then each shot's as soon as its batch is done (nothing waits
-        for the whole story). shots: the indices of the shots to make (default: all)."""
+        for the whole story). shots: the indices of the shots to make (default: all);
+        output_type="latent" skips the VAE (results carry latents, no frames)."""
         config = config or self.default_config()
         config = config.replace(shared_background=config.shared_background and story.shared_background)
         self.check_story(story)
@@ -222,7 +223,7 @@ class BachVidPipeline:
         mode = self.identity_mode(identity_mode, settings, config)
         group = group or self.default_group(settings, len(shots), mode)
         with torch.inference_mode():
-            yield from run_story(self, story, settings, config, mode, group, shots, progress)
+            yield from run_story(self, story, settings, config, mode, group, shots, progress, output_type)
 
     def identity_mode(self, requested: str, settings: GenerationSettings, config: BachVidConfig) -> str:
         """"auto": the cache when it fits in a quarter of the free memory where it would live, else replay."""

@@ -160,3 +160,50 @@ def tiny_cogvideox_pipeline(*, rope: bool = True, num_layers: int = 4, text_leng
         transformer=transformer,
         scheduler=cogvideox_scheduler(),
     )
+
+
+BUNDLED_CONFIGS = ("cogvideox-5b", "cogvideox-2b")
+
+
+def bundled_config(name: str) -> dict:
+    """A real model's transformer config shipped with bachvid (configs/NAME.json): no download."""
+    import json
+    from importlib.resources import files
+
+    if name not in BUNDLED_CONFIGS + ("cogvideox-vae",):
+        raise ValueError(f"no bundled config {name!r}; bundled: {', '.join(BUNDLED_CONFIGS)}")
+    return json.loads(files("bachvid").joinpath("configs", f"{name}.json").read_text())
+
+
+def random_cogvideox_pipeline(name: str = "cogvideox-5b", *, dtype=torch.bfloat16, device="cpu", num_layers=None,
+                              num_heads=None, seed: int = 0):
+    """A real model's architecture with random weights, built on `device` in `dtype`: times and
+    fills memory like the real weights (CogVideoX-5B: 42 layers, 48 x 64) without a download.
+
+    The transformer and VAE come from the bundled configs (num_layers / num_heads shrink the
+    transformer for CPU smoke runs); the text encoder is a one-layer T5 of the real output width
+    (4096), since text encoding is a negligible part of a video's cost."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    config = bundled_config(name)
+    if num_layers is not None:
+        config["num_layers"] = num_layers
+    if num_heads is not None:
+        config["num_attention_heads"] = num_heads
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = CogVideoXTransformer3DModel.from_config(config).eval()
+            vae = AutoencoderKLCogVideoX.from_config(bundled_config("cogvideox-vae")).eval()
+            tokenizer = build_word_tokenizer(BASIC_WORDS, model_max_length=config["max_text_seq_length"])
+            text_encoder = T5EncoderModel(T5Config(
+                vocab_size=len(tokenizer), d_model=config["text_embed_dim"], d_kv=64, d_ff=1024, num_layers=1,
+                num_heads=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler = cogvideox_scheduler()  # THUDM's CogVideoX-2b and -5b ship this DDIM scheduler
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.to(device, dtype),
+                             vae=vae.to(device, dtype), transformer=transformer.to(device, dtype), scheduler=scheduler)

@@ -1,0 +1,361 @@
+"""`bachvid bench`: vanilla against BachVid in each identity mode, on the same story and seeds, in one run.
+
+Per mode it reports seconds per video, peak memory (CUDA peak allocated on a GPU; resident set
+size on a CPU, sampled) and both as ratios to vanilla in the same run. Every transformer forward
+is timed (synchronised) and labelled with its phase (identity alone, pre-run, injected or plain
+real-run step), so a short schedule (`--steps 10`, what a lent GPU's minutes allow at full size)
+also yields the per-step costs, and from them the ratio for the full schedule (`--extrapolate 50`:
+same per-step costs, the step counts of 50 steps).
+
+    bachvid bench                                   # the default model, on this machine
+    bachvid bench --random-weights cogvideox-5b     # full CogVideoX-5B config, random bf16 weights (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict
+
+MODES = ("vanilla", "cache", "replay", "lockstep")
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time and memory of BachVid's identity modes against vanilla generation")
+    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
+    p.add_argument("--random-weights", choices=("cogvideox-5b", "cogvideox-2b"), default=None,
+                   help="build this real architecture with random weights instead of loading one (no download)")
+    p.add_argument("--layers", type=int, default=None, help="with --random-weights: fewer layers (CPU smoke runs)")
+    p.add_argument("--heads", type=int, default=None, help="with --random-weights: fewer heads (CPU smoke runs)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated, from {', '.join(MODES)}; MODE:N runs it with N shots per batch")
+    p.add_argument("--shots", type=int, default=3, help="shots after the identity video")
+    p.add_argument("--group", type=int, default=None, help="shots per batch (default: as many as fit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, dest="num_inference_steps")
+    p.add_argument("--frames", type=int, dest="num_frames")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--guidance", type=float, dest="guidance_scale")
+    p.add_argument("--extrapolate", type=int, default=None,
+                   help="also give ratios for a schedule of this many steps, from the measured per-step costs")
+    p.add_argument("--decode", action="store_true", help="include VAE decoding (the same cost for every mode)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
+    p.set_defaults(run=run_bench)
+
+
+# Measuring ------------------------------------------------------------------------------------
+
+class ForwardClock:
+    """Times every forward of a module (CUDA-synchronised) and keeps its batch size."""
+
+    def __init__(self, module, device):
+        self.module, self.cuda = module, device.type == "cuda"
+        self.records: list[tuple[int, float]] = []
+        self._start = 0.0
+
+    def _sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def __enter__(self):
+        def before(module, args, kwargs):
+            self._sync()
+            self._start = time.perf_counter()
+
+        def after(module, args, kwargs, output):
+            self._sync()
+            self.records.append((kwargs["hidden_states"].shape[0], time.perf_counter() - self._start))
+
+        self._handles = [self.module.register_forward_pre_hook(before, with_kwargs=True),
+                         self.module.register_forward_hook(after, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA's peak allocated bytes, or the process's sampled RSS on a CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._stop = threading.Event()
+            self.peak = self._rss()
+
+            def sample():
+                while not self._stop.wait(0.005):
+                    self.peak = max(self.peak, self._rss())
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+
+# What each forward of a mode is ----------------------------------------------------------------
+
+def forward_labels(mode: str, steps: int, prerun_steps: int, inject: range, shots: int, group: int) -> list[str]:
+    """The phase of every transformer forward a story makes, in order (one forward per step)."""
+    def real(tag):
+        return [f"{tag}:real-{'injected' if i in inject else 'plain'}" for i in range(steps)]
+
+    if mode == "vanilla":
+        return ["vanilla"] * (steps * (1 + shots))
+    groups = [min(group, shots - first) for first in range(0, shots, group)]
+    alone = prerun_steps if mode == "lockstep" and shots else steps
+    labels = ["identity"] * alone
+    for g, size in enumerate(groups):
+        tag = f"group{size}"
+        labels += [f"{tag}:prerun"] * prerun_steps + real(tag)
+    return labels
+
+
+def extrapolated_seconds(labels: list[str], seconds: list[float], target_labels: list[str]) -> float:
+    """The same per-forward costs (mean per label) summed over another schedule's forwards."""
+    by_label = defaultdict(list)
+    for label, s in zip(labels, seconds):
+        by_label[label].append(s)
+    mean = {label: sum(v) / len(v) for label, v in by_label.items()}
+    missing = sorted(set(target_labels) - set(mean))
+    if missing:
+        raise ValueError(f"no measured forward for {', '.join(missing)}: run more steps")
+    return sum(mean[label] for label in target_labels)
+
+
+# The run -------------------------------------------------------------------------------------
+
+def _build(args):
+    import torch
+
+    from .cli import _device
+    from .pipeline import BachVidPipeline
+
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.random_weights:
+        from .tiny import random_cogvideox_pipeline
+
+        dtype = dtype or (torch.bfloat16 if device != "cpu" else torch.float32)
+        pipe = random_cogvideox_pipeline(args.random_weights, dtype=dtype, device=device, num_layers=args.layers,
+                                         num_heads=args.heads)
+        name = f"{args.random_weights} (random {str(dtype).removeprefix('torch.')} weights"
+        name += f", {args.layers} layers" if args.layers else ""
+        name += f", {args.heads} heads)" if args.heads else ")"
+        defaults = {"num_inference_steps": 50, "guidance_scale": 6.0}
+        return BachVidPipeline(pipe, model_name=name, defaults=defaults)
+    return BachVidPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+
+
+def bench_story(shots: int):
+    from .story import Shot, Story
+
+    actions = ["stands still", "walks to the left", "jumps", "runs to the right", "sits", "walks closer"]
+    lines = tuple(Shot("a green meadow", actions[i % len(actions)], line=i + 1) for i in range(shots + 1))
+    return Story(name="bench", character="a red robot", identity=lines[0], shots=lines[1:], shared_background=True)
+
+
+def parse_modes(text: str) -> list[tuple[str, int | None]]:
+    """'vanilla,lockstep:3,replay:1' -> [(mode, group or None)]; vanilla always comes first."""
+    modes = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        mode, _, group = item.partition(":")
+        if mode not in MODES or (group and (not group.isdigit() or int(group) < 1)):
+            raise ValueError(f"--modes takes {', '.join(MODES)}, each optionally :N (shots per batch); got {item!r}")
+        modes.append((mode, int(group) if group else None))
+    if not modes:
+        raise ValueError("--modes is empty")
+    if ("vanilla", None) not in modes:
+        modes.insert(0, ("vanilla", None))
+    return modes
+
+
+def run_bench(args) -> int:
+    try:
+        modes = parse_modes(args.modes)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.shots < 1:
+        print("error: --shots must be >= 1", file=sys.stderr)
+        return 2
+    import torch
+
+    pipe = _build(args)
+    device = pipe.pipe._execution_device
+    explicit = {k: getattr(args, k) for k in ("seed", "num_inference_steps", "num_frames", "height", "width",
+                                              "guidance_scale")}
+    story = bench_story(args.shots)
+    settings = pipe.default_settings().for_story(story, **explicit)
+    config = pipe.default_config()
+    maker_schedule = _schedule(pipe, settings, config)
+    output_type = "np" if args.decode else "latent"
+    print(f"model: {pipe.model_name}; device: {_device_name(device)}; {settings.num_frames} frames "
+          f"{settings.height}x{settings.width}, {settings.num_inference_steps} steps, guidance {settings.guidance_scale}; "
+          f"identity + {args.shots} shots; {'with' if args.decode else 'without'} VAE decoding", flush=True)
+
+    _warm_up(pipe, story, settings, config)
+    rows = {}
+    for mode, mode_group in modes:
+        name = mode if mode_group is None else f"{mode}:{mode_group}"
+        run_config = config.replace(enabled=False) if mode == "vanilla" else config
+        try:
+            group = mode_group or args.group or (pipe.default_group(settings, args.shots, mode)
+                                                 if mode != "vanilla" else 1)
+            identity_mode = "cache" if mode == "vanilla" else mode
+            if mode == "cache":
+                pipe.check_cache_fits(settings, run_config)
+        except MemoryError as error:
+            rows[name] = {"refused": str(error)}
+            print(f"{name}: refused ({error})", flush=True)
+            continue
+        _free(device)
+        with torch.inference_mode(), PeakMemory(device) as memory, ForwardClock(pipe.pipe.transformer, device) as clock:
+            start = time.perf_counter()
+            results = list(pipe.generate(story, settings, run_config, identity_mode=identity_mode, group=group,
+                                         progress=False, output_type=output_type))
+            seconds = time.perf_counter() - start
+        labels = forward_labels(mode, settings.num_inference_steps, maker_schedule.prerun_steps,
+                                maker_schedule.inject, args.shots, group)
+        if len(labels) != len(clock.records):
+            raise RuntimeError(f"{mode}: expected {len(labels)} forwards, timed {len(clock.records)}")
+        row = {"seconds": seconds, "seconds_per_video": seconds / len(results), "peak_bytes": memory.peak,
+               "group": group, "forwards": len(labels),
+               "identity_bytes": results[0].stats.get("identity_bytes", 0),
+               "per_step": _per_label(labels, [s for _, s in clock.records])}
+        if args.extrapolate:
+            target = _schedule(pipe, settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate}),
+                               config)
+            target_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots, group)
+            row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in clock.records], target_labels)
+        rows[name] = row
+        print(f"{name}: {seconds:.1f} s, peak {memory.peak / 2**30:.2f} GiB", flush=True)
+        del results
+
+    report = {"model": pipe.model_name, "device": _device_name(device), "platform": platform.platform(),
+              "settings": asdict(settings), "shots": args.shots, "decode": args.decode,
+              "extrapolate": args.extrapolate, "modes": rows}
+    _ratios(report)
+    print(format_table(report))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def _warm_up(pipe, story, settings, config) -> None:
+    """One short lockstep story first, so no timed mode pays for kernel selection and allocator growth."""
+    import torch
+
+    short = settings.__class__(**{**asdict(settings), "num_inference_steps": 2})
+    with torch.inference_mode():
+        for _ in pipe.generate(story, short, config, identity_mode="lockstep", group=1, shots=[0],
+                               progress=False, output_type="latent"):
+            pass
+
+
+def _schedule(pipe, settings, config):
+    from .plan import PlanMaker
+
+    return PlanMaker(config, pipe.layers(config), settings.num_inference_steps, pipe.backbone.text_length).schedule
+
+
+def _per_label(labels, seconds) -> dict:
+    by_label = defaultdict(list)
+    for label, s in zip(labels, seconds):
+        by_label[label].append(s)
+    return {label: {"count": len(v), "mean_seconds": sum(v) / len(v)} for label, v in by_label.items()}
+
+
+def _free(device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def _ratios(report: dict) -> None:
+    base = report["modes"].get("vanilla")
+    for row in report["modes"].values():
+        if "seconds" not in row:
+            continue
+        row["time_ratio"] = row["seconds"] / base["seconds"]
+        row["memory_ratio"] = row["peak_bytes"] / base["peak_bytes"]
+        if "extrapolated_seconds" in row:
+            row["extrapolated_time_ratio"] = row["extrapolated_seconds"] / base["extrapolated_seconds"]
+
+
+def format_table(report: dict) -> str:
+    extra = report.get("extrapolate")
+    head = ["mode", "group", "s/video", "x vanilla", "peak GiB", "x vanilla", "identity MB"]
+    if extra:
+        head.append(f"x vanilla @{extra} steps")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mode, row in report["modes"].items():
+        if "refused" in row:
+            lines.append(f"| {mode} | refused: {row['refused'].split(';')[0]} |")
+            continue
+        cells = [mode, str(row["group"]), f"{row['seconds_per_video']:.2f}", f"{row['time_ratio']:.3f}",
+                 f"{row['peak_bytes'] / 2**30:.2f}", f"{row['memory_ratio']:.3f}", f"{row['identity_bytes'] / 1e6:.1f}"]
+        if extra:
+            cells.append(f"{row['extrapolated_time_ratio']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bachvid bench")
+    sub = parser.add_subparsers()
+    add_bench(sub)
+    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
