@@ -22,14 +22,11 @@ a blue ocean # a white ghost # comes closer
 """
 
 
-@dataclass(frozen=True)
-class Settings:  # the contract's GenerationSettings
-    seed: int = 0
-    num_inference_steps: int = 3
-    num_frames: int = 5
-    height: int = 16
-    width: int = 24
-    guidance_scale: float = 6.0
+def Settings(**changes):  # the real GenerationSettings, with the fake model's defaults
+    from bachvid.pipeline import GenerationSettings
+
+    return GenerationSettings(**{"seed": 0, "num_inference_steps": 3, "num_frames": 5, "height": 16, "width": 24,
+                                 "guidance_scale": 6.0, **changes})
 
 
 @dataclass
@@ -42,6 +39,7 @@ class Result:  # the contract's ShotResult
     mask: np.ndarray | None
     seconds: float
     record: object | None = None
+    stats: dict | None = None
 
 
 class FakePipeline:
@@ -50,7 +48,7 @@ class FakePipeline:
     model_name, model_note = "fake-model", "a fake for tests"
 
     def __init__(self, interrupt_at=None):
-        self.calls, self.interrupt_at = [], interrupt_at
+        self.calls, self.interrupt_at, self.generated, self.cache_too_big = [], interrupt_at, [], False
 
     def default_settings(self):
         return Settings()
@@ -62,7 +60,18 @@ class FakePipeline:
         return [StoryError("the character would be cut by the text limit", story.path, shot.line)
                 for shot in (story.identity, *story.shots) if "TOO LONG" in shot.background + story.character]
 
-    def _result(self, role, index, story, shot, seed, settings, config):
+    def identity_mode(self, requested, settings, config):
+        if requested == "cache" and self.cache_too_big:
+            raise MemoryError("identity_mode='cache' would keep 9.0 GiB of identity keys/values but host memory "
+                              "has 1.0 GiB free; use identity_mode='replay' or 'lockstep'")
+        if requested == "auto":
+            return "replay" if self.cache_too_big else "cache"
+        return requested
+
+    def default_group(self, settings, num_shots, mode):
+        return max(1, num_shots)
+
+    def _result(self, role, index, story, shot, seed, settings, config, mode=None, group=None):
         self.calls.append((story.name, role, index, settings, config))
         if (story.name, index) == self.interrupt_at:
             raise KeyboardInterrupt
@@ -71,15 +80,21 @@ class FakePipeline:
         mask = np.zeros(((settings.num_frames - 1) // 4 + 1, settings.height // 8, settings.width // 8), bool)
         mask[:, 0, 0] = True
         prompt = f"{shot.background}, {story.character}, {shot.action}"
-        return Result(role, index, prompt, seed, frames, mask, 0.01, "record" if role == "identity" else None)
+        stats = {"identity_mode": mode} if role == "identity" else {"identity_mode": mode, "group": group}
+        return Result(role, index, prompt, seed, frames, mask, 0.01, None, stats)
 
-    def generate_identity(self, story, settings, config, progress=True):
-        return self._result("identity", None, story, story.identity, settings.seed, settings, config)
-
-    def generate_shot(self, story, index, identity, settings, config, progress=True):
-        assert identity.record == "record"
-        return self._result("shot", index, story, story.shots[index], story.shot_seed(index, settings.seed),
-                            settings, config)
+    def generate(self, story, settings, config, *, identity_mode="auto", group=None, shots=None, progress=True,
+                 identity=None):
+        """Like BachVidPipeline.generate: the identity first (always), then each shot asked for."""
+        assert identity is None
+        self.generated.append({"story": story.name, "identity_mode": identity_mode, "group": group, "shots": shots})
+        mode = self.identity_mode(identity_mode, settings, config)
+        shots = list(range(len(story.shots))) if shots is None else shots
+        group = group or self.default_group(settings, len(shots), mode)
+        yield self._result("identity", None, story, story.identity, settings.seed, settings, config, mode)
+        for i in shots:
+            yield self._result("shot", i, story, story.shots[i], story.shot_seed(i, settings.seed), settings, config,
+                               mode, min(group, len(shots)))
 
 
 @pytest.fixture
@@ -158,6 +173,7 @@ def test_rerun_skips_missing_videos_are_made_and_force_remakes(tmp_path, fake, c
     (folder / "shot-02.mp4").unlink()  # as if the batch had stopped before it
     assert run(tmp_path) == 0
     assert made(fake) == [("story-000", "identity", None), ("story-000", "shot", 1)]  # identity in memory only
+    assert fake.generated[-1]["shots"] == [1]  # only the missing shot is asked for
     assert (folder / "identity.mp4").stat().st_mtime_ns == stamps[folder / "identity.mp4"]
     assert (folder / "shot-01.mp4").stat().st_mtime_ns == stamps[folder / "shot-01.mp4"]
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -193,6 +209,37 @@ def test_ctrl_c_keeps_finished_videos_and_a_rerun_goes_on(tmp_path, fake, capsys
     assert run(tmp_path) == 0
     assert made(fake)[:2] == [("story-000", "identity", None), ("story-000", "shot", 1)]
     assert len(fake.calls) == 4 and (folder / "contact-sheet.png").is_file()
+
+
+def test_identity_mode_and_group_reach_generate_and_the_manifest(tmp_path, fake):
+    assert run(tmp_path) == 0
+    assert [(g["identity_mode"], g["group"]) for g in fake.generated] == [("cache", 2), ("cache", 1)]  # auto resolved
+    fake.generated.clear()
+    assert run(tmp_path, "--identity-mode", "lockstep", "--group", "1", "--force") == 0
+    assert [(g["identity_mode"], g["group"]) for g in fake.generated] == [("lockstep", 1), ("lockstep", 1)]
+    manifest = json.loads((tmp_path / "out" / "story-000" / "manifest.json").read_text())
+    assert manifest["identity_mode"] == "lockstep" and manifest["group"] == 1
+    assert manifest["videos"]["shot-02"]["stats"] == {"identity_mode": "lockstep", "group": 1}
+    assert "identity_mode" not in json.dumps(manifest["recipe"])  # every mode gives the same videos
+    fake.generated.clear()
+    (tmp_path / "out" / "story-000" / "shot-01.mp4").unlink()
+    assert run(tmp_path, "--identity-mode", "replay") == 0  # another mode may finish a story: same recipe
+    assert fake.generated == [{"story": "story-000", "identity_mode": "replay", "group": 1, "shots": [0]}]
+
+
+def test_a_cache_that_does_not_fit_is_refused_before_anything_runs(tmp_path, fake, capsys):
+    fake.cache_too_big = True
+    assert run(tmp_path, "--identity-mode", "cache") == 2
+    err = capsys.readouterr().err
+    assert "error: story-000: identity_mode='cache' would keep 9.0 GiB" in err and "Traceback" not in err
+    assert fake.calls == [] and fake.generated == [] and not (tmp_path / "out").exists()
+    assert run(tmp_path) == 0  # auto picks a mode that fits
+
+
+def test_identity_mode_choices_are_checked_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path, "--identity-mode", "fast")
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_bad_story_file_exits_2_with_file_and_line(tmp_path, monkeypatch, capsys):

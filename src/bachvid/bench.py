@@ -130,8 +130,12 @@ class PeakMemory:
 
 # What each forward of a mode is ----------------------------------------------------------------
 
-def forward_labels(mode: str, steps: int, prerun_steps: int, inject: range, shots: int, group: int) -> list[str]:
-    """The phase of every transformer forward a story makes, in order (one forward per step)."""
+def forward_labels(mode: str, steps: int, prerun_steps: int, inject: range, shots: int, group: int,
+                   read_steps: frozenset[int] = frozenset()) -> list[str]:
+    """The phase of every transformer forward a story makes, in order (one forward per step).
+
+    Pre-run steps that read the mask or the matches (read_steps) are labelled apart: their extra
+    cost is paid once per pre-run, not at every pre-run step."""
     def real(tag):
         return [f"{tag}:real-{'injected' if i in inject else 'plain'}" for i in range(steps)]
 
@@ -142,7 +146,8 @@ def forward_labels(mode: str, steps: int, prerun_steps: int, inject: range, shot
     labels = ["identity"] * alone
     for g, size in enumerate(groups):
         tag = f"group{size}"
-        labels += [f"{tag}:prerun"] * prerun_steps + real(tag)
+        labels += [f"{tag}:prerun-read" if i in read_steps else f"{tag}:prerun" for i in range(prerun_steps)]
+        labels += real(tag)
     return labels
 
 
@@ -251,7 +256,7 @@ def run_bench(args) -> int:
                                          progress=False, output_type=output_type))
             seconds = time.perf_counter() - start
         labels = forward_labels(mode, settings.num_inference_steps, maker_schedule.prerun_steps,
-                                maker_schedule.inject, args.shots, group)
+                                maker_schedule.inject, args.shots, group, _read_steps(maker_schedule))
         if len(labels) != len(clock.records):
             raise RuntimeError(f"{mode}: expected {len(labels)} forwards, timed {len(clock.records)}")
         row = {"seconds": seconds, "seconds_per_video": seconds / len(results), "peak_bytes": memory.peak,
@@ -261,7 +266,8 @@ def run_bench(args) -> int:
         if args.extrapolate:
             target = _schedule(pipe, settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate}),
                                config)
-            target_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots, group)
+            target_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots,
+                                           group, _read_steps(target))
             row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in clock.records], target_labels)
         rows[name] = row
         print(f"{name}: {seconds:.1f} s, peak {memory.peak / 2**30:.2f} GiB", flush=True)
@@ -293,6 +299,10 @@ def _schedule(pipe, settings, config):
     from .plan import PlanMaker
 
     return PlanMaker(config, pipe.layers(config), settings.num_inference_steps, pipe.backbone.text_length).schedule
+
+
+def _read_steps(schedule) -> frozenset[int]:
+    return frozenset({schedule.mask_step, schedule.match_step})
 
 
 def _per_label(labels, seconds) -> dict:

@@ -75,27 +75,50 @@ def _from_module(name: str):
 SETTING_FLAGS = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
 
 
-def add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate consistent shots for every story in a file",
-                       description="Generate the identity video and the shots of every story. Settings: a flag "
-                                   "given here beats the story's own option, which beats the model's default.")
-    p.add_argument("story_file", help="stories: .txt (background # character # action lines) or .yaml/.yml/.json")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per story)")
-    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
+IDENTITY_MODE_CHOICES = ("auto", "cache", "replay", "lockstep")
+
+
+def _add_setting_flags(p) -> None:
+    """The generation settings' flags (None: not given, so the story's option or the default holds)."""
     p.add_argument("--seed", type=_non_negative, help="identity seed; shot i uses seed + 1 + i")
     p.add_argument("--steps", type=_positive, dest="num_inference_steps", help="denoising steps")
     p.add_argument("--frames", type=_positive, dest="num_frames")
     p.add_argument("--height", type=_positive)
     p.add_argument("--width", type=_positive)
     p.add_argument("--guidance", type=float, dest="guidance_scale", help="classifier-free guidance scale")
-    p.add_argument("--no-shared-background", action="store_true",
-                   help="inject the character only; each shot keeps its own background")
-    p.add_argument("--no-bachvid", action="store_true", help="plain generation, a baseline to compare with")
+
+
+def _add_model_flags(p) -> None:
+    """Which model, and where it runs (read by _load_pipeline)."""
+    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="weights' dtype (default: the pipeline's, float32)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu, ... (default: cuda if available)")
     p.add_argument("--cpu-offload", action="store_true", help="keep idle models on the CPU (saves GPU memory)")
     p.add_argument("--vae-tiling", action="store_true", help="VAE tiling and slicing, for large videos")
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate consistent shots for every story in a file",
+                       description="Generate the identity video and the shots of every story. Settings: a flag "
+                                   "given here beats the story's own option, which beats the model's default "
+                                   "(with --identity: the saved identity's settings).")
+    p.add_argument("story_file", help="stories: .txt (background # character # action lines) or .yaml/.yml/.json")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per story)")
+    _add_setting_flags(p)
+    p.add_argument("--no-shared-background", action="store_true",
+                   help="inject the character only; each shot keeps its own background")
+    p.add_argument("--no-bachvid", action="store_true", help="plain generation, a baseline to compare with")
+    p.add_argument("--identity-mode", choices=IDENTITY_MODE_CHOICES, default="auto",
+                   help="how shots read the identity, all giving the same videos: cache (keeps its keys/values; "
+                        "small models), replay (keeps its latents), lockstep (keeps nothing); auto: cache when "
+                        "it fits, else replay")
+    p.add_argument("--group", type=_positive, default=None,
+                   help="shots denoised per batch (default: as many as fit in memory)")
+    p.add_argument("--identity", default=None, metavar="FILE.bvid",
+                   help="a saved character (bachvid identity save): every story's shots take it instead of "
+                        "the story's first line; settings default to the saved ones")
+    _add_model_flags(p)
     p.add_argument("--force", action="store_true", help="remake videos that already exist")
     p.set_defaults(run=run_generate)
 
@@ -165,6 +188,9 @@ class _Job:
     folder: Path
     recipe: dict  # everything that decides the pixels; a re-run may only reuse videos of the same recipe
     previous: dict | None = None  # the manifest already in the folder
+    mode: str | None = None  # the identity mode used (resolved from auto); None with BachVid off
+    group: int | None = None  # --group, or None: as many shots per batch as fit
+    saved: object | None = None  # a SavedIdentity (--identity) standing in for the story's identity line
 
     @property
     def names(self) -> list[str]:
@@ -180,14 +206,17 @@ def _story_texts(story: Story) -> dict:
             "shots": [{"background": s.background, "action": s.action} for s in story.shots]}
 
 
-def _settings(defaults, story: Story, args):
-    """Model default < story option < command-line flag."""
-    story_options = {"seed": story.seed, "num_frames": story.num_frames, "height": story.height,
-                     "width": story.width}
-    flags = {name: getattr(args, name) for name in SETTING_FLAGS}
-    changes = {k: v for k, v in story_options.items() if v is not None}
-    changes.update({k: v for k, v in flags.items() if v is not None})
-    return replace(defaults, **changes)
+def _with_saved_identity(story: Story, saved) -> tuple[Story, str | None]:
+    """The story with the saved identity in place of its first line, and a note if that line differed."""
+    from .story import Shot
+
+    first = story.identity
+    note = None
+    if (first.background, first.action) != (saved.background, saved.action):
+        note = (f"{story.name}: the saved identity ({saved.background} # {saved.character} # {saved.action}) "
+                f"stands in for the story's first line ({first.background} # {story.character} # "
+                f"{first.action}); write that line again below it to make it a shot")
+    return replace(story, identity=Shot(saved.background, saved.action, line=first.line)), note
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -261,16 +290,42 @@ def _generate(args) -> int:
         return _fail(errors)
 
     config = pipe.default_config(enabled=not args.no_bachvid, shared_background=not args.no_shared_background)
-    defaults = pipe.default_settings()
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return _fail([f"--out {out} is a file, not a folder"])
-    jobs = []
+    flags = {name: getattr(args, name) for name in SETTING_FLAGS}
+    saved = None
+    if args.identity is not None:
+        if args.no_bachvid:
+            return _fail(["--identity gives shots a saved character through BachVid; leave out --no-bachvid"])
+        if args.identity_mode not in ("auto", "replay"):
+            return _fail([f"a saved identity (--identity) is replayed; --identity-mode {args.identity_mode} "
+                          f"cannot use it (use auto or replay)"])
+        try:
+            saved = pipe.load_identity(args.identity, config=config)
+        except ValueError as error:  # IdentityFileError: damaged, or made for another model or config
+            return _fail([error])
+    defaults = saved.settings if saved is not None else pipe.default_settings()
+    jobs, notes = [], []
     for story in stories:
-        settings = _settings(defaults, story, args)
-        recipe = _json_ready({"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
-                              "story": _story_texts(story)})
-        job = _Job(story, settings, config, out / story.name, recipe)
+        if saved is not None:
+            story, identity_note = _with_saved_identity(story, saved)
+            notes += [identity_note] if identity_note else []
+        settings = defaults.for_story(story, **flags)  # one rule with the API: defaults < story < flags
+        try:
+            if saved is not None:
+                pipe.check_saved_identity(saved, story, settings, config)
+            mode = pipe.identity_mode("replay" if saved is not None else args.identity_mode, settings, config) \
+                if config.enabled else None
+        except (MemoryError, ValueError) as error:  # the cache would not fit; the saved identity does not serve
+            errors.append(f"{story.name}: {error}")
+            continue
+        recipe = {"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
+                  "story": _story_texts(story)}
+        if saved is not None:  # the saved character decides the pixels
+            recipe["identity"] = {"content_hash": saved.content_hash}
+        job = _Job(story, settings, config, out / story.name, _json_ready(recipe), mode=mode, group=args.group,
+                   saved=saved)
         try:
             job.previous = None if args.force else _read_manifest(job.folder / "manifest.json")
         except ValueError as error:
@@ -281,6 +336,8 @@ def _generate(args) -> int:
         jobs.append(job)
     if errors:
         return _fail(errors)
+    for line in notes:
+        print(f"note: {line}")
 
     header = {"model": {"name": pipe.model_name, "note": note}, "versions": _versions(),
               "platform": platform.platform(), "command": getattr(args, "command_line", None)}
@@ -302,8 +359,15 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
         bar.write(f"{story.name}: skipped (all {len(job.names)} videos exist; --force remakes them)")
         bar.update(len(job.names))
         return
+    shots_todo = sum(name in todo for name in job.names[1:])
+    group = job.group
+    if group is None and job.mode is not None:
+        group = pipe.default_group(job.settings, shots_todo, job.mode)
+    run_info = {"identity_mode": job.mode, "group": group}  # how, not what: every mode gives the same videos
+    if job.saved is not None:
+        run_info["identity_file"] = {"path": job.saved.path, "content_hash": job.saved.content_hash}
     manifest = {"story": {"name": story.name, "source": story.path, "line": story.line, **_story_texts(story)},
-                **header, "recipe": job.recipe, "started": _now(), "finished": None,
+                **header, **run_info, "recipe": job.recipe, "started": _now(), "finished": None,
                 "videos": {n: old_videos[n] for n in job.names if n not in todo and n in old_videos}}
     rows: dict[str, tuple[str, object]] = {}
 
@@ -336,26 +400,137 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
         rows[name] = (f"{name}: {entry.get('prompt') or shot.action}", frames)
         bar.update(1)
 
-    identity = None
-    if todo:  # every shot needs the identity's record: remake it in memory (deterministic) if its file is kept
-        identity = pipe.generate_identity(story, job.settings, job.config, progress=True)
-        if "identity" in todo:
-            keep("identity", identity)
-        else:
-            rows["identity"] = (f"identity: {identity.prompt}", identity.frames)
-        bar.update(1)
+    if todo:
+        # The identity always comes first, even when only shots are missing: they need it (made
+        # again in memory, deterministically, or decoded from the saved identity); its file is
+        # written only if it is missing.
+        shots = [i for i, name in enumerate(job.names[1:]) if name in todo]
+        for result in pipe.generate(story, job.settings, job.config, identity_mode=job.mode or "auto",
+                                    group=group, shots=shots, progress=True, identity=job.saved):
+            name = "identity" if result.role == "identity" else job.names[result.index + 1]
+            if name in todo:
+                keep(name, result)
+            else:
+                rows[name] = (f"{name}: {result.prompt}", result.frames)
+            bar.update(1)
     else:
         kept("identity", story.identity)
     for i, name in enumerate(job.names[1:]):
-        if name in todo:
-            keep(name, pipe.generate_shot(story, i, identity, job.settings, job.config, progress=True))
-            bar.update(1)
-        else:
+        if name not in todo:
             kept(name, story.shots[i])
     outputs.contact_sheet(folder / "contact-sheet.png", [rows[n] for n in job.names])
     manifest["finished"] = _now()
     outputs.write_manifest(folder / "manifest.json", manifest)
     bar.write(f"{story.name}: {len(todo)} made, {len(job.names) - len(todo)} kept -> {folder}")
+
+
+# bachvid identity save / show ---------------------------------------------------------------
+
+def add_identity(sub) -> None:
+    identity = sub.add_parser("identity", help="save a story's character to a file, or show a saved one",
+                              description="Saved characters (.bvid): make a story's identity once, then give "
+                                          "its character to later stories with `bachvid generate --identity`.")
+    identity_sub = identity.add_subparsers(dest="identity_command", required=True, metavar="COMMAND")
+    p = identity_sub.add_parser("save", help="make a story's identity and save it (.bvid)",
+                                description="Make the identity video of a story (its first line) and save it in "
+                                            "replay form: its latent before every step, its mask and the settings "
+                                            "it was made with. Settings: flag > story option > model default.")
+    p.add_argument("story_file", help="stories: .txt or .yaml/.yml/.json")
+    p.add_argument("--out", required=True, metavar="FILE.bvid", help="the file to write")
+    p.add_argument("--story", default=None, metavar="NAME", help="the story to take (default: the first)")
+    _add_setting_flags(p)
+    _add_model_flags(p)
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(run=run_identity_save)
+    p = identity_sub.add_parser("show", help="print what a saved identity holds",
+                                description="Print a saved identity's metadata and size (reads its header only, "
+                                            "unless --verify).")
+    p.add_argument("file", help="a .bvid file")
+    p.add_argument("--verify", action="store_true", help="also read every tensor and check the content hash")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(run=run_identity_show)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown size"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def run_identity_save(args) -> int:
+    try:
+        stories = load_stories(args.story_file)
+    except StoryError as error:
+        return _fail([error])
+    if args.story is None:
+        story = stories[0]
+    else:
+        named = [s for s in stories if s.name == args.story]
+        if not named:
+            return _fail([f"{args.story_file} has no story named {args.story!r}; its stories: "
+                          + ", ".join(s.name for s in stories)])
+        story = named[0]
+    out = Path(args.out)
+    if out.is_dir():
+        return _fail([f"--out {out} is a folder; give a file name such as {out / (story.name + '.bvid')}"])
+    if out.exists() and not args.force:
+        return _fail([f"{out} exists; --force overwrites it"])
+    try:
+        pipe = _load_pipeline(args)
+    except (OSError, ValueError) as error:
+        return _fail([f"cannot load the model: {error}"])
+    note = getattr(pipe, "model_note", None)
+    print(f"model: {pipe.model_name}" + (f" ({note})" if note else ""))
+    errors = pipe.story_errors(story)
+    if errors:
+        return _fail(errors)
+    settings = pipe.default_settings().for_story(story, **{name: getattr(args, name) for name in SETTING_FLAGS})
+    try:
+        saved = pipe.save_identity(story, out, settings, pipe.default_config())
+    except ValueError as error:  # IdentityFileError: cannot write it
+        return _fail([error])
+    size = Path(saved.path).stat().st_size
+    print(f"saved the identity of {story.name} ({saved.background} # {saved.character} # {saved.action}; "
+          f"seed {settings.seed}, {settings.num_frames} frames {settings.height}x{settings.width}, "
+          f"{settings.num_inference_steps} steps) to {saved.path}: {_size(size)}")
+    return 0
+
+
+def run_identity_show(args) -> int:
+    from .identity_file import describe
+
+    try:
+        info = describe(args.file, verify=args.verify)
+    except ValueError as error:  # IdentityFileError
+        return _fail([error])
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    meta = info["metadata"]
+    latents = [t for name, t in info["tensors"].items() if name.startswith("latents.")]
+    print(f"{info['path']}: saved identity, format {info['format_version']}"
+          + ("" if info["readable"] else " (not readable by this bachvid)")
+          + f", {_size(info['file_size'])} ({_size(info['tensor_bytes'])} of tensors: {len(latents)} latents"
+          + (f" of {latents[0]['shape']} {latents[0]['dtype']}" if latents else "") + ", mask, final latents)")
+    shown = [("character", "character"), ("background", "background"), ("action", "action"), ("prompt", "prompt"),
+             ("model", "model"), ("model config hash", "model_config_hash"), ("seed", "seed"),
+             ("frames", "frames"), ("height", "height"), ("width", "width"), ("steps", "steps"),
+             ("guidance", "guidance"), ("dtype", "dtype"), ("created", "created"), ("content hash", "content_hash")]
+    for label, key in shown:
+        if key in meta:
+            print(f"  {label}: {meta[key]}")
+    if "bachvid_config" in meta:
+        print(f"  bachvid config: {json.dumps(meta['bachvid_config'], sort_keys=True)}")
+    others = sorted(set(meta) - {key for _, key in shown} - {"bachvid_config", "format_version"})
+    for key in others:
+        print(f"  {key}: {json.dumps(meta[key], ensure_ascii=False)}")
+    if args.verify:
+        print("  verified: content hash matches")
+    return 0
 
 
 # bachvid toy ... -------------------------------------------------------------------------------
@@ -369,7 +544,8 @@ def add_toy(sub) -> None:
 
 # Registry and entry point -------------------------------------------------------------------
 
-SUBCOMMANDS = (add_generate, add_toy)
+SUBCOMMANDS = (add_generate, add_identity, add_toy, importlib.import_module("bachvid.plan_cli").add_plan,
+               importlib.import_module("bachvid.bench").add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,13 +71,17 @@ class MatchAccumulator:
         self.layers: list[int] = []
 
     def add(self, layer: int, current: torch.Tensor, identity: torch.Tensor) -> None:
-        """current: (Nv, C) features of this video; identity: (Nv', C) of the identity, same layer and step."""
-        ids = F.normalize(identity.float(), dim=-1)
+        """current: (Nv, C) features of this video; identity: (Nv', C) of the identity, same layer and step.
+
+        Products run in the features' own dtype when it is a half type (a float32 product of
+        17,550 x 3,072 x 17,550 per layer is ~40 ms on an H100, 21 layers per shot), summed in float32."""
+        dtype = current.dtype if current.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        ids = F.normalize(identity.float(), dim=-1).to(dtype)
         if self.total is None:
             self.total = torch.zeros(current.shape[0], ids.shape[0], device=current.device)
         for start in range(0, current.shape[0], self.chunk_size):
-            chunk = F.normalize(current[start : start + self.chunk_size].float(), dim=-1)
-            self.total[start : start + self.chunk_size] += chunk @ ids.T
+            chunk = F.normalize(current[start : start + self.chunk_size].float(), dim=-1).to(dtype)
+            self.total[start : start + self.chunk_size] += (chunk @ ids.T).float()
         self.layers.append(layer)
 
     def result(self) -> Matches:

@@ -80,6 +80,80 @@ class Video:
         return BatchVideo(self.embeds, self.negative, replay=latents)
 
 
+# Config fields a saved identity does not depend on: free-form notes, and whether shots take the
+# identity's background (the identity pass is the same either way; a story decides per run).
+_FREE_CONFIG_FIELDS = ("extra", "shared_background")
+
+
+def identity_config(config: BachVidConfig) -> dict:
+    """The BachVid config as a saved identity records and compares it."""
+    return {k: v for k, v in config.to_dict().items() if k not in _FREE_CONFIG_FIELDS}
+
+
+@dataclass
+class SavedIdentity:
+    """A character kept for later stories: the identity in replay form, and what it was made for.
+
+    `latents[i]` is the identity's latent before step i (as a replay reads it), `final` its latent
+    after the last step, `foreground` its mask over the (latent frames, h, w) token grid. Text
+    embeddings are not kept: the prompt is encoded again (deterministic) when shots are made."""
+
+    background: str
+    character: str
+    action: str
+    prompt: str
+    seed: int
+    latents: list[torch.Tensor]
+    foreground: torch.Tensor
+    final: torch.Tensor
+    settings: object  # GenerationSettings: seed, steps, frames, size, guidance it was made with
+    config: dict  # identity_config(...) of the BachVidConfig it was made with
+    model: str
+    model_config_hash: str
+    path: str | None = None  # the file it was saved to or loaded from
+    content_hash: str | None = None  # the file's content hash
+    frames: np.ndarray | None = None  # uint8 (F, H, W, 3), when it was just made (None when loaded)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in (*self.latents, self.foreground, self.final))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the .bvid file holds: latents.000 ... (before each step), foreground, final."""
+        width = max(3, len(str(len(self.latents) - 1)))
+        return {**{f"latents.{i:0{width}d}": x for i, x in enumerate(self.latents)},
+                "foreground": self.foreground, "final": self.final}
+
+    def metadata(self) -> dict:
+        s = self.settings
+        return {"model": self.model, "model_config_hash": self.model_config_hash, "bachvid_config": self.config,
+                "background": self.background, "character": self.character, "action": self.action,
+                "prompt": self.prompt, "seed": self.seed, **identity_expectation(s, None, None),
+                "dtype": str(self.final.dtype).removeprefix("torch.")}
+
+    def bachvid_config(self, **changes) -> BachVidConfig:
+        """The BachVidConfig it was made with (shared background on, no notes), then `changes`."""
+        values = dict(self.config)
+        for name in ("vital_layers", "mask_layers", "match_layers"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return BachVidConfig(**{**values, **changes})
+
+
+def identity_expectation(settings, config: BachVidConfig | None, model_hash: str | None) -> dict:
+    """The metadata a saved identity must carry to serve a run with these settings, config and
+    model (None: not compared)."""
+    expect = {}
+    if model_hash is not None:
+        expect["model_config_hash"] = model_hash
+    if settings is not None:
+        expect.update(frames=settings.num_frames, height=settings.height, width=settings.width,
+                      steps=settings.num_inference_steps, guidance=settings.guidance_scale)
+    if config is not None:
+        expect["bachvid_config"] = identity_config(config)
+    return expect
+
+
 def _to_uint8(frames) -> np.ndarray:
     return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -216,7 +290,8 @@ class StoryRun:
 
 
 def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: int, shots: list[int],
-              progress: bool = True, saved: "SavedIdentity | None" = None) -> Iterator[ShotResult]:
+              progress: bool = True, saved: SavedIdentity | None = None,
+              output_type: str = "np") -> Iterator[ShotResult]:
     """Yield the identity's result, then each shot's as its group finishes (shots: indices to make).
 
     With `saved`, there is no identity pass: the saved identity is replayed (mode must be "replay")
@@ -226,7 +301,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
     if group < 1:
         raise ValueError(f"group must be >= 1 shot per batch, got {group}")
     start = time.perf_counter()
-    run = StoryRun(pipe, story, settings, config, progress)
+    run = StoryRun(pipe, story, settings, config, progress, output_type)
     if saved is not None:
         if mode != "replay" or not config.enabled:
             raise ValueError("a saved identity is used in replay mode, with BachVid enabled")
@@ -239,7 +314,6 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
     if not config.enabled:
         yield from vanilla_videos(run, identity, shots, start)
         return
-    steps = settings.num_inference_steps
     prerun_steps = run.maker.schedule.prerun_steps
     cache = None
     if saved is not None:

@@ -31,7 +31,8 @@ from .config import BachVidConfig
 from .controller import Controller, VideoState
 from .identity import CachedIdentity
 from .mask import MaskReader
-from .modes import IDENTITY_MODES, ShotResult, StoryRun, run_story, vanilla_videos
+from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, identity_config, identity_expectation,
+                    run_story, vanilla_videos)
 from .plan import Layers
 from .prompt import PromptSpans, PromptTooLong, token_spans
 
@@ -195,35 +196,155 @@ class BachVidPipeline:
     # Generation -----------------------------------------------------------------------------
     def __call__(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None,
                  progress: bool = True, *, identity_mode: str = "auto", group: int | None = None,
-                 **explicit) -> StoryResult:
+                 identity: SavedIdentity | None = None, **explicit) -> StoryResult:
         """Make a story's identity video and shots.
 
         settings: a whole GenerationSettings (explicit: beats the story's options), or None for the
-        model's defaults with the story's options on top; keywords (seed=, num_inference_steps=,
-        num_frames=, height=, width=, guidance_scale=) beat both. identity_mode: "cache", "replay",
-        "lockstep" or "auto" (see `modes.py`); group: shots per batch (None: as many as fit)."""
+        model's defaults (a saved identity's settings, with `identity`) with the story's options on
+        top; keywords (seed=, num_inference_steps=, num_frames=, height=, width=, guidance_scale=)
+        beat both. identity_mode: "cache", "replay", "lockstep" or "auto" (see `modes.py`); group:
+        shots per batch (None: as many as fit); identity: a SavedIdentity (`load_identity`) whose
+        character the shots take, instead of the story's identity line."""
         if settings is not None:
             settings = replace(settings, **{k: v for k, v in explicit.items() if v is not None})
         else:
-            settings = self.default_settings().for_story(story, **explicit)
+            base = identity.settings if identity is not None else self.default_settings()
+            settings = base.for_story(story, **explicit)
         results = list(self.generate(story, settings, config, identity_mode=identity_mode, group=group,
-                                     progress=progress))
+                                     progress=progress, identity=identity))
         return StoryResult(results[0], results[1:])
 
-    def generate(self, story, settings: GenerationSettings, config: BachVidConfig | None = None, *,
+    def generate(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None, *,
                  identity_mode: str = "auto", group: int | None = None, shots: list[int] | None = None,
-                 progress: bool = True, output_type: str = "np") -> Iterator[ShotResult]:
+                 progress: bool = True, identity: SavedIdentity | None = None,
+                 output_type: str = "np") -> Iterator[ShotResult]:
         """Yield the identity's result, then each shot's as soon as its batch is done (nothing waits
         for the whole story). shots: the indices of the shots to make (default: all);
-        output_type="latent" skips the VAE (results carry latents, no frames)."""
-        config = config or self.default_config()
-        config = config.replace(shared_background=config.shared_background and story.shared_background)
+        output_type="latent" skips the VAE (results carry latents, no frames).
+
+        With `identity` (a SavedIdentity) the story's identity line is not made: the saved
+        character is replayed (identity_mode "auto" or "replay"), the first result is the saved
+        identity decoded, and settings and config default to the saved ones. The story's character
+        must be the saved one; where its shots' backgrounds differ from the saved identity's, only
+        the character is carried over (shared background off)."""
+        if identity is not None:
+            settings = settings or identity.settings.for_story(story)
+            config = config or identity.bachvid_config()
+            self.check_saved_identity(identity, story, settings, config)
+            if identity_mode not in ("auto", "replay"):
+                raise ValueError(f"a saved identity is replayed: identity_mode must be 'auto' or 'replay', "
+                                 f"got {identity_mode!r}")
+            identity_mode = "replay"
+            same_background = all(shot.background == identity.background for shot in story.shots)
+            config = config.replace(shared_background=config.shared_background and story.shared_background
+                                    and same_background)
+        else:
+            settings = settings or self.default_settings().for_story(story)
+            config = config or self.default_config()
+            config = config.replace(shared_background=config.shared_background and story.shared_background)
         self.check_story(story)
         shots = list(range(len(story.shots))) if shots is None else list(shots)
-        mode = self.identity_mode(identity_mode, settings, config)
+        if config.enabled:
+            mode = self.identity_mode(identity_mode, settings, config)
+        elif identity_mode == "auto" or identity_mode in IDENTITY_MODES:
+            mode = "replay"  # BachVid off: every video is made alone, no mode applies (and nothing is checked)
+        else:
+            raise ValueError(f"identity mode must be auto, {', '.join(IDENTITY_MODES)}; got {identity_mode!r}")
         group = group or self.default_group(settings, len(shots), mode)
         with torch.inference_mode():
-            yield from run_story(self, story, settings, config, mode, group, shots, progress, output_type)
+            yield from run_story(self, story, settings, config, mode, group, shots, progress, saved=identity,
+                                 output_type=output_type)
+
+    # Saved identities ---------------------------------------------------------------------------
+    @property
+    def model_config_hash(self) -> str:
+        """The hash a saved identity keeps of this model (its transformer's config)."""
+        from .identity_file import model_config_hash
+
+        return model_config_hash(self.pipe.transformer.config)
+
+    def save_identity(self, story, path, settings: GenerationSettings | None = None,
+                      config: BachVidConfig | None = None, progress: bool = True) -> SavedIdentity:
+        """Make the story's identity alone, in replay form, and save it as a .bvid file (see
+        `identity_file.py`): its latent before every step, its mask and final latents, and what it
+        was made for. Returns the SavedIdentity, with its decoded frames. settings: None for the
+        model's defaults with the story's options on top."""
+        from . import identity_file
+
+        settings = settings or self.default_settings().for_story(story)
+        config = config or self.default_config()
+        if not config.enabled:
+            raise ValueError("an identity is saved for BachVid: the config has BachVid switched off")
+        self.check_story(story)
+        with torch.inference_mode():
+            run = StoryRun(self, story, settings, config, progress)
+            video = run.video("identity", None)
+            final, foreground, kept = run.identity_alone(video, None, keep_latents=True)
+            frames = run.frames(final)
+        steps = settings.num_inference_steps
+        saved = SavedIdentity(
+            background=story.identity.background, character=story.character, action=story.identity.action,
+            prompt=video.spans.prompt, seed=video.seed, latents=[x.cpu().clone() for x in kept[:steps]],
+            foreground=foreground.cpu().clone(), final=final.cpu().clone(), settings=settings,
+            config=identity_config(config), model=self.model_name, model_config_hash=self.model_config_hash,
+            frames=frames)
+        written = identity_file.save_identity(path, saved.tensors(), saved.metadata())
+        saved.path = str(written)
+        saved.content_hash = identity_file.describe(written)["metadata"]["content_hash"]
+        return saved
+
+    def load_identity(self, path, settings: GenerationSettings | None = None,
+                      config: BachVidConfig | None = None) -> SavedIdentity:
+        """A saved identity for this model, refused (IdentityFileError) if the file is damaged or
+        was made for another model config, or for other settings (frames, size, steps, guidance)
+        or BachVid config than the given ones (None: compared when the identity is used)."""
+        from . import identity_file
+
+        expect = identity_expectation(settings, config, self.model_config_hash)
+        tensors, meta = identity_file.load_identity(path, expect=expect)
+        try:
+            steps = int(meta["steps"])
+            width = max(3, len(str(steps - 1)))
+            names = [f"latents.{i:0{width}d}" for i in range(steps)]
+            missing = [n for n in (*names, "foreground", "final") if n not in tensors]
+            if missing:
+                raise KeyError(", ".join(missing[:3]))
+            dtype = self.pipe.transformer.dtype
+            saved_settings = GenerationSettings(seed=int(meta["seed"]), num_inference_steps=steps,
+                                                num_frames=int(meta["frames"]), height=int(meta["height"]),
+                                                width=int(meta["width"]), guidance_scale=float(meta["guidance"]))
+            return SavedIdentity(
+                background=str(meta["background"]), character=str(meta["character"]), action=str(meta["action"]),
+                prompt=str(meta["prompt"]), seed=int(meta["seed"]), latents=[tensors[n].to(dtype) for n in names],
+                foreground=tensors["foreground"].bool(), final=tensors["final"].to(dtype), settings=saved_settings,
+                config=dict(meta["bachvid_config"]), model=str(meta.get("model", "")),
+                model_config_hash=str(meta["model_config_hash"]), path=str(path),
+                content_hash=meta.get("content_hash"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise identity_file.IdentityFileError(
+                f"{path} is a bachvid file but not a saved identity this bachvid can use (missing or bad "
+                f"entry: {error}); save the identity again with `bachvid identity save`.") from None
+
+    def check_saved_identity(self, identity: SavedIdentity, story, settings: GenerationSettings,
+                             config: BachVidConfig) -> None:
+        """Refuse (IdentityFileError) a saved identity that does not serve this story and run."""
+        from .identity_file import IdentityFileError, _differences, _json_normalised
+
+        where = identity.path or "the saved identity"
+        if story.character != identity.character:
+            raise IdentityFileError(
+                f"{where} is the character {identity.character!r}, but story {story.name!r} describes "
+                f"{story.character!r}; a saved identity keeps one character: write it exactly as saved")
+        if not config.enabled:
+            raise IdentityFileError(f"{where} is used by BachVid, which this run switches off")
+        have = _json_normalised(identity.metadata(), "metadata")
+        expect = _json_normalised(identity_expectation(settings, config, self.model_config_hash), "expected")
+        lines = [line for key, value in expect.items() for line in _differences(key, have.get(key), value)]
+        if lines:
+            raise IdentityFileError(
+                f"{where} was saved for different settings than this run ({len(lines)} differ):\n"
+                + "\n".join(f"  - {line}" for line in lines)
+                + "\nRun with the settings it was saved with, or save the identity again with these.")
 
     def identity_mode(self, requested: str, settings: GenerationSettings, config: BachVidConfig) -> str:
         """"auto": the cache when it fits in a quarter of the free memory where it would live, else replay."""

@@ -1,0 +1,61 @@
+"""`bachvid bench`: every timed forward is accounted for by its phase, and the table and JSON
+report ratios against the vanilla run of the same invocation."""
+
+import json
+
+import pytest
+
+from bachvid.bench import extrapolated_seconds, forward_labels, parse_modes
+
+
+def test_forward_labels_follow_the_modes_schedules():
+    inject, reads = range(0, 4), frozenset({1})
+    lock = forward_labels("lockstep", 5, 2, inject, shots=3, group=2, read_steps=reads)
+    # identity alone for the pre-run's 2 steps, then per group: 2 pre-run + 5 real steps
+    assert lock[:2] == ["identity", "identity"]
+    assert lock[2:4] == ["group2:prerun", "group2:prerun-read"]
+    assert lock.count("group2:real-injected") == 4 and lock.count("group1:real-plain") == 1
+    assert len(lock) == 2 + 2 * (2 + 5)
+    replay = forward_labels("replay", 5, 2, inject, shots=3, group=3)
+    assert replay.count("identity") == 5 and len(replay) == 5 + 7
+    assert forward_labels("vanilla", 5, 2, inject, shots=3, group=1) == ["vanilla"] * 20
+
+
+def test_extrapolation_uses_each_phase_mean():
+    labels = ["a", "a", "b"]
+    assert extrapolated_seconds(labels, [1.0, 3.0, 10.0], ["a"] * 4 + ["b"]) == pytest.approx(18.0)
+    with pytest.raises(ValueError, match="no measured forward for c"):
+        extrapolated_seconds(labels, [1.0, 3.0, 10.0], ["c"])
+
+
+def test_parse_modes():
+    assert parse_modes("lockstep:3,replay") == [("vanilla", None), ("lockstep", 3), ("replay", None)]
+    for bad in ("warp", "lockstep:0", "replay:x", ""):
+        with pytest.raises(ValueError):
+            parse_modes(bad)
+
+
+@pytest.mark.slow
+def test_bench_runs_on_a_scaled_cogvideox(tmp_path, capsys):
+    from bachvid.cli import main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--random-weights", "cogvideox-5b", "--layers", "2", "--heads", "2", "--steps", "3",
+                 "--frames", "9", "--height", "32", "--width", "48", "--shots", "2", "--modes",
+                 "cache,lockstep:2,replay:1", "--extrapolate", "10", "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| lockstep:2 | 2 |" in table and "| replay:1 | 1 |" in table
+    report = json.loads(out.read_text())
+    assert report["modes"]["vanilla"]["time_ratio"] == 1.0
+    lock = report["modes"]["lockstep:2"]
+    # lockstep keeps the identity's latents of the pre-run steps only; replay of every step
+    assert 0 < lock["identity_bytes"] < report["modes"]["replay:1"]["identity_bytes"]
+    assert lock["forwards"] == 2 + 1 * (2 + 3) and lock["extrapolated_time_ratio"] > 0
+
+
+def test_bench_refuses_unknown_modes(capsys):
+    from bachvid.cli import main
+
+    assert main(["bench", "--modes", "warp"]) == 2
+    assert "--modes takes" in capsys.readouterr().err
