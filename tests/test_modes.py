@@ -87,3 +87,33 @@ def test_dpm_scheduler_runs_equal_stock_with_a_generator(settings):
     cached = list(ours.generate(story, settings, BachVidConfig(), identity_mode="cache", progress=False))
     locked = list(ours.generate(story, settings, BachVidConfig(), identity_mode="lockstep", progress=False))
     assert (cached[1].latents - locked[1].latents).abs().max() <= 1e-5
+
+
+def test_instruments_see_injections_and_replace_readings(tiny_pipe, settings):
+    """The research hooks: a probe sees every injected call of a shot; readings replace the masks."""
+    from bachvid.modes import Instruments
+
+    calls = []
+
+    class EverythingForeground:
+        def identity_mask(self, video, mask, latents):
+            assert latents.shape[0] == 1
+            return torch.zeros_like(mask)  # all background: background injection everywhere
+
+        def shot(self, video, mask, matches, identity_fg):
+            return torch.zeros_like(mask), matches
+
+    story = make_story(actions=("stands still", "jumps"))
+    probe = lambda video: (lambda step, layer, q, k, groups: calls.append((video.index, step, layer, len(groups))))  # noqa: E731
+    instruments = Instruments(readings=EverythingForeground(), probe=probe)
+    results = list(tiny_pipe.generate(story, settings, BachVidConfig(token_merge=False), identity_mode="replay",
+                                      progress=False, instruments=instruments))
+    plain = list(tiny_pipe.generate(story, settings, BachVidConfig(token_merge=False), identity_mode="replay",
+                                    progress=False))
+    assert not results[1].mask.any() and (results[1].latents - plain[1].latents).abs().max() > 1e-4
+    layers = tiny_pipe.layers(BachVidConfig()).vital
+    # one background group per injected call, on every vital layer of every injected step
+    assert {c[2] for c in calls} == set(layers) and all(c[0] == 0 and c[3] == 1 for c in calls)
+    with pytest.raises(ValueError, match="cache or replay"):
+        list(tiny_pipe.generate(story, settings, BachVidConfig(), identity_mode="lockstep", progress=False,
+                                instruments=instruments))

@@ -12,6 +12,7 @@ It knows nothing about which model it runs in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +49,9 @@ class VideoState:
     target: object | None = None  # identity record this video feeds (CachedIdentity or LiveIdentity)
     mask_reader: MaskReader | None = None
     matcher: MatchAccumulator | None = None
+    probe: Callable[..., None] | None = None
+    """Research hook: probe(step, layer, query, key, groups) sees the conditional row's rotated
+    (H, N, D) queries and own keys and its injected key groups, at every injected attention call."""
 
 
 @dataclass
@@ -97,6 +101,10 @@ class Controller:
                     groups[row] = row_groups
         out = injected_attention(query, key, value, groups)
         video_out = out[:, :, t:]
+        for i, video in enumerate(self.videos):
+            cond = self._rows(i).stop - 1
+            if video.probe is not None and groups[cond]:
+                video.probe(video.plan.step, layer, query[cond], key[cond], groups[cond])
 
         for i, video in enumerate(self.videos):
             if layer in video.plan.keep_output:

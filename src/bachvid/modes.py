@@ -29,8 +29,9 @@ reading the shot's mask and matches) and a real run from the same noise. Shots g
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from .config import BachVidConfig
 from .controller import VideoState
 from .identity import CachedIdentity, LiveIdentity
 from .mask import MaskReader
-from .match import MatchAccumulator
+from .match import MatchAccumulator, Matches
 from .plan import PlanMaker, StepPlan
 from .prompt import PromptSpans
 
@@ -154,6 +155,27 @@ def identity_expectation(settings, config: BachVidConfig | None, model_hash: str
     return expect
 
 
+class Readings(Protocol):
+    """Replaces what BachVid reads from attention: the research harness's oracles (true masks,
+    true correspondences) plug in here to tell mask and match errors from injection limits."""
+
+    def identity_mask(self, video: "Video", mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The identity's (F, h, w) foreground, given the one read from attention and its final
+        latents (cache and replay modes; lockstep has no final identity before the shots run)."""
+
+    def shot(self, video: "Video", mask: torch.Tensor, matches: Matches,
+             identity_fg: torch.Tensor) -> tuple[torch.Tensor, Matches]:
+        """A shot's foreground and matches, given the ones its pre-run read."""
+
+
+@dataclass
+class Instruments:
+    """Research hooks for a story run; none changes anything unless given."""
+
+    readings: Readings | None = None
+    probe: Callable[["Video"], Callable[..., None] | None] | None = None  # per shot: a VideoState.probe
+
+
 def _to_uint8(frames) -> np.ndarray:
     return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -173,6 +195,7 @@ class StoryRun:
         self.pipe, self.backbone, self.story = pipe, pipe.backbone, story
         self.settings, self.config, self.progress, self.output_type = settings, config, progress, output_type
         self.maker = PlanMaker(config, pipe.layers(config), settings.num_inference_steps, self.backbone.text_length)
+        self.instruments = Instruments()
         self.grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
 
     # Videos and their readers ----------------------------------------------------------------
@@ -275,8 +298,9 @@ class StoryRun:
         in the same batch (lockstep) and its latents come back first."""
         source, row = self._source(identity, identity_fg, cache, replay, prerun=False)
         states, plan_fns = [], []
-        for fg, matches in readings:
-            states.append(VideoState(source=source))
+        probe = self.instruments.probe or (lambda video: None)
+        for video, (fg, matches) in zip(shots, readings):
+            states.append(VideoState(source=source, probe=probe(video)))
             plan_fns.append(self.maker.shot_plans(identity_fg, fg, matches))
         batch = ([row[0]] if row else []) + [v.denoised() for v in shots]
 
@@ -291,7 +315,7 @@ class StoryRun:
 
 def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: int, shots: list[int],
               progress: bool = True, saved: SavedIdentity | None = None,
-              output_type: str = "np") -> Iterator[ShotResult]:
+              output_type: str = "np", instruments: Instruments | None = None) -> Iterator[ShotResult]:
     """Yield the identity's result, then each shot's as its group finishes (shots: indices to make).
 
     With `saved`, there is no identity pass: the saved identity is replayed (mode must be "replay")
@@ -302,6 +326,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         raise ValueError(f"group must be >= 1 shot per batch, got {group}")
     start = time.perf_counter()
     run = StoryRun(pipe, story, settings, config, progress, output_type)
+    run.instruments = instruments or Instruments()
     if saved is not None:
         if mode != "replay" or not config.enabled:
             raise ValueError("a saved identity is used in replay mode, with BachVid enabled")
@@ -325,6 +350,12 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         cache = CachedIdentity(text_length=pipe.backbone.text_length) if mode == "cache" else None
         alone_steps = prerun_steps if mode == "lockstep" and shots else None
         latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
+        if run.instruments.readings is not None:
+            if mode == "lockstep":
+                raise ValueError("oracle readings need the identity's final video: use cache or replay mode")
+            identity_fg = run.instruments.readings.identity_mask(identity, identity_fg, latents)
+            if cache is not None:
+                cache.foreground = identity_fg
         identity_stats = {"identity_mode": mode, "identity_bytes": cache.nbytes if cache else
                           sum(x.numel() * x.element_size() for x in replay)}
     pending_identity = None
@@ -338,6 +369,8 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         videos = [run.video("shot", i) for i in shots[first:first + group]]
         source = {"cache": cache} if mode == "cache" else {"replay": replay}
         readings = run.preruns(videos, identity, identity_fg, **source)
+        if run.instruments.readings is not None:
+            readings = [run.instruments.readings.shot(v, fg, m, identity_fg) for v, (fg, m) in zip(videos, readings)]
         real = {"cache": cache} if mode == "cache" else {"replay": replay} if mode == "replay" else {}
         outs = run.real_runs(videos, identity, identity_fg, readings, **real)
         if mode == "lockstep":

@@ -217,10 +217,11 @@ class BachVidPipeline:
     def generate(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None, *,
                  identity_mode: str = "auto", group: int | None = None, shots: list[int] | None = None,
                  progress: bool = True, identity: SavedIdentity | None = None,
-                 output_type: str = "np") -> Iterator[ShotResult]:
+                 output_type: str = "np", instruments=None) -> Iterator[ShotResult]:
         """Yield the identity's result, then each shot's as soon as its batch is done (nothing waits
         for the whole story). shots: the indices of the shots to make (default: all);
-        output_type="latent" skips the VAE (results carry latents, no frames).
+        output_type="latent" skips the VAE (results carry latents, no frames); instruments: the
+        research harness's hooks (modes.Instruments: oracle readings, attention probes).
 
         With `identity` (a SavedIdentity) the story's identity line is not made: the saved
         character is replayed (identity_mode "auto" or "replay"), the first result is the saved
@@ -253,7 +254,7 @@ class BachVidPipeline:
         group = group or self.default_group(settings, len(shots), mode)
         with torch.inference_mode():
             yield from run_story(self, story, settings, config, mode, group, shots, progress, saved=identity,
-                                 output_type=output_type)
+                                 output_type=output_type, instruments=instruments)
 
     # Saved identities ---------------------------------------------------------------------------
     @property
