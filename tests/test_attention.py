@@ -48,6 +48,23 @@ def test_partitioned_attention_equals_dense_masked_sdpa(n, seed, group_sizes):
     assert torch.allclose(fast, dense, atol=1e-5), (fast - dense).abs().max()
 
 
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), bias=st.floats(-3, 3))
+def test_logit_bias_on_injected_keys_equals_dense_reference_and_duplication(seed, bias):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, 9, 4, generator=g) for _ in range(3))
+    keys, values = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    groups = [[KeyGroup(torch.tensor([1, 4, 7]), keys, values, bias)]]
+    fast = injected_attention(q, k, v, groups)
+    assert torch.allclose(fast, dense_masked_attention(q, k, v, groups), atol=1e-5)
+    # a bias of log 2 weighs every injected key like two copies of it
+    if abs(bias) < 1e-9:
+        return
+    doubled = [[KeyGroup(torch.tensor([1, 4, 7]), keys.repeat(1, 2, 1), values.repeat(1, 2, 1))]]
+    logtwo = [[KeyGroup(torch.tensor([1, 4, 7]), keys, values, float(torch.log(torch.tensor(2.0))))]]
+    assert torch.allclose(injected_attention(q, k, v, doubled), injected_attention(q, k, v, logtwo), atol=1e-5)
+
+
 def test_groups_change_only_their_queries():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 10, 4, generator=g) for _ in range(3))

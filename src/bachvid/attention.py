@@ -31,11 +31,16 @@ class KeyGroup:
     queries: torch.Tensor
     keys: torch.Tensor
     values: torch.Tensor
+    bias: float = 0.0  # added to the logits of these keys only
 
 
-def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Plain attention of (H, Q, D) queries over (H, K, D) keys, run as a 4-D call (fused kernels)."""
-    return F.scaled_dot_product_attention(query[None], key[None], value[None])[0]
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of (H, Q, D) queries over (H, K, D) keys, run as a 4-D call (fused kernels).
+
+    key_bias: optional (K,) logit offsets per key, passed as a (1, 1, 1, K) additive mask that
+    broadcasts over heads and queries (the memory-efficient kernels take it; no Q x K tensor)."""
+    mask = None if key_bias is None else key_bias.to(query.dtype)[None, None, None, :]
+    return F.scaled_dot_product_attention(query[None], key[None], value[None], attn_mask=mask)[0]
 
 
 def injected_attention(
@@ -75,7 +80,11 @@ def injected_attention(
                 continue
             keys = torch.cat([k, group.keys.to(k.dtype)], dim=1)
             values = torch.cat([v, group.values.to(v.dtype)], dim=1)
-            out[b][:, group.queries] = sdpa(q[:, group.queries], keys, values)
+            key_bias = None
+            if group.bias:
+                key_bias = torch.zeros(keys.shape[1], device=keys.device)
+                key_bias[k.shape[1]:] = group.bias
+            out[b][:, group.queries] = sdpa(q[:, group.queries], keys, values, key_bias)
         rest = (~covered).nonzero(as_tuple=True)[0]
         if rest.numel():
             out[b][:, rest] = sdpa(q[:, rest], k, v)
@@ -88,14 +97,14 @@ def dense_masked_attention(query, key, value, groups: list[list[KeyGroup]]) -> t
     n = query.shape[2]
     for b, batch_groups in enumerate(groups):
         keys, values = [key[b]], [value[b]]
-        allowed = [torch.ones(n, key.shape[2], dtype=torch.bool, device=query.device)]
+        allowed = [torch.zeros(n, key.shape[2], device=query.device)]
         for group in batch_groups:
             keys.append(group.keys.to(key.dtype))
             values.append(group.values.to(value.dtype))
-            visible = torch.zeros(n, group.keys.shape[1], dtype=torch.bool, device=query.device)
-            visible[group.queries] = True
+            visible = torch.full((n, group.keys.shape[1]), float("-inf"), device=query.device)
+            visible[group.queries] = group.bias
             allowed.append(visible)
-        mask = torch.cat(allowed, dim=1)
+        mask = torch.cat(allowed, dim=1).to(query.dtype)
         outputs.append(
             F.scaled_dot_product_attention(
                 query[b : b + 1], torch.cat(keys, 1)[None], torch.cat(values, 1)[None], attn_mask=mask

@@ -8,6 +8,7 @@ default", because the right layers depend on the model (see calibration).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -20,6 +21,12 @@ class BachVidConfig:
     """Inject the identity's background too; False switches backgrounds and keeps only the character."""
     token_merge: bool = True
     """Blend matched foreground outputs toward the identity's after attention (CharaConsist's adaptive merge)."""
+    foreground_injection: bool = True
+    """Inject the matched identity character tokens (point-tracking attention); False is an ablation
+    that keeps background injection and token merge only."""
+    injected_logit_bias: float = 0.0
+    """Added to the attention logits of every injected identity key. 0 is the paper's plain
+    concatenation; b > 0 weighs each injected key e^b times (beyond the paper: a strength knob)."""
 
     # Layers (None: backbone default)
     vital_layers: tuple[int, ...] | None = None
@@ -72,6 +79,8 @@ class BachVidConfig:
             raise ValueError("mask_foreground must be 'after_background' or 'character'")
         if self.mask_open_kernel < 1 or self.mask_open_kernel % 2 == 0:
             raise ValueError("mask_open_kernel must be an odd number >= 1")
+        if not math.isfinite(self.injected_logit_bias):
+            raise ValueError("injected_logit_bias must be a finite number")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
 

@@ -141,7 +141,7 @@ class Controller:
             keys = self._position(id_key.to(device)[:, :, sources], injection, call.rope)
             values = id_value.to(device)[:, :, sources]
             for b in range(self.branches):
-                groups[b].append(KeyGroup(injection.queries.to(device), keys[b], values[b]))
+                groups[b].append(KeyGroup(injection.queries.to(device), keys[b], values[b], injection.bias))
         return groups
 
     @staticmethod

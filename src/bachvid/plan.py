@@ -29,6 +29,7 @@ class Injection:
     queries: torch.Tensor  # long (Q,) current sequence indices
     sources: torch.Tensor  # long (M,) identity sequence indices
     positions: torch.Tensor  # long (M,) video-grid positions for RoPE, -1 = no RoPE
+    bias: float = 0.0  # added to these keys' attention logits (0: the paper's plain concatenation)
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,20 @@ class Schedule:
         return max(self.mask_step, self.match_step) + 1
 
 
-def background_injection(identity_fg: torch.Tensor, current_fg: torch.Tensor, text_length: int) -> Injection:
+def background_injection(identity_fg: torch.Tensor, current_fg: torch.Tensor, text_length: int,
+                         bias: float = 0.0) -> Injection:
     """Identity background at the same positions, for current background queries only."""
     identity_fg, current_fg = identity_fg.reshape(-1), current_fg.reshape(-1)
     positions = (~identity_fg & ~current_fg).nonzero(as_tuple=True)[0]
     queries = (~current_fg).nonzero(as_tuple=True)[0] + text_length
-    return Injection(queries=queries, sources=positions + text_length, positions=positions)
+    return Injection(queries=queries, sources=positions + text_length, positions=positions, bias=bias)
 
 
 def foreground_injection(current_fg: torch.Tensor, current: torch.Tensor, identity: torch.Tensor,
-                         text_length: int) -> Injection:
+                         text_length: int, bias: float = 0.0) -> Injection:
     """Matched identity tokens, re-positioned at their current token (point-tracking attention)."""
     queries = current_fg.reshape(-1).nonzero(as_tuple=True)[0] + text_length
-    return Injection(queries=queries, sources=identity + text_length, positions=current)
+    return Injection(queries=queries, sources=identity + text_length, positions=current, bias=bias)
 
 
 def full_copy_injection(num_tokens: int, text_length: int) -> Injection:
@@ -191,7 +193,8 @@ class PlanMaker:
         """Reads the shot's mask and matches; before its own mask exists, the identity's stands in."""
         injections = ()
         if self.config.shared_background:
-            injections = (background_injection(identity_fg, identity_fg, self.text_length),)
+            injections = (background_injection(identity_fg, identity_fg, self.text_length,
+                                               self.config.injected_logit_bias),)
 
         def plan(step: int) -> StepPlan:
             injecting = step in self.schedule.inject
@@ -206,10 +209,11 @@ class PlanMaker:
         s = self.schedule
         current, identity, similarity = matches.foreground_pairs(current_fg, identity_fg, self.config.match_threshold)
         injections = []
+        bias = self.config.injected_logit_bias
         if self.config.shared_background:
-            injections.append(background_injection(identity_fg, current_fg, self.text_length))
-        if current.numel():
-            injections.append(foreground_injection(current_fg, current, identity, self.text_length))
+            injections.append(background_injection(identity_fg, current_fg, self.text_length, bias))
+        if current.numel() and self.config.foreground_injection:
+            injections.append(foreground_injection(current_fg, current, identity, self.text_length, bias))
         injections = tuple(injections)
 
         def plan(step: int) -> StepPlan:
