@@ -117,3 +117,31 @@ def test_instruments_see_injections_and_replace_readings(tiny_pipe, settings):
     with pytest.raises(ValueError, match="cache or replay"):
         list(tiny_pipe.generate(story, settings, BachVidConfig(), identity_mode="lockstep", progress=False,
                                 instruments=instruments))
+
+
+def test_coarse_prerun_takes_every_kth_step_and_modes_still_agree(tiny_pipe):
+    """A stride-k pre-run reads at the same timestep in 1/k of the forwards; all modes agree on it."""
+    from bachvid.pipeline import GenerationSettings
+
+    settings = GenerationSettings(seed=0, num_inference_steps=10, num_frames=9, height=32, width=32,
+                                  guidance_scale=6.0)
+    config = BachVidConfig(tau_mask=0.4, tau_match=0.4, prerun_stride=2)  # read at step 4 = coarse step 2
+    story = make_story(actions=("stands still", "walks to the left", "jumps"))
+    forwards = []
+    handle = tiny_pipe.pipe.transformer.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        coarse = story_results(tiny_pipe, settings, "cache", 2, config, story=story)
+    finally:
+        handle.remove()
+    # identity 10 steps, pre-runs 3 (steps 0, 2, 4 of 10) instead of 5, real runs 10
+    assert len(forwards) == 10 + 3 + 10
+    assert coarse[1].stats["prerun_steps"] == 3 and coarse[1].stats["prerun_stride"] == 2
+    for mode in ("replay", "lockstep"):
+        other = story_results(tiny_pipe, settings, mode, 1, config, story=story)
+        for a, b in zip(coarse, other):
+            assert (a.latents - b.latents).abs().max() <= 1e-5, mode
+    full = story_results(tiny_pipe, settings, "cache", 2, config.replace(prerun_stride=1), story=story)
+    assert (full[0].latents - coarse[0].latents).abs().max() == 0  # the identity does not change
+    # a stride that does not divide the read step falls back to the largest one that does
+    odd = story_results(tiny_pipe, settings, "cache", 2, config.replace(prerun_stride=3), story=story)
+    assert odd[1].stats["prerun_stride"] == 2

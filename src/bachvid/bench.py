@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from dataclasses import asdict
 
+from .config import parse_knob
+
 MODES = ("vanilla", "cache", "replay", "lockstep")
 
 
@@ -45,6 +47,8 @@ def add_bench(sub) -> None:
     p.add_argument("--guidance", type=float, dest="guidance_scale")
     p.add_argument("--extrapolate", type=int, default=None,
                    help="also give ratios for a schedule of this many steps, from the measured per-step costs")
+    p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                   help="a BachVidConfig knob for every BachVid mode, e.g. --set prerun_stride=5 (repeatable)")
     p.add_argument("--decode", action="store_true", help="include VAE decoding (the same cost for every mode)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
     p.add_argument("--device", default=None)
@@ -131,11 +135,12 @@ class PeakMemory:
 # What each forward of a mode is ----------------------------------------------------------------
 
 def forward_labels(mode: str, steps: int, prerun_steps: int, inject: range, shots: int, group: int,
-                   read_steps: frozenset[int] = frozenset()) -> list[str]:
+                   read_steps: frozenset[int] = frozenset(), stride: int = 1) -> list[str]:
     """The phase of every transformer forward a story makes, in order (one forward per step).
 
     Pre-run steps that read the mask or the matches (read_steps) are labelled apart: their extra
-    cost is paid once per pre-run, not at every pre-run step."""
+    cost is paid once per pre-run, not at every pre-run step. A coarse pre-run (stride k) runs
+    every k-th of the prerun_steps; lockstep's identity still runs all of them alone."""
     def real(tag):
         return [f"{tag}:real-{'injected' if i in inject else 'plain'}" for i in range(steps)]
 
@@ -146,7 +151,8 @@ def forward_labels(mode: str, steps: int, prerun_steps: int, inject: range, shot
     labels = ["identity"] * alone
     for g, size in enumerate(groups):
         tag = f"group{size}"
-        labels += [f"{tag}:prerun-read" if i in read_steps else f"{tag}:prerun" for i in range(prerun_steps)]
+        labels += [f"{tag}:prerun-read" if i in read_steps else f"{tag}:prerun"
+                   for i in range(0, prerun_steps, stride)]
         labels += real(tag)
     return labels
 
@@ -213,6 +219,8 @@ def parse_modes(text: str) -> list[tuple[str, int | None]]:
 def run_bench(args) -> int:
     try:
         modes = parse_modes(args.modes)
+        for text in args.set:
+            parse_knob(text)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -227,7 +235,7 @@ def run_bench(args) -> int:
                                               "guidance_scale")}
     story = bench_story(args.shots)
     settings = pipe.default_settings().for_story(story, **explicit)
-    config = pipe.default_config()
+    config = pipe.default_config(**dict(parse_knob(text) for text in args.set))
     maker_schedule = _schedule(pipe, settings, config)
     output_type = "np" if args.decode else "latent"
     print(f"model: {pipe.model_name}; device: {_device_name(device)}; {settings.num_frames} frames "
@@ -256,7 +264,8 @@ def run_bench(args) -> int:
                                          progress=False, output_type=output_type))
             seconds = time.perf_counter() - start
         labels = forward_labels(mode, settings.num_inference_steps, maker_schedule.prerun_steps,
-                                maker_schedule.inject, args.shots, group, _read_steps(maker_schedule))
+                                maker_schedule.inject, args.shots, group, _read_steps(maker_schedule),
+                                _stride(pipe, story, settings, run_config))
         if len(labels) != len(clock.records):
             raise RuntimeError(f"{mode}: expected {len(labels)} forwards, timed {len(clock.records)}")
         row = {"seconds": seconds, "seconds_per_video": seconds / len(results), "peak_bytes": memory.peak,
@@ -266,8 +275,9 @@ def run_bench(args) -> int:
         if args.extrapolate:
             target = _schedule(pipe, settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate}),
                                config)
+            target_settings = settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate})
             target_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots,
-                                           group, _read_steps(target))
+                                           group, _read_steps(target), _stride(pipe, story, target_settings, run_config))
             row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in clock.records], target_labels)
         rows[name] = row
         print(f"{name}: {seconds:.1f} s, peak {memory.peak / 2**30:.2f} GiB", flush=True)
@@ -299,6 +309,12 @@ def _schedule(pipe, settings, config):
     from .plan import PlanMaker
 
     return PlanMaker(config, pipe.layers(config), settings.num_inference_steps, pipe.backbone.text_length).schedule
+
+
+def _stride(pipe, story, settings, config) -> int:
+    from .modes import StoryRun
+
+    return StoryRun(pipe, story, settings, config, progress=False).prerun_stride() if config.enabled else 1
 
 
 def _read_steps(schedule) -> frozenset[int]:

@@ -72,9 +72,10 @@ class CachedIdentity:
 class LiveIdentity:
     """An identity record fed by an identity video running in the same batch as the shots.
 
-    The controller hands it the identity's keys/values and outputs of the current attention
-    call before the shots of that call ask for them, and `end_call` drops them afterwards: at
-    no time does it hold more than one layer's tensors, and nothing survives a step.
+    The identity's attention call at a layer hands it that layer's keys/values and outputs; the
+    shots' call at the same layer (the same call, or the next one when the backbone runs the
+    identity's rows apart) reads them. Each new layer replaces the last: it never holds more
+    than one layer's tensors, so no per-step buffer exists.
     """
 
     def __init__(self, text_length: int, foreground: torch.Tensor | None = None):
@@ -84,14 +85,13 @@ class LiveIdentity:
         self._out: dict[tuple[int, int], torch.Tensor] = {}
 
     def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        self._kv[step, layer] = (key, value)
+        self._kv = {(step, layer): (key, value)}
 
     def keep_output(self, step: int, layer: int, output: torch.Tensor) -> None:
-        self._out[step, layer] = output
+        self._out = {(step, layer): output}
 
     def end_call(self, step: int, layer: int) -> None:
-        self._kv.pop((step, layer), None)
-        self._out.pop((step, layer), None)
+        """Kept until the next layer replaces it: the shots may read it in a later call."""
 
     def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:

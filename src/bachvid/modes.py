@@ -217,10 +217,12 @@ class StoryRun:
         return MaskReader(torch.tensor(spans.background), torch.tensor(spans.foreground(self.config.mask_foreground)),
                           spans.real_length, self.config.chunk_size)
 
-    def _denoise(self, batch: list[BatchVideo], step_states, run_steps=None, on_step_end=None, label=""):
+    def _denoise(self, batch: list[BatchVideo], step_states, run_steps=None, on_step_end=None, label="",
+                 num_steps: int | None = None):
         s = self.settings
         return self.backbone.denoise(
-            batch, num_frames=s.num_frames, height=s.height, width=s.width, num_inference_steps=s.num_inference_steps,
+            batch, num_frames=s.num_frames, height=s.height, width=s.width,
+            num_inference_steps=num_steps or s.num_inference_steps,
             guidance_scale=s.guidance_scale, step_states=step_states, run_steps=run_steps, on_step_end=on_step_end,
             progress=label if self.progress else False)
 
@@ -259,7 +261,7 @@ class StoryRun:
 
     # Shots -----------------------------------------------------------------------------------
     def _source(self, identity: Video, identity_fg, cache: CachedIdentity | None, replay: list | None,
-                prerun: bool):
+                prerun: bool, stride: int = 1):
         """Where shots read the identity: a cache (no batch row), or a live identity row of the batch
         (replayed from `replay`, or denoised again when `replay` is None)."""
         if cache is not None:
@@ -270,15 +272,37 @@ class StoryRun:
         row = identity.replayed(replay) if replay is not None else identity.denoised()
 
         def at_step(i):
-            state.plan = plans(i)
+            state.plan = plans(i * stride)
             return state, (_depth(state.plan) if replay is not None else None)
 
         return live, (row, at_step)
 
+    def prerun_stride(self) -> int:
+        """The coarse pre-run's stride: the largest k <= config.prerun_stride dividing the steps and
+        both read steps, whose (steps / k)-step schedule is every k-th timestep of the full one."""
+        s, n = self.maker.schedule, self.settings.num_inference_steps
+        scheduler = self.backbone.pipe.scheduler
+        for k in range(min(self.config.prerun_stride, n), 1, -1):
+            if n % k or s.mask_step % k or s.match_step % k:
+                continue
+            scheduler.set_timesteps(n)
+            full = scheduler.timesteps.clone()
+            scheduler.set_timesteps(n // k)
+            if torch.equal(scheduler.timesteps.cpu(), full[::k].cpu()):
+                return k
+        return 1
+
     def preruns(self, shots: list[Video], identity: Video, identity_fg, *, cache=None, replay=None):
-        """Each shot's pre-run up to max(tau_mask, tau_match): its mask and its matches to the identity."""
-        source, row = self._source(identity, identity_fg, cache, replay, prerun=True)
-        plans = self.maker.prerun_plans(identity_fg)
+        """Each shot's pre-run up to max(tau_mask, tau_match): its mask and its matches to the identity.
+
+        With a coarse pre-run (stride k) it takes every k-th step: its step i is step i*k of the full
+        schedule for plans, the identity's replayed latents and cached keys/values alike."""
+        k = self.prerun_stride()
+        if replay is not None:
+            replay = replay[::k]
+        source, row = self._source(identity, identity_fg, cache, replay, prerun=True, stride=k)
+        full_plans = self.maker.prerun_plans(identity_fg)
+        plans = (lambda i: full_plans(i * k)) if k > 1 else full_plans
         states = [VideoState(source=source, mask_reader=self._reader(v), matcher=MatchAccumulator(self.config.chunk_size))
                   for v in shots]
         # The identity row goes first, so its keys/values reach the live record before shots read them.
@@ -289,7 +313,8 @@ class StoryRun:
                 state.plan = plans(i)
             return ([row[1](i)] if row else []) + [(state, None) for state in states]
 
-        self._denoise(batch, step_states, self.maker.schedule.prerun_steps, label="pre-run")
+        run_steps = (self.maker.schedule.prerun_steps - 1) // k + 1
+        self._denoise(batch, step_states, run_steps, label="pre-run", num_steps=self.settings.num_inference_steps // k)
         return [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
                 for state in states]
 
@@ -339,7 +364,8 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
     if not config.enabled:
         yield from vanilla_videos(run, identity, shots, start)
         return
-    prerun_steps = run.maker.schedule.prerun_steps
+    stride = run.prerun_stride()
+    prerun_steps = (run.maker.schedule.prerun_steps - 1) // stride + 1  # run by each shot's pre-run
     cache = None
     if saved is not None:
         latents, identity_fg, replay = saved.final.to(pipe.backbone.pipe._execution_device), saved.foreground, \
@@ -348,7 +374,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
                           "identity_content_hash": saved.content_hash}
     else:
         cache = CachedIdentity(text_length=pipe.backbone.text_length) if mode == "cache" else None
-        alone_steps = prerun_steps if mode == "lockstep" and shots else None
+        alone_steps = run.maker.schedule.prerun_steps if mode == "lockstep" and shots else None
         latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
         if run.instruments.readings is not None:
             if mode == "lockstep":
@@ -385,7 +411,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         seconds = (time.perf_counter() - group_start) / len(videos)
         for video, (fg, matches), out in zip(videos, readings, outs):
             pairs = matches.foreground_pairs(fg, identity_fg, config.match_threshold)[0].numel()
-            stats = {"foreground_tokens": int(fg.sum()), "foreground_pairs": int(pairs), "prerun_steps": prerun_steps,
+            stats = {"foreground_tokens": int(fg.sum()), "foreground_pairs": int(pairs), "prerun_steps": prerun_steps, "prerun_stride": stride,
                      "identity_mode": mode, "group": len(videos)}
             if saved is not None:
                 stats["identity_file"] = saved.path

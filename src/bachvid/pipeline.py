@@ -29,7 +29,6 @@ import torch
 from .backbones import BatchVideo, backbone_for
 from .config import BachVidConfig
 from .controller import Controller, VideoState
-from .identity import CachedIdentity
 from .mask import MaskReader
 from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, identity_config, identity_expectation,
                     run_story, vanilla_videos)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .cogvideox import BatchVideo, CogVideoXBackbone
 
+__all__ = ["BACKBONES", "BatchVideo", "backbone_for"]
+
 BACKBONES = (CogVideoXBackbone,)
 
 

@@ -237,7 +237,7 @@ class CogVideoXBackbone:
             model_input = torch.cat([x for x in inputs for _ in range(2 if do_cfg else 1)])
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             self.controller.branches = 2 if do_cfg else 1
-            with self._shallow_rows([states[j][0] for j in present], [states[j][1] for j in present]):
+            with self._sub_batches([states[j][0] for j in present], [states[j][1] for j in present]):
                 noise_pred = self.transformer(
                     hidden_states=model_input,
                     encoder_hidden_states=torch.cat([embeds[j] for j in present]),
@@ -265,54 +265,71 @@ class CogVideoXBackbone:
         return latents
 
     @contextmanager
-    def _shallow_rows(self, states: list[VideoState], depths: list[int | None]):
-        """Videos with a depth d leave the batch before block d; their model outputs are filler.
+    def _sub_batches(self, states: list[VideoState], depths: list[int | None]):
+        """Run each block over the batch in two parts: first the videos that feed others (an
+        identity running with its shots), then the rest; and drop a video of depth d before block d.
 
-        Hooks around the stock forward (so offloading hooks and the stock block code still run):
-        before block d the rows of videos of depth d are dropped and the controller is told; before
-        the final norm, zero rows take their place again so the output keeps its batch size."""
-        self.controller.use(states)
-        cuts = sorted({d for d in depths if d is not None and d < self.num_layers})
-        if not cuts:
+        Splitting keeps the activation peak at the larger part's instead of the whole batch's
+        (an identity row pair beside one shot no longer doubles it) and costs nothing per video;
+        the identity's keys, values and outputs of a layer wait in its live record for the shots'
+        part of the same layer. A dropped video's model output is filler. The stock block code
+        runs unchanged; only its forward is wrapped for the duration."""
+        branches = self.controller.branches
+        sources = [i for i, state in enumerate(states) if state.target is not None]
+        split = bool(sources) and len(sources) < len(states)
+        cuts = {d for d in depths if d is not None and d < self.num_layers}
+        if not split and not cuts:
+            self.controller.use(states)
             yield
             return
-        branches = self.controller.branches
         alive = list(range(len(states)))
-        handles = []
 
-        def before_block(index):
-            def hook(module, args, kwargs):
-                # every block gets the forward's full-batch temb; hidden states shrink at the cuts
+        def rows(videos, within):
+            return torch.tensor([within.index(k) * branches + b for k in videos for b in range(branches)])
+
+        def wrap(index, forward):
+            def run(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, attention_kwargs=None):
                 nonlocal alive
-                full = torch.tensor([k * branches + b for k in alive for b in range(branches)])
                 if index in cuts:
-                    keep = [i for i, k in enumerate(alive) if depths[k] != index]
-                    rows = torch.tensor([i * branches + b for i in keep for b in range(branches)])
-                    alive = [alive[i] for i in keep]
-                    self.controller.use([states[k] for k in alive])
-                    for name in ("hidden_states", "encoder_hidden_states"):
-                        kwargs[name] = kwargs[name].index_select(0, rows.to(kwargs[name].device))
-                    full = full[rows]
-                kwargs["temb"] = kwargs["temb"].index_select(0, full.to(kwargs["temb"].device))
-                return args, kwargs
-            return hook
+                    keep = [k for k in alive if depths[k] != index]
+                    picked = rows(keep, alive).to(hidden_states.device)
+                    hidden_states, encoder_hidden_states = hidden_states[picked], encoder_hidden_states[picked]
+                    alive = keep
+                temb = temb[rows(alive, list(range(len(states)))).to(temb.device)]
+                parts = [[k for k in alive if k in sources], [k for k in alive if k not in sources]] if split \
+                    else [alive]
+                outputs = []
+                for part in (p for p in parts if p):
+                    picked = rows(part, alive).to(hidden_states.device)
+                    self.controller.use([states[k] for k in part])
+                    outputs.append(forward(hidden_states=hidden_states[picked],
+                                           encoder_hidden_states=encoder_hidden_states[picked], temb=temb[picked],
+                                           image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs))
+                if len(outputs) == 1:
+                    return outputs[0]
+                return tuple(torch.cat(pieces) for pieces in zip(*outputs))
+            return run
 
         def refill(module, args):
             hidden = args[0]
             full = hidden.new_zeros((len(states) * branches, *hidden.shape[1:]))
-            rows = torch.tensor([k * branches + b for k in alive for b in range(branches)], device=hidden.device)
-            full[rows] = hidden
+            full[rows(alive, list(range(len(states)))).to(hidden.device)] = hidden
             return (full, *args[1:])
 
+        blocks = self.transformer.transformer_blocks
+        saved = [block.__dict__.get("forward") for block in blocks]
+        handle = self.transformer.norm_final.register_forward_pre_hook(refill)
         try:
-            for index in range(cuts[0], self.num_layers):
-                handles.append(self.transformer.transformer_blocks[index].register_forward_pre_hook(
-                    before_block(index), with_kwargs=True))
-            handles.append(self.transformer.norm_final.register_forward_pre_hook(refill))
+            for index, block in enumerate(blocks):
+                block.forward = wrap(index, block.forward)
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            handle.remove()
+            for block, previous in zip(blocks, saved):
+                if previous is None:
+                    del block.forward
+                else:
+                    block.forward = previous
 
     def decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
         """Frames of final latents, as stock CogVideoXPipeline decodes them: float (F, H, W, 3) in [0, 1]."""

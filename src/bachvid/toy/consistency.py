@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import BachVidConfig
+from ..config import BachVidConfig, parse_knob
 from ..story import Shot, Story
 from . import world
 from .evaluate import iou, score_clip
@@ -104,15 +104,11 @@ def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, pro
 
 
 def knob(text: str) -> tuple[str, object]:
-    """'name=value' -> (name, value); the value is read as JSON (numbers, lists, true/false) or kept as text."""
-    name, sep, value = text.partition("=")
-    if not sep or not hasattr(BachVidConfig, name.strip()):
-        raise SystemExit(f"--set {text!r}: expected KNOB=VALUE with a BachVidConfig knob")
+    """'name=value' -> (name, value), see config.parse_knob; a bad one ends the program."""
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return name.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+        return parse_knob(text)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def main(argv=None) -> int:
