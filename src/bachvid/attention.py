@@ -34,15 +34,6 @@ class KeyGroup:
     bias: float = 0.0  # added to the logits of these keys only
 
 
-def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention of (H, Q, D) queries over (H, K, D) keys, run as a 4-D call (fused kernels).
-
-    key_bias: optional (K,) logit offsets per key, passed as a (1, 1, 1, K) additive mask that
-    broadcasts over heads and queries (the memory-efficient kernels take it; no Q x K tensor)."""
-    mask = None if key_bias is None else key_bias.to(query.dtype)[None, None, None, :]
-    return F.scaled_dot_product_attention(query[None], key[None], value[None], attn_mask=mask)[0]
-
-
 def injected_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -52,42 +43,55 @@ def injected_attention(
     """SDPA over (B, H, N, D) where batch element b's queries in groups[b][g] also see that group's keys.
 
     Query sets within one batch element must be disjoint. Batch elements without groups run
-    together in one batched call.
+    together in one batched call, and so do elements whose groups share their query index
+    tensors (the CFG branches of one shot): one call per query set for all of them.
     """
     if not groups or not any(groups):
         return F.scaled_dot_product_attention(query, key, value)
     if len(groups) != query.shape[0]:
         raise ValueError(f"{len(groups)} group lists for a batch of {query.shape[0]}")
     out = torch.empty_like(query)
-    plain = [b for b, batch_groups in enumerate(groups) if not batch_groups]
-    if plain:
-        rows = torch.tensor(plain, device=query.device)
-        out[rows] = F.scaled_dot_product_attention(query[rows], key[rows], value[rows])
-    n = query.shape[2]
+    buckets: dict[tuple, list[int]] = {}
     for b, batch_groups in enumerate(groups):
-        if not batch_groups:
+        signature = tuple((id(g.queries), g.keys.shape[1], g.bias) for g in batch_groups)
+        buckets.setdefault(signature, []).append(b)
+    for signature, rows in buckets.items():
+        index = torch.tensor(rows, device=query.device)
+        q, k, v = query[index], key[index], value[index]
+        if not signature:
+            out[index] = F.scaled_dot_product_attention(q, k, v)
             continue
-        q, k, v = query[b], key[b], value[b]
-        covered = torch.zeros(n, dtype=torch.bool, device=query.device)
-        for group in batch_groups:
-            if group.queries.numel() == 0:
-                continue
-            if covered[group.queries].any():
-                raise ValueError("injection groups of one batch element must have disjoint queries")
-            covered[group.queries] = True
-            if group.keys.shape[1] == 0:
-                out[b][:, group.queries] = sdpa(q[:, group.queries], k, v)
-                continue
-            keys = torch.cat([k, group.keys.to(k.dtype)], dim=1)
-            values = torch.cat([v, group.values.to(v.dtype)], dim=1)
-            key_bias = None
-            if group.bias:
-                key_bias = torch.zeros(keys.shape[1], device=keys.device)
-                key_bias[k.shape[1]:] = group.bias
-            out[b][:, group.queries] = sdpa(q[:, group.queries], keys, values, key_bias)
-        rest = (~covered).nonzero(as_tuple=True)[0]
-        if rest.numel():
-            out[b][:, rest] = sdpa(q[:, rest], k, v)
+        out[index] = _partitioned(q, k, v, [[groups[b][g] for b in rows] for g in range(len(signature))])
+    return out
+
+
+def _partitioned(q, k, v, groups: list[list[KeyGroup]]) -> torch.Tensor:
+    """(R, H, N, D) rows sharing query sets: groups[g][r] is row r's group g (same queries for every r)."""
+    out = torch.empty_like(q)
+    n = q.shape[2]
+    covered = torch.zeros(n, dtype=torch.bool, device=q.device)
+    for per_row in groups:
+        queries = per_row[0].queries
+        if queries.numel() == 0:
+            continue
+        if covered[queries].any():
+            raise ValueError("injection groups of one batch element must have disjoint queries")
+        covered[queries] = True
+        extra_k = torch.stack([g.keys for g in per_row]).to(k.dtype)
+        if extra_k.shape[2] == 0:
+            out[:, :, queries] = F.scaled_dot_product_attention(q[:, :, queries], k, v)
+            continue
+        keys = torch.cat([k, extra_k], dim=2)
+        values = torch.cat([v, torch.stack([g.values for g in per_row]).to(v.dtype)], dim=2)
+        mask = None
+        if per_row[0].bias:
+            mask = torch.zeros(keys.shape[2], device=q.device, dtype=q.dtype)
+            mask[k.shape[2]:] = per_row[0].bias
+            mask = mask[None, None, None, :]
+        out[:, :, queries] = F.scaled_dot_product_attention(q[:, :, queries], keys, values, attn_mask=mask)
+    rest = (~covered).nonzero(as_tuple=True)[0]
+    if rest.numel():
+        out[:, :, rest] = F.scaled_dot_product_attention(q[:, :, rest], k, v)
     return out
 
 

@@ -545,7 +545,8 @@ def add_toy(sub) -> None:
 # Registry and entry point -------------------------------------------------------------------
 
 SUBCOMMANDS = (add_generate, add_identity, add_toy, importlib.import_module("bachvid.plan_cli").add_plan,
-               importlib.import_module("bachvid.bench").add_bench)
+               importlib.import_module("bachvid.bench").add_bench,
+               importlib.import_module("bachvid.toy.analyze").add_analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,12 +60,14 @@ class Controller:
 
     videos: list[VideoState] = field(default_factory=lambda: [VideoState()])
     branches: int = 1  # set by the backbone for each forward: rows per video
+    _device_copies: dict = field(default_factory=dict, repr=False)
 
     def use(self, videos: list[VideoState]) -> None:
         self.videos = list(videos)
 
     def clear(self) -> None:
         self.videos = [VideoState()]
+        self._device_copies.clear()
 
     @property
     def single(self) -> VideoState:
@@ -137,19 +139,26 @@ class Controller:
         device = call.key.device
         groups = [[] for _ in range(self.branches)]
         for injection in plan.injections:
-            sources = injection.sources.to(device)
-            keys = self._position(id_key.to(device)[:, :, sources], injection, call.rope)
+            queries, sources, positions = self._on_device(injection, device)
+            keys = self._position(id_key.to(device)[:, :, sources], positions, call.rope)
             values = id_value.to(device)[:, :, sources]
-            for b in range(self.branches):
-                groups[b].append(KeyGroup(injection.queries.to(device), keys[b], values[b], injection.bias))
+            for b in range(self.branches):  # one query tensor for all branches: they run as one call
+                groups[b].append(KeyGroup(queries, keys[b], values[b], injection.bias))
         return groups
 
+    def _on_device(self, injection: Injection, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """An injection's index sets on the attention's device, moved once per run, not per layer and step."""
+        cached = self._device_copies.get(id(injection))
+        if cached is None or cached[0] is not injection or cached[1].device != device:
+            cached = (injection, *(x.to(device) for x in (injection.queries, injection.sources, injection.positions)))
+            self._device_copies[id(injection)] = cached
+        return cached[1], cached[2], cached[3]
+
     @staticmethod
-    def _position(keys: torch.Tensor, injection: Injection, rope: Rope | None) -> torch.Tensor:
-        """Give injected keys the RoPE of their target positions (text keys keep none)."""
+    def _position(keys: torch.Tensor, positions: torch.Tensor, rope: Rope | None) -> torch.Tensor:
+        """Give injected keys the RoPE of their target positions (text keys, position -1, keep none)."""
         if rope is None or keys.shape[2] == 0:
             return keys
-        positions = injection.positions.to(keys.device)
         video = positions >= 0
         if bool(video.all()):
             return rope.rotate(keys, positions)

@@ -1,18 +1,21 @@
-"""Which layers and which step give the best foreground masks? Answered against the toy world's truth.
+"""Which layers and which step give the best foreground masks and matches? Answered against the
+toy world's truth, by `bachvid analyze`.
 
 BachVid reads the character's mask from video-to-text attention at one step (tau_mask) over some
-layers; which ones work depends on the model. On the toy world every generated video can be read
-back by the pixel evaluator, so the mask each (step, layer) would give can be scored against the
-character the video actually shows (IoU on the video token grid). For each candidate step this
-runs plain generations that read the text attention of every layer, then reports:
+layers, and point matches from attention outputs at tau_match over other layers; which ones work
+depends on the model. `bachvid.toy.analyze` scores every (step, layer) against the truth of
+held-out toy videos (mask IoU on the token grid, match accuracy against body coordinates). This
+command runs that analysis (or reads one: `--analysis DIR`) and reports, in the form it always
+had:
 
 - IoU per (step, layer), for both foreground spans (character + action, character alone);
 - the best step, and the best set of layers at that step (layers added greedily while the
-  layer-averaged mask improves), as a `BachVidConfig` override.
+  layer-averaged mask improves), as a `BachVidConfig` override;
+- likewise the match step and layers (by match accuracy), unless `--no-matches`.
 
     python -m bachvid.toy.calibrate --videos 12 --out runs/calibrate
-    python -m bachvid.toy.calibrate --write-defaults   # store the choice in the model's bachvid.json
-    python -m bachvid.toy.calibrate --videos 24 --seed 1 --write-defaults --vital-layers 5   # the shipped one
+    python -m bachvid.toy.calibrate --analysis runs/analyze --write-defaults   # from `bachvid analyze --out runs/analyze`
+    python -m bachvid.toy.calibrate --videos 24 --seed 1 --write-defaults --vital-layers 5
 """
 
 from __future__ import annotations
@@ -21,107 +24,36 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
+from . import analyze as analysis
+from .analyze import SPANS, AttentionRecorder, layer_mask  # noqa: F401  (kept importable from here)
 
-from ..config import BachVidConfig, step_index
-from ..mask import open_mask, text_attention_scores
-from ..plan import PLAIN, StepPlan
-from . import world
-from .evaluate import iou, score_clip
-
-SPANS = ("after_background", "character")
+_greedy_layers = analysis.greedy_layers
+CALIBRATE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
-class AttentionRecorder:
-    """Stands in for the controller's MaskReader: keeps the background/foreground scores of every
-    (foreground span, step, layer) apart instead of averaging them."""
-
-    def __init__(self, spans):
-        self.step = -1  # set by the plan of each step
-        self.real_length = spans.real_length
-        self.words = {span: (torch.tensor(spans.background), torch.tensor(spans.foreground(span))) for span in SPANS}
-        self.scores: dict[str, dict[int, dict[int, tuple]]] = {span: {} for span in SPANS}
-
-    def add(self, layer, video_queries, text_keys):
-        step = self.step
-        for span, (background, foreground) in self.words.items():
-            self.scores[span].setdefault(step, {})[layer] = text_attention_scores(
-                video_queries, text_keys, self.real_length, background, foreground)
-
-
-def layer_mask(scores: list[tuple[torch.Tensor, torch.Tensor]], grid, kernel: int) -> np.ndarray:
-    """The cleaned mask of the layer-averaged scores, as the method computes it."""
-    bg = sum(s[0] for s in scores) / len(scores)
-    fg = sum(s[1] for s in scores) / len(scores)
-    return open_mask((fg >= bg).reshape(grid).cpu(), kernel).numpy()
-
-
-def read_all(pipe, combo, seed: int, steps: list[int], settings) -> dict:
-    """One plain generation reading every layer at `steps`: the scores, the token grid and the truth."""
-    spans = pipe.spans(*world.texts(*combo))
-    layers = frozenset(range(pipe.backbone.num_layers))
-    recorder = AttentionRecorder(spans)
-
-    def plan(step: int) -> StepPlan:
-        recorder.step = step
-        return StepPlan(step=step, read_mask=layers) if step in steps else PLAIN
-
-    frames = pipe.denoise(spans, seed, settings, plan, mask_reader=recorder).frames
-    return {"truth": world.latent_token_mask(score_clip(frames).mask), "scores": recorder.scores,
-            "grid": pipe.backbone.token_grid(settings.num_frames, settings.height, settings.width)}
-
-
-def calibrate(pipe, videos: int = 12, fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6), seed: int = 0,
-              settings=None, kernel: int = 3) -> dict:
-    settings = settings or pipe.default_settings()
-    n = settings.num_inference_steps
-    steps = sorted({min(step_index(f, n), n - 1) for f in fractions})
-    rng = np.random.default_rng(seed)
-    combos = world.all_combinations()
-    runs = [read_all(pipe, combos[rng.integers(len(combos))], int(rng.integers(1 << 20)), steps, settings)
-            for _ in range(videos)]
-    layers = list(range(pipe.backbone.num_layers))
-
-    def score(span, step, chosen) -> float:
-        return float(np.mean([iou(layer_mask([r["scores"][span][step][layer] for layer in chosen], r["grid"], kernel),
-                                  r["truth"]) for r in runs]))
-
-    table = {span: {step: {layer: score(span, step, [layer]) for layer in layers} for step in steps} for span in SPANS}
-    defaults = pipe.layers(BachVidConfig())
-    default_step = min(step_index(BachVidConfig().tau_mask, n), n - 1)
-    best = {"iou": -1.0}
-    for span in SPANS:
-        for step in steps:
-            chosen, value = _greedy_layers(lambda c: score(span, step, c), table[span][step])
-            if value > best["iou"]:
-                best = {"iou": value, "span": span, "step": step, "layers": chosen}
-    return {
-        "videos": videos, "steps": n, "candidate_steps": steps,
-        "per_layer_iou": {span: {str(s): {str(l): round(v, 3) for l, v in row.items()} for s, row in t.items()}
-                          for span, t in table.items()},
-        "default": {"span": "after_background", "step": default_step, "layers": sorted(defaults.mask),
-                    "iou": score("after_background", default_step, sorted(defaults.mask))
-                    if default_step in steps else None},
-        "best": best,
-        "config": {"mask_layers": best["layers"], "tau_mask": round(best["step"] / n, 4),
-                   "mask_foreground": best["span"]},
+def from_analysis(report: dict) -> dict:
+    """The calibration report (per-layer IoU, default, best mask, best match, config) of an
+    `analyze` report."""
+    out = {
+        "videos": report["videos"], "steps": report["steps"], "candidate_steps": report["candidate_steps"],
+        "per_layer_iou": report["mask_iou"], "default": report["default_mask"], "best": report["best_mask"],
+        "config": {k: report["config"][k] for k in ("mask_layers", "tau_mask", "mask_foreground")},
     }
+    if "best_match" in report:
+        out["match"] = report["best_match"]
+        out["default_match"] = report.get("default_match")
+        out["config"].update(match_layers=report["config"]["match_layers"], tau_match=report["config"]["tau_match"])
+    return out
 
 
-def _greedy_layers(score, single: dict[int, float]) -> tuple[list[int], float]:
-    """Start from the best single layer; add the layer that helps most while the IoU rises."""
-    order = sorted(single, key=single.get, reverse=True)
-    chosen, value = [order[0]], single[order[0]]
-    while True:
-        trials = [(score(sorted(chosen + [layer])), layer) for layer in order if layer not in chosen]
-        if not trials:
-            break
-        gain, layer = max(trials)
-        if gain <= value + 1e-3:
-            break
-        chosen, value = sorted(chosen + [layer]), gain
-    return chosen, value
+def calibrate(pipe, videos: int = 12, fractions=CALIBRATE_FRACTIONS, seed: int = 0, settings=None,
+              kernel: int = 3, matches: bool = True, out: Path | None = None) -> dict:
+    """Run `analyze` on `videos` held-out videos (videos // 2 stories) and pick from its tables;
+    with `out`, the analysis's CSVs and heatmaps are written there too."""
+    report = analysis.analyze(pipe, max(2, videos), seed, fractions, settings, kernel, matches=matches)
+    if out is not None:
+        analysis.write_outputs(report, out)
+    return from_analysis(report)
 
 
 def main(argv=None) -> int:
@@ -132,15 +64,23 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="toy-world model folder (default: the shipped one)")
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="folder for report.json")
+    parser.add_argument("--out", default=None, help="folder for report.json (and the analysis's CSVs and heatmaps)")
+    parser.add_argument("--analysis", default=None, metavar="DIR",
+                        help="read the choice from a `bachvid analyze --out DIR` report instead of running it")
+    parser.add_argument("--no-matches", action="store_true", help="calibrate the mask only (faster)")
     parser.add_argument("--vital-layers", type=int, default=None, metavar="N",
                         help="with --write-defaults, also store injection into the first N layers (a choice made "
                              "with python -m bachvid.toy.consistency --vital-layers N)")
     parser.add_argument("--write-defaults", action="store_true",
-                        help="store the best mask layers, step and span under 'bachvid' in the model's bachvid.json")
+                        help="store the best mask layers, step and span (and match layers and step) under "
+                             "'bachvid' in the model's bachvid.json")
     args = parser.parse_args(argv)
-    pipe = BachVidPipeline.from_pretrained(args.model)
-    report = calibrate(pipe, args.videos, seed=args.seed)
+    if args.analysis:
+        report = from_analysis(json.loads((Path(args.analysis) / "report.json").read_text()))
+    else:
+        pipe = BachVidPipeline.from_pretrained(args.model)
+        report = calibrate(pipe, args.videos, seed=args.seed, matches=not args.no_matches,
+                           out=Path(args.out) / "analysis" if args.out else None)
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -149,6 +89,10 @@ def main(argv=None) -> int:
     shown = "not a candidate step" if default["iou"] is None else f"IoU {default['iou']:.3f}"
     print(f"\ndefault mask ({default['span']}, step {default['step']}, layers {default['layers']}): {shown}")
     print(f"best mask    ({best['span']}, step {best['step']}, layers {best['layers']}): IoU {best['iou']:.3f}")
+    if "match" in report:
+        match = report["match"]
+        print(f"best match   (step {match['step']}, layers {match['layers']}): accuracy "
+              f"{match['match_accuracy']:.3f}")
     if args.write_defaults:
         from ..models import DEFAULT_MODEL_DIR
 

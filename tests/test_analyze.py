@@ -1,0 +1,153 @@
+"""`bachvid analyze` (layer x step mask IoU and match accuracy against the toy world's truth) and the
+attention-mass probe of the diagnosis, at tiny sizes."""
+
+import json
+import math
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from bachvid.attention import injected_attention
+from bachvid.config import BachVidConfig
+from bachvid.controller import AttentionCall, Controller, VideoState
+from bachvid.identity import CachedIdentity
+from bachvid.models import DEFAULT_MODEL_DIR
+from bachvid.plan import StepPlan, full_copy_injection
+from bachvid.toy import analyze
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from bachvid.pipeline import BachVidPipeline
+
+    pipe = BachVidPipeline.from_pretrained()
+    return pipe, replace(pipe.default_settings(), num_inference_steps=4)
+
+
+@pytest.fixture(scope="module")
+def analysis(toy, tmp_path_factory):
+    pipe, settings = toy
+    out = tmp_path_factory.mktemp("analyze")
+    from bachvid import cli
+
+    assert cli.main(["analyze", "--videos", "2", "--steps", "4", "--fractions", "0,0.5", "--seed", "3",
+                     "--out", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_heatmaps_and_csvs_have_a_row_per_step_and_a_column_per_layer(analysis):
+    out, report = analysis
+    steps, layers = report["candidate_steps"], report["layers"]
+    assert steps == [0, 2] and layers == list(range(8)) and report["videos"] == 2 and report["stories"] == 1
+    for name in ("mask_iou_after_background", "mask_iou_character", "match_accuracy", "match_kept",
+                 "match_kept_accuracy"):
+        lines = (out / f"{name}.csv").read_text().splitlines()
+        assert lines[0] == "step," + ",".join(f"layer{l}" for l in layers)
+        assert [int(line.split(",")[0]) for line in lines[1:]] == steps
+        values = [float(v) for line in lines[1:] for v in line.split(",")[1:] if v]
+        assert len(values) == len(steps) * len(layers) and all(0 <= v <= 1 for v in values)
+        from PIL import Image
+
+        assert Image.open(out / f"{name}.png").size[0] > 200
+    best = report["best_mask"]
+    single = max(v for row in report["mask_iou"][best["span"]].values() for v in row.values())
+    assert best["iou"] >= single - 1e-9 and best["step"] in steps
+    match = report["best_match"]
+    assert set(report["config"]) == {"mask_layers", "tau_mask", "mask_foreground", "match_layers", "tau_match"}
+    assert report["config"]["match_layers"] == match["layers"] and match["step"] in steps
+
+
+def test_calibrate_reads_its_choice_from_an_analysis(analysis, tmp_path):
+    from bachvid.pipeline import BachVidPipeline
+    from bachvid.toy import calibrate
+
+    out, report = analysis
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    assert calibrate.main(["--model", str(folder), "--analysis", str(out), "--write-defaults"]) == 0
+    config = BachVidPipeline.from_pretrained(folder).default_config()
+    assert list(config.mask_layers) == report["best_mask"]["layers"]
+    assert list(config.match_layers) == report["best_match"]["layers"]
+    assert round(config.tau_match * report["steps"]) == report["best_match"]["step"]
+
+
+def test_match_accuracy_is_one_for_the_identity_itself_and_low_when_shuffled(toy):
+    pipe, settings = toy
+    steps = analyze.candidate_steps((0.0, 0.5), settings.num_inference_steps)
+    identity = analyze.record(pipe, ("meadow", "cat", "stand"), 11, steps, settings)
+    shot = analyze.record(pipe, ("meadow", "cat", "stand"), 11, steps, settings)  # same prompt and seed
+    assert shot["truth"].sum() >= 20
+    pair = {"identity": identity, "shot": shot}
+    for step in steps:
+        for layer in range(pipe.backbone.num_layers):
+            scores = analyze.pair_match(pair, step, [layer])
+            assert scores["match_accuracy"] == 1.0 and scores["match_kept"] == 1.0
+    # the same matches, shuffled among the foreground tokens: mostly wrong
+    fg = np.flatnonzero(shot["truth"].reshape(-1))
+    index = np.arange(shot["truth"].size)
+    index[fg] = np.random.default_rng(0).permutation(fg)
+    shuffled = analyze.match_scores(shot, identity, index, np.ones(index.size))
+    assert shuffled["match_accuracy"] < 0.7
+    assert analyze.chance_matches([pair], draws=3)["random_fg"] < 0.7
+
+
+def _doubled_keys_call(bias: float, heads=2, tokens=12, text=3, dim=8):
+    """One attention call in which every query also sees an exact copy of every own key (text too),
+    at its own position, from an identity record holding this very call's keys and values."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, heads, tokens, dim) for _ in range(3))
+    record = CachedIdentity(text_length=text)
+    record.keep_key_value(0, 0, k, v)
+    injection = replace(full_copy_injection(tokens, text), bias=bias)
+    probe = analyze.MassProbe(shared_background=False)  # one group: reported as "foreground"
+    state = VideoState(plan=StepPlan(step=0, inject_layers=frozenset({0}), injections=(injection,)), source=record,
+                       probe=probe(None))
+    controller = Controller([state], branches=1)
+    out = controller.attend(AttentionCall(0, q, k, v, text, None))
+    return probe, out, (q, k, v)
+
+
+@pytest.mark.parametrize("bias", [0.0, 1.0, 2.5])
+def test_mass_on_duplicated_keys_is_a_half_and_grows_with_the_bias(bias):
+    probe, out, (q, k, v) = _doubled_keys_call(bias)
+    mass = probe.table("foreground")[0][0]
+    assert mass == pytest.approx(math.exp(bias) / (1 + math.exp(bias)), abs=1e-5)  # 0.5 without a bias
+    if bias == 0.0:  # duplicated keys leave the attention output unchanged
+        assert torch.allclose(out, injected_attention(q, k, v, None), atol=1e-5)
+
+
+def test_mass_probe_on_the_toy_model_grows_with_injected_logit_bias(toy):
+    from conftest import make_story
+
+    from bachvid.modes import Instruments
+
+    pipe, settings = toy
+    story = make_story(("stands still", "walks to the left"))
+    means = []
+    for bias in (0.0, 1.0, 2.0):
+        config = pipe.default_config(injected_logit_bias=bias)
+        probe = analyze.MassProbe(config.shared_background)
+        list(pipe.generate(story, settings, config, identity_mode="cache", progress=False, output_type="latent",
+                           instruments=Instruments(probe=probe)))
+        table = probe.table("background")
+        values = [v for row in table.values() for v in row.values()]
+        assert set(table) and all(0 < v < 1 for v in values)
+        assert {l for row in table.values() for l in row} == set(config.vital_layers)
+        means.append(float(np.mean(values)))
+    assert means[0] < means[1] < means[2], means
+
+
+def test_held_out_pairs_use_held_out_combinations_and_the_story_seed_rule():
+    from bachvid.toy import world
+
+    _, held_out = world.split_combinations()
+    pairs = analyze.held_out_pairs(6, seed=1)
+    assert pairs == analyze.held_out_pairs(6, seed=1)
+    for p in pairs:
+        b, c, a = p["shot"]
+        assert p["identity"] == (b, c, "stand") and a != "stand" and p["shot_seed"] == p["identity_seed"] + 1
+        assert any(h[:2] == (b, c) for h in held_out)
+    assert BachVidConfig().tau_match == 0.2  # the default the report compares with
