@@ -64,6 +64,8 @@ class ForwardClock:
     def __init__(self, module, device):
         self.module, self.cuda = module, device.type == "cuda"
         self.records: list[tuple[int, float]] = []
+        self.peaks: list[int] = []  # CUDA peak allocated during each forward (0 on a CPU)
+        self.overall = 0  # the peak over the whole block, between forwards too
         self._start = 0.0
 
     def _sync(self):
@@ -75,11 +77,21 @@ class ForwardClock:
     def __enter__(self):
         def before(module, args, kwargs):
             self._sync()
+            if self.cuda:
+                import torch
+
+                self.overall = max(self.overall, torch.cuda.max_memory_allocated())
+                torch.cuda.reset_peak_memory_stats()
             self._start = time.perf_counter()
 
         def after(module, args, kwargs, output):
             self._sync()
             self.records.append((kwargs["hidden_states"].shape[0], time.perf_counter() - self._start))
+            if self.cuda:
+                import torch
+
+                self.peaks.append(torch.cuda.max_memory_allocated())
+                self.overall = max(self.overall, self.peaks[-1])
 
         self._handles = [self.module.register_forward_pre_hook(before, with_kwargs=True),
                          self.module.register_forward_hook(after, with_kwargs=True)]
@@ -263,15 +275,16 @@ def run_bench(args) -> int:
             results = list(pipe.generate(story, settings, run_config, identity_mode=identity_mode, group=group,
                                          progress=False, output_type=output_type))
             seconds = time.perf_counter() - start
+        peak = max(memory.peak, clock.overall)  # the clock resets CUDA's counter at every forward
         labels = forward_labels(mode, settings.num_inference_steps, maker_schedule.prerun_steps,
                                 maker_schedule.inject, args.shots, group, _read_steps(maker_schedule),
                                 _stride(pipe, story, settings, run_config))
         if len(labels) != len(clock.records):
             raise RuntimeError(f"{mode}: expected {len(labels)} forwards, timed {len(clock.records)}")
-        row = {"seconds": seconds, "seconds_per_video": seconds / len(results), "peak_bytes": memory.peak,
+        row = {"seconds": seconds, "seconds_per_video": seconds / len(results), "peak_bytes": peak,
                "group": group, "forwards": len(labels),
                "identity_bytes": results[0].stats.get("identity_bytes", 0),
-               "per_step": _per_label(labels, [s for _, s in clock.records])}
+               "per_step": _per_label(labels, [s for _, s in clock.records], clock.peaks)}
         if args.extrapolate:
             target = _schedule(pipe, settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate}),
                                config)
@@ -280,7 +293,7 @@ def run_bench(args) -> int:
                                            group, _read_steps(target), _stride(pipe, story, target_settings, run_config))
             row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in clock.records], target_labels)
         rows[name] = row
-        print(f"{name}: {seconds:.1f} s, peak {memory.peak / 2**30:.2f} GiB", flush=True)
+        print(f"{name}: {seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
         del results
 
     report = {"model": pipe.model_name, "device": _device_name(device), "platform": platform.platform(),
@@ -321,11 +334,16 @@ def _read_steps(schedule) -> frozenset[int]:
     return frozenset({schedule.mask_step, schedule.match_step})
 
 
-def _per_label(labels, seconds) -> dict:
-    by_label = defaultdict(list)
+def _per_label(labels, seconds, peaks=()) -> dict:
+    """Per phase: forwards, mean seconds and (on a GPU) the largest peak inside one of its forwards,
+    which tells where a mode's peak memory comes from."""
+    by_label, peak = defaultdict(list), defaultdict(int)
     for label, s in zip(labels, seconds):
         by_label[label].append(s)
-    return {label: {"count": len(v), "mean_seconds": sum(v) / len(v)} for label, v in by_label.items()}
+    for label, p in zip(labels, peaks):
+        peak[label] = max(peak[label], p)
+    return {label: {"count": len(v), "mean_seconds": sum(v) / len(v), "peak_bytes": peak[label]}
+            for label, v in by_label.items()}
 
 
 def _free(device) -> None:
