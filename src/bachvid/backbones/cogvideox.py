@@ -83,7 +83,6 @@ class CogVideoXBackbone:
     def __init__(self, pipe: CogVideoXPipeline):
         self.pipe = pipe
         self.controller: Controller | None = None
-        self.split_sources = False  # see _sub_batches
         self._original_processors = None
 
     # Model facts -----------------------------------------------------------------------------
@@ -267,19 +266,17 @@ class CogVideoXBackbone:
 
     @contextmanager
     def _sub_batches(self, states: list[VideoState], depths: list[int | None]):
-        """Drop a video of depth d from the batch before block d (a replayed identity that shots
-        no longer read); its model output is filler. With `split_sources`, each block also runs the
-        videos that feed others (an identity beside its shots) as a part of their own before the
-        rest, the identity's tensors of a layer waiting in its live record for the shots' part.
-        Splitting is off: on an H100 at CogVideoX-5B size it did not lower the peak of an identity
-        beside one shot (17.73 vs 17.75 GiB) and made a group-of-3 step 3% slower. The stock block
-        code runs unchanged; only its forward is wrapped for the duration."""
+        """Drop a video of depth d from the batch before block d (a replayed identity that shots no
+        longer read); its model output is filler. The stock block code runs unchanged; only its
+        forward is wrapped for the duration, so offloading hooks still apply.
+
+        (Tried and measured: running an identity's rows apart from its shots' inside each block
+        did not lower the peak on an H100 at CogVideoX-5B size, 17.73 vs 17.75 GiB beside one
+        shot, and made a group-of-3 step 3% slower.)"""
         branches = self.controller.branches
-        sources = [i for i, state in enumerate(states) if state.target is not None]
-        split = self.split_sources and bool(sources) and len(sources) < len(states)
         cuts = {d for d in depths if d is not None and d < self.num_layers}
-        if not split and not cuts:
-            self.controller.use(states)
+        self.controller.use(states)
+        if not cuts:
             yield
             return
         alive = list(range(len(states)))
@@ -295,19 +292,10 @@ class CogVideoXBackbone:
                     picked = rows(keep, alive).to(hidden_states.device)
                     hidden_states, encoder_hidden_states = hidden_states[picked], encoder_hidden_states[picked]
                     alive = keep
+                    self.controller.use([states[k] for k in alive])
                 temb = temb[rows(alive, list(range(len(states)))).to(temb.device)]
-                parts = [[k for k in alive if k in sources], [k for k in alive if k not in sources]] if split \
-                    else [alive]
-                outputs = []
-                for part in (p for p in parts if p):
-                    picked = rows(part, alive).to(hidden_states.device)
-                    self.controller.use([states[k] for k in part])
-                    outputs.append(forward(hidden_states=hidden_states[picked],
-                                           encoder_hidden_states=encoder_hidden_states[picked], temb=temb[picked],
-                                           image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs))
-                if len(outputs) == 1:
-                    return outputs[0]
-                return tuple(torch.cat(pieces) for pieces in zip(*outputs))
+                return forward(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
+                               image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs)
             return run
 
         def refill(module, args):
