@@ -540,13 +540,16 @@ def add_toy(sub) -> None:
     toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="COMMAND", parser_class=_LazyParser)
     toy_sub.add_parser("train", help="train the built-in toy model from its recipe",
                        fill=_from_module("bachvid.toy.train"))
+    toy_sub.add_parser("results", help="the results table: BachVid vs baselines, with oracles and ablations",
+                       fill=_from_module("bachvid.toy.results"))
 
 
 # Registry and entry point -------------------------------------------------------------------
 
 SUBCOMMANDS = (add_generate, add_identity, add_toy, importlib.import_module("bachvid.plan_cli").add_plan,
                importlib.import_module("bachvid.bench").add_bench,
-               importlib.import_module("bachvid.toy.analyze").add_analyze)
+               importlib.import_module("bachvid.toy.analyze").add_analyze,
+               importlib.import_module("bachvid.toy.evaluate_cli").add_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

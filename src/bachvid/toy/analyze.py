@@ -354,9 +354,9 @@ def write_csv(table: dict, path: Path) -> None:
 
 
 def heatmap(table: dict, path: Path, title: str, best: tuple[int, list[int]] | None = None,
-            label: str = "", vmin: float | None = 0.0, vmax: float | None = 1.0) -> None:
-    """A step x layer heatmap (rows: denoising steps, columns: layers), values written in the cells;
-    `best` (step, layers) outlines the chosen cells."""
+            label: str = "", vmin: float | None = 0.0, vmax: float | None = 1.0, transpose: bool = False) -> None:
+    """A step x layer heatmap (rows: denoising steps, columns: layers; `transpose`: the other way
+    round), values written in the cells; `best` (step, layers) outlines the chosen cells."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,24 +366,29 @@ def heatmap(table: dict, path: Path, title: str, best: tuple[int, list[int]] | N
 
     steps, layers, rows = table_rows(table)
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(layers), 1.0 + 0.36 * len(steps)))
+    ylab, xlab, yticks, xticks = "denoising step", "layer", steps, layers
+    if transpose:
+        values, ylab, xlab, yticks, xticks = values.T, xlab, ylab, xticks, yticks
+    width, height = 1.6 + 0.5 * len(xticks), 1.2 + 0.34 * len(yticks)
+    fig, ax = plt.subplots(figsize=(max(width, 5.0), height))
     image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    for i in range(len(steps)):
-        for j in range(len(layers)):
+    top = vmax if vmax is not None else float(np.nanmax(values))
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] < (0.6 * (vmax or 1.0)) else "black")
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6 if transpose else 7,
+                        color="white" if values[i, j] < 0.6 * top else "black")
     if best is not None and best[0] in steps:
-        i = steps.index(best[0])
         for layer in best[1]:
             if layer in layers:
-                j = layers.index(layer)
+                i, j = steps.index(best[0]), layers.index(layer)
+                i, j = (j, i) if transpose else (i, j)
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(len(layers)), [str(l) for l in layers])
-    ax.set_yticks(range(len(steps)), [str(s) for s in steps])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("denoising step")
-    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(xticks)), [str(x) for x in xticks])
+    ax.set_yticks(range(len(yticks)), [str(y) for y in yticks])
+    ax.set_xlabel(xlab)
+    ax.set_ylabel(ylab)
+    ax.set_title(title, fontsize=8, wrap=True)
     fig.colorbar(image, ax=ax, label=label, shrink=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -449,26 +454,34 @@ class MassProbe:
     background first when the background is shared, then the matched foreground).
 
     After a run, `table(kind)` -> {step: {layer: mean over the shots}}; `per_video` keeps each
-    shot's own table; `share` the injected keys' share of all keys a group's queries see (what a
-    uniform attention would give)."""
+    shot's own table; `share(i, kind)` the injected keys' share of all keys a group's queries see
+    (the mass a uniform attention would give them)."""
 
     def __init__(self, shared_background: bool = True):
         self.kinds = ("background", "foreground") if shared_background else ("foreground",)
         self.per_video: list[dict] = []
-        self.share: dict = {}
+        self.shares: list[dict] = []
 
     def __call__(self, video):
         sums: dict = {}
+        shares: dict = {}
         self.per_video.append(sums)
+        self.shares.append(shares)
 
         def probe(step, layer, query, key, groups):
             for kind, group, mass in zip(self.kinds, groups, injected_mass(query, key, groups)):
                 entry = sums.setdefault(kind, {}).setdefault(step, {}).setdefault(layer, [])
                 entry.append(mass)
                 m = group.keys.shape[1]
-                self.share.setdefault(kind, []).append(m / (m + key.shape[1]))
+                shares.setdefault(kind, []).append(m / (m + key.shape[1]))
 
         return probe
+
+    def share(self, index: int, kind: str) -> float | None:
+        """The injected keys' share of all keys the group's queries see (shot `index`): the mass a
+        uniform attention would give them."""
+        values = self.shares[index].get(kind)
+        return float(sum(values) / len(values)) if values else None
 
     def video_table(self, index: int, kind: str) -> dict:
         import numpy as np

@@ -346,6 +346,8 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                                                       - ident_frames.astype(np.int16)).max()))
                 row["mass"] = {kind: _str_keys(masses.video_table(k, kind)) for kind in masses.kinds} \
                     if k < len(masses.per_video) else {}
+                row["mass_share"] = {kind: masses.share(k, kind) for kind in masses.kinds} \
+                    if k < len(masses.per_video) else {}
                 if condition.x0 and k < len(predicted):
                     row["x0_error"] = x0_errors(pipe, settings, predicted[k], identity.frames,
                                                 background_both(id_score, shot_score))
@@ -427,7 +429,20 @@ def x0_curves(rows, condition) -> dict[int, float]:
     return {s: float(np.mean(v)) for s, v in sorted(per.items())}
 
 
+def complete_rows(rows: list[dict], conditions: list[str] | None = None) -> list[dict]:
+    """The rows of the stories that have every condition (all of `conditions`, default: all seen)."""
+    conditions = conditions or list(dict.fromkeys(r["condition"] for r in rows))
+    have: dict[str, set] = {}
+    for r in rows:
+        have.setdefault(r["story"], set()).add(r["condition"])
+    stories = {s for s, c in have.items() if set(conditions) <= c}
+    return [r for r in rows if r["story"] in stories and r["condition"] in conditions]
+
+
 def summarise(rows: list[dict], reference: str = BASELINE, second: str = "bachvid") -> dict:
+    """Per condition, means over the stories that have every condition (per story: the mean of its
+    shots), and paired bootstrap CIs against `reference` and `second`."""
+    rows = complete_rows(rows)
     conditions = [c for c in dict.fromkeys(r["condition"] for r in rows)]
     summary = {}
     for c in conditions:
@@ -471,6 +486,34 @@ def markdown_table(summary: dict, labels: dict, reference: str = BASELINE, secon
     return "\n".join(lines) + "\n"
 
 
+def doc_table(summary: dict, labels: dict, reference: str = BASELINE, second: str = "bachvid",
+              extra: dict | None = None) -> str:
+    """The diagnosis table: per condition, background PSNR with its paired differences to BachVid
+    and to `reference`, the character's histogram distance (difference to BachVid), belt kept,
+    action right, the quality of the masks and matches that were used (attention-read ones scored
+    against the truth; "truth" for oracles) and the attention mass on injected keys."""
+    head = ("| condition | bg PSNR dB | Δ vs BachVid | Δ vs identity's seed | char. hist. dist. | Δ vs BachVid "
+            "| belt kept | action right | masks / matches used | mass on injected keys: bg / fg |")
+    lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
+    conditions = {**CONDITIONS, **(extra or {})}
+    for name, e in summary.items():
+        c = conditions.get(name)
+        if e["mask_iou"] is None:
+            used = "-"
+        else:
+            masks = "truth" if c is not None and c.oracle_masks else f"IoU {e['mask_iou']:.2f}"
+            matches = "truth" if c is not None and c.oracle_matches else f"acc. {e['match_accuracy']:.2f}"
+            used = f"{masks} / {matches}"
+        mass = "-" if e["mass_foreground"] is None else (
+            f"{_num(e['mass_background'], '.2f')} / {e['mass_foreground']:.2f}")
+        lines.append("| " + " | ".join([
+            labels.get(name, name), _num(e["bg_psnr"], ".2f"), _ci(e.get(f"bg_psnr_vs_{second}"), "", 1, 2),
+            _ci(e.get(f"bg_psnr_vs_{reference}"), "", 1, 2), _num(e["hist_distance"], ".3f"),
+            _ci(e.get(f"hist_distance_vs_{second}"), "", 1, 3), _num(e["accessory_kept"], ".2f"),
+            _num(e["action_right"], ".2f"), used, mass]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_x0(rows, conditions, labels, path: Path) -> None:
     import matplotlib
 
@@ -492,15 +535,22 @@ def plot_x0(rows, conditions, labels, path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path, reference: str = BASELINE, extra_labels: dict | None = None) -> dict:
+def report(out: Path, reference: str = BASELINE, extra_labels: dict | None = None,
+           only: list[str] | None = None, extra: dict | None = None) -> dict:
+    """table.md, summary.json and PNGs from the rows in `out`, over the stories that have every
+    condition (`only`: these conditions, in this order)."""
     from .analyze import heatmap
 
     out = Path(out)
     rows = read_rows(out)
+    if only:
+        rows = sorted((r for r in rows if r["condition"] in only), key=lambda r: only.index(r["condition"]))
+    rows = complete_rows(rows)
     labels = {c.name: c.label for c in CONDITIONS.values()} | (extra_labels or {})
     summary = summarise(rows, reference)
     table = markdown_table(summary, labels, reference)
     (out / "table.md").write_text(table)
+    (out / "doc_table.md").write_text(doc_table(summary, labels, reference, extra=extra))
     curves = {c: x0_curves(rows, c) for c in summary}
     masses = {c: mass_tables(rows, c) for c in summary}
     (out / "summary.json").write_text(json.dumps({"summary": summary, "x0": curves,
@@ -510,8 +560,8 @@ def report(out: Path, reference: str = BASELINE, extra_labels: dict | None = Non
         for kind, t in m.items():
             top = max(0.05, max(v for row in t.values() for v in row.values()))
             heatmap(_str_keys(t), out / f"mass_{c}_{kind}.png",
-                    f"attention mass on injected identity keys, {kind} queries ({labels.get(c, c)})",
-                    label="softmax share", vmin=0.0, vmax=round(top + 0.005, 2))
+                    f"attention mass on injected identity keys, {kind} queries\n{labels.get(c, c)}",
+                    label="softmax share", vmin=0.0, vmax=round(top + 0.005, 2), transpose=True)
     plot_x0(rows, [c for c in summary if curves[c]], labels, out / "x0_background_error.png")
     print(table)
     return summary
@@ -534,13 +584,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reference", default=BASELINE, help="condition the CIs compare with (report)")
     parser.add_argument("--report", action="store_true", help="only aggregate the rows in --out")
+    parser.add_argument("--only", default="", help="with --report: these conditions only, in this order")
+    parser.add_argument("--label", action="append", default=[], metavar="NAME=TEXT",
+                        help="with --report: how a condition is named in the tables (repeatable)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = [parse_condition(text) for text in args.condition]
     if args.report:
-        report(out, args.reference, {c.name: c.label for c in extra})
+        labels = {c.name: c.label for c in extra} | dict(text.split("=", 1) for text in args.label)
+        report(out, args.reference, labels, [c for c in args.only.split(",") if c], {c.name: c for c in extra})
         return 0
 
     import torch

@@ -210,8 +210,11 @@ class TruthReadings:
 
     # Readings ---------------------------------------------------------------------------------
     def identity_mask(self, video, mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            frames = _to_uint8(self.pipe.backbone.decode(latents, self.settings.num_frames))
+        key = plain_key(video.spans.prompt, video.seed, self.settings)
+        if key not in self.cache:  # the identity pass is a plain generation of its prompt and seed
+            with torch.inference_mode():
+                self.cache[key] = _to_uint8(self.pipe.backbone.decode(latents, self.settings.num_frames))
+        frames = np.asarray(self.cache[key])
         self.identity_pixels = score_clip(frames).mask
         truth = token_mask(self.identity_pixels)
         self.log.append({"role": "identity", "prompt": video.spans.prompt, "seed": video.seed,

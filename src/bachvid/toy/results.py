@@ -1,0 +1,753 @@
+"""One results table: does BachVid beat the baselines a user has, and what explains the gap?
+
+A fixed benchmark of toy-world stories (an identity that stands still, then shots that act),
+generated under several conditions and scored from pixels only (`shot_metrics`, the toy
+evaluator), with paired bootstrap confidence intervals over stories:
+
+    python -m bachvid.toy.results --stories 32 --out runs/results      # or: bachvid toy results ...
+
+Conditions (`--conditions`, comma-separated; default all, in this order):
+
+| name | what |
+| --- | --- |
+| vanilla-own | BachVid off, every shot its own seed (story.shot_seed) |
+| vanilla-idseed | BachVid off, every shot the identity's seed ("use the same prompt and seed") |
+| bachvid | BachVid with the model's defaults (pipe.default_config()) |
+| oracle-both | BachVid, masks and matches from the toy world's truth (`oracle.TruthReadings`) |
+| no-merge | BachVid, token merge off |
+| no-bg | BachVid, background injection off (shared_background=False) |
+| no-fg | BachVid, foreground injection off |
+| oracle-masks | BachVid, true masks, matches read from attention |
+| oracle-matches | BachVid, masks read from attention, true matches |
+
+Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
+identity's background ("shared") and once with each shot on another background ("switched"),
+alternating; the identity stands still and the shots are three of the four moving actions (the
+left-out one rotates). Seeds come from this benchmark's own stream (`BENCH_SEED`) and lie in
+[2^20, 2^30), above every seed `calibrate.py`, `consistency.py` and `quality.py` draw (< 2^20).
+
+Metrics per shot against its identity: background PSNR over pixels background in both (shared
+stories only), character colour-histogram distance, the identity's belt colour kept (stories whose
+identity's belt is readable), action right, seconds per shot (batched: `--batch` stories' shots per
+denoising call, on whatever machine runs it; the identity is not counted). A story's value is the
+mean over its shots; differences are paired per story and bootstrapped (`--resamples`, fixed RNG).
+
+How it runs: stories go in chunks of `--batch`; the identity pass (cache mode) is made once per
+chunk and condition group and serves every BachVid condition; pre-runs are shared by conditions
+that read the same (bachvid, no-fg, no-merge, oracle-matches; oracle-masks and oracle-both), and
+all of a chunk's shots of one condition denoise in one batch. This is what `run_story` does in
+cache mode, shot for shot (tests/test_toy_results.py checks it against `pipe.generate`). Every
+finished (story, condition) is appended to `OUT/records.jsonl` with its videos in `OUT/videos/`,
+so the same command resumes; conditions run in priority groups (baselines, bachvid, oracle-both
+first) so an interrupted run has complete columns. Outputs: table.md, results.json, plot.png,
+sheet.png (a few stories: identity | vanilla identity's seed | BachVid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import world
+from .shot_metrics import METRICS, compare
+
+BENCH_SEED = 20_251_107
+SEED_LOW, SEED_HIGH = 2**20, 2**30
+MOVING = ("left", "right", "jump", "closer")
+BASELINES = ("vanilla-idseed", "vanilla-own")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    label: str
+    bachvid: bool = True
+    changes: dict = field(default_factory=dict)
+    seeds: str = "own"  # vanilla: "own" (story.shot_seed) or "identity" (the identity's seed)
+    oracle_masks: bool = False
+    oracle_matches: bool = False
+
+    @property
+    def oracle(self) -> bool:
+        return self.oracle_masks or self.oracle_matches
+
+    def prerun(self, shared: bool) -> str:
+        """Which pre-run this condition's shots read (conditions with the same one share it)."""
+        if not shared or self.changes.get("shared_background", True) is False:
+            return "plain-bg"
+        return "oracle-identity" if self.oracle_masks else "read"
+
+
+CONDITIONS = {c.name: c for c in (
+    Condition("vanilla-own", "vanilla, own seed per shot", bachvid=False, seeds="own"),
+    Condition("vanilla-idseed", "vanilla, the identity's seed", bachvid=False, seeds="identity"),
+    Condition("bachvid", "BachVid (model defaults)"),
+    Condition("oracle-both", "BachVid, oracle masks + matches", oracle_masks=True, oracle_matches=True),
+    Condition("no-merge", "BachVid, token merge off", changes={"token_merge": False}),
+    Condition("no-bg", "BachVid, background injection off", changes={"shared_background": False}),
+    Condition("no-fg", "BachVid, foreground injection off", changes={"foreground_injection": False}),
+    Condition("oracle-masks", "BachVid, oracle masks", oracle_masks=True),
+    Condition("oracle-matches", "BachVid, oracle matches", oracle_matches=True),
+)}
+GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
+          ("oracle-masks", "oracle-matches"))
+METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
+                 "histogram_distance": "character histogram distance",
+                 "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
+HIGHER_IS_BETTER = {"background_psnr": True, "histogram_distance": False, "belt_kept": True, "action_right": True,
+                    "seconds": False}
+
+
+# Stories -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchStory:
+    name: str
+    background: str  # world keys
+    character: str
+    shared: bool
+    shot_backgrounds: tuple[str, ...]
+    actions: tuple[str, ...]
+    seed: int
+
+    def story(self):
+        from ..story import Shot, Story
+
+        shots = tuple(Shot(world.BACKGROUNDS[b], world.ACTIONS[a]) for b, a in zip(self.shot_backgrounds, self.actions))
+        return Story(name=self.name, character=world.CHARACTERS[self.character],
+                     identity=Shot(world.BACKGROUNDS[self.background], world.ACTIONS["stand"]), shots=shots,
+                     shared_background=self.shared, seed=self.seed)
+
+    def spec(self) -> dict:
+        return {"background": self.background, "character": self.character, "shared": self.shared,
+                "shot_backgrounds": list(self.shot_backgrounds), "actions": list(self.actions), "seed": self.seed}
+
+
+def benchmark_stories(count: int, shots: int = 3, seed: int = BENCH_SEED) -> list[BenchStory]:
+    """The fixed benchmark: story i uses background x character pair order[i // 2 % 16], shared
+    backgrounds for even i and switched for odd i; shots act `shots` of the 4 moving actions."""
+    if not 1 <= shots <= len(MOVING):
+        raise ValueError(f"shots must be 1..{len(MOVING)}, got {shots}")
+    rng = np.random.default_rng(seed)
+    pairs = [(b, c) for b in world.BACKGROUNDS for c in world.CHARACTERS]
+    order = rng.permutation(len(pairs))
+    stories = []
+    for i in range(count):
+        b, c = pairs[order[(i // 2) % len(pairs)]]
+        shared = i % 2 == 0
+        left_out = MOVING[int(rng.integers(len(MOVING)))]
+        actions = tuple(a for a in MOVING if a != left_out)[:shots]
+        others = [x for x in world.BACKGROUNDS if x != b]
+        others = [others[j] for j in rng.permutation(len(others))]
+        backgrounds = tuple(b if shared else others[k % len(others)] for k in range(shots))
+        stories.append(BenchStory(f"bench-{i:03d}", b, c, shared, backgrounds, actions,
+                                  int(rng.integers(SEED_LOW, SEED_HIGH))))
+    return stories
+
+
+# Statistics ------------------------------------------------------------------------------------------
+
+def paired_bootstrap(values, baseline, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict | None:
+    """Mean of the paired differences values - baseline and its bootstrap percentile CI (stories
+    resampled with replacement, a fixed RNG). Pairs with a missing side are left out; None if
+    none is left."""
+    a, b = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = a[keep] - b[keep]
+    if not len(d):
+        return None
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "n": int(len(d)),
+            "significant": bool(low > 0 or high < 0)}
+
+
+# Generation --------------------------------------------------------------------------------------------
+
+def _frames_path(out: Path, story: str, name: str) -> Path:
+    return out / "videos" / story / f"{name}.npz"
+
+
+def _save_frames(out: Path, story: str, name: str, frames: np.ndarray) -> None:
+    path = _frames_path(out, story, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, frames=np.asarray(frames))
+    tmp.replace(path)
+
+
+def _load_frames(out: Path, story: str, name: str) -> np.ndarray | None:
+    path = _frames_path(out, story, name)
+    return np.load(path)["frames"] if path.is_file() else None
+
+
+class Bench:
+    """Runs the benchmark's generations in batches and appends records (see the module docstring)."""
+
+    def __init__(self, pipe, out: Path, settings=None, config=None, batch: int = 4, log=print):
+        from .oracle import plain_key
+
+        self.pipe, self.out, self.batch, self.log = pipe, Path(out), batch, log
+        self.base = settings or pipe.default_settings()
+        self.config = config or pipe.default_config()
+        if getattr(self.config, "prerun_stride", 1) != 1:
+            raise ValueError("the benchmark runs every pre-run step (prerun_stride=1); this config asks for "
+                             f"prerun_stride={self.config.prerun_stride}")
+        self.plain: dict = {}  # oracle.plain_key -> frames of plain generations (identity, vanilla-own)
+        self.plain_key = plain_key
+        self.records_file = self.out / "records.jsonl"
+        self.fingerprint = {"model": pipe.model_name, "steps": self.base.num_inference_steps,
+                            "frames": self.base.num_frames, "size": [self.base.height, self.base.width],
+                            "guidance": self.base.guidance_scale, "config": _jsonable(self.config.to_dict())}
+
+    # Records -------------------------------------------------------------------------------------
+    def records(self) -> list[dict]:
+        if not self.records_file.is_file():
+            return []
+        return [json.loads(line) for line in self.records_file.read_text().splitlines() if line.strip()]
+
+    def check(self, stories: list[BenchStory]) -> None:
+        specs = {s.name: s.spec() for s in stories}
+        for r in self.records():
+            if r["fingerprint"] != self.fingerprint:
+                raise SystemExit(f"{self.records_file} was made with other settings ({r['fingerprint']}, now "
+                                 f"{self.fingerprint}): remove it or pick another --out")
+            if r["story"] in specs and r["spec"] != specs[r["story"]]:
+                raise SystemExit(f"{self.records_file} holds another story {r['story']!r} (another --shots or "
+                                 f"--bench-seed): remove it or pick another --out")
+
+    def _append(self, record: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.records_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # Running -----------------------------------------------------------------------------------------
+    def run(self, stories: list[BenchStory], conditions: list[str]) -> None:
+        import torch
+
+        self.check(stories)
+        done = {(r["story"], r["condition"]) for r in self.records()}
+        groups = [[c for c in g if c in conditions] for g in GROUPS]
+        groups += [[c for c in conditions if not any(c in g for g in GROUPS)]]
+        total = sum(1 for s in stories for c in conditions if (s.name, c) not in done)
+        self.log(f"{len(stories)} stories x {len(conditions)} conditions: {total} (story, condition) to make, "
+                 f"{len(done)} already in {self.records_file}")
+        start, made = time.perf_counter(), 0
+        with torch.inference_mode():
+            for group in [g for g in groups if g]:
+                for first in range(0, len(stories), self.batch):
+                    chunk = stories[first:first + self.batch]
+                    todo = {c: [s for s in chunk if (s.name, c) not in done] for c in group}
+                    todo = {c: ss for c, ss in todo.items() if ss}
+                    if not todo:
+                        continue
+                    made += self._chunk(chunk, todo)
+                    elapsed = time.perf_counter() - start
+                    self.log(f"[{time.strftime('%H:%M:%S')}] group {group}: stories {first + 1}-{first + len(chunk)} "
+                             f"done; {made}/{total} in {elapsed / 60:.1f} min")
+
+    def _chunk(self, chunk: list[BenchStory], todo: dict[str, list[BenchStory]]) -> int:
+        from ..controller import VideoState
+        from ..identity import CachedIdentity
+        from ..modes import StoryRun
+        from ..plan import PLAIN
+
+        pipe = self.pipe
+        needed = {s.name for ss in todo.values() for s in ss}
+        work = {}
+        for bs in chunk:
+            if bs.name not in needed:
+                continue
+            story = bs.story()
+            settings = self.base.for_story(story)
+            config = self.config.replace(shared_background=self.config.shared_background and story.shared_background)
+            run = StoryRun(pipe, story, settings, config, progress=False)
+            work[bs.name] = {"bench": bs, "story": story, "settings": settings, "config": config, "run": run,
+                             "identity": run.video("identity", None),
+                             "shots": [run.video("shot", i) for i in range(len(story.shots))]}
+        with_bachvid = any(CONDITIONS[c].bachvid for c in todo)
+        # The identity: a cache-mode identity pass when BachVid conditions are due, else plain (or on disk).
+        items = []
+        for name, w in work.items():
+            frames = _load_frames(self.out, name, "identity")
+            if with_bachvid:
+                w["record"] = CachedIdentity(text_length=pipe.backbone.text_length)
+                state = VideoState(target=w["record"], mask_reader=w["run"]._reader(w["identity"]))
+                items.append((w["identity"].denoised(), state, w["run"].maker.identity_plans(), ("identity", name)))
+            elif frames is None:
+                items.append((w["identity"].denoised(), VideoState(), lambda i: PLAIN, ("identity", name)))
+            else:
+                w["identity_frames"] = frames
+        if items:
+            latents, _ = self._denoise(items)
+            for (_, state, _, (_, name)), lat in zip(items, latents):
+                w = work[name]
+                w["identity_frames"] = w["run"].frames(lat)
+                w["identity_latents"] = lat
+                if with_bachvid:
+                    w["identity_fg"] = state.mask_reader.mask(w["run"].grid, w["config"].mask_open_kernel)
+                    w["record"].foreground = w["identity_fg"]
+                _save_frames(self.out, name, "identity", w["identity_frames"])
+        for name, w in work.items():
+            self.plain[self.plain_key(w["identity"].spans.prompt, w["identity"].seed, w["settings"])] = \
+                w["identity_frames"]
+            own = _load_frames(self.out, name, "vanilla-own")
+            if own is not None:
+                for v, f in zip(w["shots"], own):
+                    self.plain[self.plain_key(v.spans.prompt, v.seed, w["settings"])] = f
+        made = 0
+        for cname, stories in todo.items():
+            condition = CONDITIONS[cname]
+            ws = [work[s.name] for s in stories]
+            if condition.bachvid:
+                outs = self._bachvid(condition, ws)
+            else:
+                outs = self._vanilla(condition, ws)
+            for w, (frames, seconds, extra) in zip(ws, outs):
+                self._finish(w, cname, frames, seconds, extra)
+                made += 1
+        return made
+
+    def _denoise(self, items, run_steps=None):
+        """items: (BatchVideo, VideoState, plans, tag); one batched denoising call. (latents, seconds)."""
+        s = self.base
+        start = time.perf_counter()
+
+        def step_states(i):
+            for _, state, plans, _ in items:
+                state.plan = plans(i)
+            return [(state, None) for _, state, _, _ in items]
+
+        latents = self.pipe.backbone.denoise(
+            [v for v, _, _, _ in items], num_frames=s.num_frames, height=s.height, width=s.width,
+            num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale, step_states=step_states,
+            run_steps=run_steps)
+        return latents, time.perf_counter() - start
+
+    def _vanilla(self, condition: Condition, ws: list[dict]):
+        from ..backbones import BatchVideo
+        from ..controller import VideoState
+        from ..plan import PLAIN
+
+        items = []
+        for w in ws:
+            for v in w["shots"]:
+                seed = v.seed if condition.seeds == "own" else w["identity"].seed
+                items.append((BatchVideo(v.embeds, v.negative, seed=seed), VideoState(), lambda i: PLAIN, None))
+        start = time.perf_counter()
+        latents, _ = self._denoise(items)
+        frames = [ws[0]["run"].frames(lat) for lat in latents]
+        seconds = (time.perf_counter() - start) / len(items)
+        outs, k = [], 0
+        for w in ws:
+            n = len(w["shots"])
+            outs.append((np.stack(frames[k:k + n]), seconds, {}))
+            if condition.seeds == "own":
+                for v, f in zip(w["shots"], frames[k:k + n]):
+                    self.plain[self.plain_key(v.spans.prompt, v.seed, w["settings"])] = f
+            k += n
+        return outs
+
+    def _readings(self, w: dict, condition: Condition):
+        from .oracle import TruthReadings
+
+        truth = TruthReadings(self.pipe, w["settings"], masks=condition.oracle_masks,
+                              matches=condition.oracle_matches, cache=self.plain)
+        fg = truth.identity_mask(w["identity"], w["identity_fg"], w["identity_latents"])
+        return truth, fg
+
+    def _bachvid(self, condition: Condition, ws: list[dict]):
+        from ..controller import VideoState
+        from ..match import MatchAccumulator
+        from ..modes import StoryRun
+
+        per = []
+        for w in ws:
+            config = w["config"].replace(**condition.changes)
+            config = config.replace(shared_background=config.shared_background and w["story"].shared_background)
+            run = StoryRun(self.pipe, w["story"], w["settings"], config, progress=False)
+            truth, identity_fg = self._readings(w, condition) if condition.oracle else (None, w["identity_fg"])
+            per.append({"w": w, "config": config, "run": run, "truth": truth, "identity_fg": identity_fg,
+                        "prerun": condition.prerun(config.shared_background)})
+        # Pre-runs (kept per story and kind, shared between conditions of this chunk).
+        missing = [p for p in per if p["prerun"] not in p["w"].setdefault("preruns", {})]
+        prerun_seconds = {}
+        if missing:
+            items, owners = [], []
+            for p in missing:
+                run = p["run"]
+                plans = run.maker.prerun_plans(p["identity_fg"])
+                for v in p["w"]["shots"]:
+                    state = VideoState(source=p["w"]["record"], mask_reader=run._reader(v),
+                                       matcher=MatchAccumulator(p["config"].chunk_size))
+                    items.append((v.denoised(), state, plans, None))
+                    owners.append(p)
+            steps = missing[0]["run"].maker.schedule.prerun_steps
+            _, seconds = self._denoise(items, run_steps=steps)
+            for p in missing:
+                p["w"]["preruns"][p["prerun"]] = {"readings": [], "seconds": seconds / len(items)}
+            for (_, state, _, _), p in zip(items, owners):
+                read = (state.mask_reader.mask(p["run"].grid, p["config"].mask_open_kernel), state.matcher.result())
+                p["w"]["preruns"][p["prerun"]]["readings"].append(read)
+        items = []
+        for p in per:
+            pre = p["w"]["preruns"][p["prerun"]]
+            readings = pre["readings"]
+            if p["truth"] is not None:
+                readings = [p["truth"].shot(v, fg, m, p["identity_fg"])
+                            for v, (fg, m) in zip(p["w"]["shots"], readings)]
+            p["readings"] = readings
+            prerun_seconds[id(p)] = pre["seconds"]
+            for v, (fg, matches) in zip(p["w"]["shots"], readings):
+                items.append((v.denoised(), VideoState(source=p["w"]["record"]),
+                              p["run"].maker.shot_plans(p["identity_fg"], fg, matches), None))
+        start = time.perf_counter()
+        latents, _ = self._denoise(items)
+        frames = [per[0]["run"].frames(lat) for lat in latents]
+        seconds = (time.perf_counter() - start) / len(items)
+        outs, k = [], 0
+        for p in per:
+            n = len(p["w"]["shots"])
+            extra = {"shot_masks": [fg for fg, _ in p["readings"]],
+                     "foreground_pairs": [int(m.foreground_pairs(fg, p["identity_fg"], p["config"].match_threshold)[0]
+                                              .numel()) for fg, m in p["readings"]],
+                     "oracle_log": p["truth"].log if p["truth"] is not None else None}
+            outs.append((np.stack(frames[k:k + n]), seconds + prerun_seconds[id(p)], extra))
+            k += n
+        return outs
+
+    def _finish(self, w: dict, cname: str, frames: np.ndarray, seconds: float, extra: dict) -> None:
+        from .evaluate import iou, score_clip
+        from .shot_metrics import belt_colour
+
+        bs = w["bench"]
+        _save_frames(self.out, bs.name, cname, frames)
+        ident = score_clip(w["identity_frames"])
+        belt = belt_colour(w["identity_frames"], ident.mask, ident.character_kind)
+        shots = []
+        for i, (f, action) in enumerate(zip(frames, bs.actions)):
+            row = compare(w["identity_frames"], f, action, bs.shared, ident, belt)
+            row["seconds"] = seconds
+            if extra.get("shot_masks") is not None:
+                mask = extra["shot_masks"][i].cpu().numpy().astype(bool)
+                row["mask_iou"] = iou(mask, world.latent_token_mask(score_clip(f).mask))
+                row["foreground_pairs"] = extra["foreground_pairs"][i]
+            shots.append(row)
+        record = {"story": bs.name, "condition": cname, "spec": bs.spec(), "fingerprint": self.fingerprint,
+                  "shots": shots}
+        if extra.get("oracle_log") is not None:
+            record["oracle_log"] = extra["oracle_log"]
+        self._append(record)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda x: list(x) if isinstance(x, (tuple, set)) else str(x)))
+
+
+# Summaries ---------------------------------------------------------------------------------------------------
+
+def story_values(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """condition -> metric -> story -> the story's mean over its shots (NaN where undefined)."""
+    out: dict = {}
+    for r in records:
+        for metric in (*METRICS, "seconds", "mask_iou"):
+            values = [s.get(metric) for s in r["shots"]]
+            values = [v for v in values if v is not None]
+            out.setdefault(r["condition"], {}).setdefault(metric, {})[r["story"]] = \
+                float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def summarize(records: list[dict], stories: list[BenchStory], conditions: list[str], resamples: int = 2000,
+              seed: int = 0) -> dict:
+    values = story_values(records)
+    made = {r["story"] for r in records}
+    stories = [s for s in stories if s.name in made]
+    names = [s.name for s in stories]
+    summary = {"stories": len(stories), "shared_stories": sum(s.shared for s in stories),
+               "resamples": resamples, "bootstrap_seed": seed, "conditions": {}}
+    for c in conditions:
+        if c not in values:
+            continue
+        entry = {"label": CONDITIONS[c].label, "metrics": {}}
+        for metric in (*METRICS, "seconds", "mask_iou"):
+            column = np.array([values[c].get(metric, {}).get(n, np.nan) for n in names])
+            finite = column[np.isfinite(column)]
+            m = {"mean": float(finite.mean()) if len(finite) else None, "n": int(len(finite))}
+            for base in BASELINES:
+                if base in values and metric in values[base]:
+                    other = np.array([values[base][metric].get(n, np.nan) for n in names])
+                    m[f"vs {base}"] = paired_bootstrap(column, other, resamples, seed) if c != base else None
+            entry["metrics"][metric] = m
+        oracle = [e for r in records if r["condition"] == c for e in r.get("oracle_log") or []]
+        if oracle:
+            entry["attention_readings"] = {
+                "identity_mask_iou": _mean([e["mask_iou"] for e in oracle if e["role"] == "identity"]),
+                "shot_mask_iou": _mean([e["mask_iou"] for e in oracle if e["role"] == "shot"]),
+                "shot_match_accuracy": _mean([e["match_accuracy"] for e in oracle if e["role"] == "shot"]),
+            }
+        summary["conditions"][c] = entry
+    return summary
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _fmt(metric: str, x: float | None) -> str:
+    if x is None:
+        return "-"
+    if metric in ("belt_kept", "action_right"):
+        return f"{100 * x:.0f}%"
+    if metric == "background_psnr":
+        return f"{x:.1f}"
+    if metric == "seconds":
+        return f"{x:.1f}"
+    return f"{x:.3f}"
+
+
+def _fmt_delta(metric: str, d: dict | None) -> str:
+    if not d:
+        return ""
+    scale, unit = (100, " pt") if metric in ("belt_kept", "action_right") else (1, "")
+    digits = 1 if metric in ("background_psnr", "belt_kept", "action_right", "seconds") else 3
+    text = f"{scale * d['mean']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]{unit}"
+    return f"**{text}**" if d["significant"] else text
+
+
+def markdown_table(summary: dict) -> str:
+    metrics = (*METRICS, "seconds")
+    head = ["condition"]
+    for m in METRICS:
+        head += [METRIC_LABELS[m], "vs identity's seed", "vs own seeds"]
+    head.append(METRIC_LABELS["seconds"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, entry in summary["conditions"].items():
+        row = [entry["label"]]
+        for m in metrics:
+            x = entry["metrics"].get(m, {})
+            row.append(_fmt(m, x.get("mean")))
+            if m != "seconds":
+                row += [_fmt_delta(m, x.get("vs vanilla-idseed")), _fmt_delta(m, x.get("vs vanilla-own"))]
+        lines.append("| " + " | ".join(row) + " |")
+    n = summary["stories"]
+    notes = [
+        "",
+        f"{n} stories ({summary['shared_stories']} shared background, {n - summary['shared_stories']} switched), "
+        "identity + shots each; a story's value is the mean over its shots. Differences: condition minus baseline, "
+        f"paired over stories, mean [95% bootstrap CI, {summary['resamples']} resamples]; **bold**: the CI excludes 0. "
+        "Background PSNR on shared-background stories only; belt colour on stories whose identity's belt is readable "
+        "(n below). Seconds per shot: batched generation on the machine that ran it (identity not counted).",
+    ]
+    ns = {m: max((e["metrics"].get(m, {}).get("n", 0) for e in summary["conditions"].values()), default=0)
+          for m in METRICS}
+    notes.append("Stories scored per metric: " + ", ".join(f"{METRIC_LABELS[m]} {ns[m]}" for m in METRICS) + ".")
+    readings = {c: e["attention_readings"] for c, e in summary["conditions"].items() if "attention_readings" in e}
+    if readings:
+        notes += ["", "| attention readings vs truth (logged in oracle runs) | identity mask IoU | shot mask IoU | "
+                      "shot match accuracy (within 1 token) |", "|---|---|---|---|"]
+        for c, r in readings.items():
+            notes.append(f"| {summary['conditions'][c]['label']} | " + " | ".join(
+                "-" if r[k] is None else f"{r[k]:.2f}" for k in ("identity_mask_iou", "shot_mask_iou",
+                                                                  "shot_match_accuracy")) + " |")
+    mask = {c: e["metrics"].get("mask_iou", {}).get("mean") for c, e in summary["conditions"].items()}
+    mask = {c: v for c, v in mask.items() if v is not None}
+    if mask:
+        notes += ["", "Shot mask used vs the evaluator's mask of the generated shot (token IoU): " + ", ".join(
+            f"{summary['conditions'][c]['label']} {v:.2f}" for c, v in mask.items()) + "."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = [c for c in summary["conditions"] if c not in BASELINES]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 0.45 * len(conditions) + 1.8),
+                             sharey=True)
+    y = np.arange(len(conditions))
+    for ax, metric in zip(axes, METRICS):
+        scale = 100 if metric in ("belt_kept", "action_right") else 1
+        for k, (base, colour) in enumerate((("vanilla-idseed", "tab:blue"), ("vanilla-own", "tab:gray"))):
+            ds = [summary["conditions"][c]["metrics"].get(metric, {}).get(f"vs {base}") for c in conditions]
+            mean = np.array([scale * d["mean"] if d else np.nan for d in ds])
+            err = np.array([[scale * (d["mean"] - d["low"]), scale * (d["high"] - d["mean"])] if d else [0, 0]
+                            for d in ds]).T
+            ax.barh(y + (k - 0.5) * 0.38, mean, height=0.36, xerr=err, color=colour, capsize=2,
+                    label=f"vs {'identity' if base == 'vanilla-idseed' else 'own'} seed")
+        ax.axvline(0, color="black", lw=0.8)
+        unit = " (points)" if scale == 100 else ""
+        better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+        ax.set_title(f"{METRIC_LABELS[metric]}{unit}\n({better} is better)", fontsize=9)
+    axes[0].set_yticks(y, [summary["conditions"][c]["label"] for c in conditions], fontsize=8)
+    axes[0].invert_yaxis()
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Difference to the baselines, mean and 95% bootstrap CI over {summary['stories']} stories",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sheet(out: Path, stories: list[BenchStory], count: int, path: Path) -> bool:
+    """identity | vanilla identity's seed shots | BachVid shots, one row per story (first `count`
+    stories with both conditions made)."""
+    from .quality import contact_sheet
+
+    videos, labels, columns = [], [], None
+    for bs in stories:
+        ident = _load_frames(out, bs.name, "identity")
+        same = _load_frames(out, bs.name, "vanilla-idseed")
+        ours = _load_frames(out, bs.name, "bachvid")
+        if ident is None or same is None or ours is None:
+            continue
+        columns = 1 + len(same) + len(ours)
+        videos += [ident, *same, *ours]
+        bg = "shared" if bs.shared else "switched"
+        labels += [f"{bs.name} {bs.character} {bs.background} ({bg})"]
+        labels += [f"same seed: {a}" for a in bs.actions] + [f"BachVid: {a}" for a in bs.actions]
+        if len(videos) // columns >= count:
+            break
+    if not videos:
+        return False
+    contact_sheet(np.stack(videos), path, columns=columns, frames=(0, 8, 16), labels=labels)
+    return True
+
+
+def rescore(out: Path, stories: list[BenchStory]) -> int:
+    """Score every record's shots again from its saved videos (after a change to the metrics),
+    keeping what only generation knows (seconds, masks used, matched pairs, oracle logs);
+    records.jsonl is rewritten atomically. Returns the records rescored."""
+    from .evaluate import score_clip
+    from .shot_metrics import belt_colour
+
+    specs = {s.name: s for s in stories}
+    records, idents = _read_records(out), {}
+    count = 0
+    for r in records:
+        bs = specs.get(r["story"])
+        frames = _load_frames(out, r["story"], r["condition"])
+        if bs is None or frames is None:
+            continue
+        if r["story"] not in idents:
+            ident_frames = _load_frames(out, r["story"], "identity")
+            score = score_clip(ident_frames)
+            idents[r["story"]] = (ident_frames, score, belt_colour(ident_frames, score.mask, score.character_kind))
+        ident_frames, score, belt = idents[r["story"]]
+        for shot, f, action in zip(r["shots"], frames, bs.actions):
+            kept = {k: shot[k] for k in ("seconds", "mask_iou", "foreground_pairs") if k in shot}
+            shot.clear()
+            shot.update(compare(ident_frames, f, action, bs.shared, score, belt), **kept)
+        count += 1
+    path = out / "records.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+    return count
+
+
+def report(out: Path, stories: list[BenchStory], conditions: list[str], resamples: int = 2000,
+           sheet_stories: int = 4) -> dict:
+    bench_records = [r for r in _read_records(out) if r["story"] in {s.name for s in stories}
+                     and r["condition"] in conditions]
+    summary = summarize(bench_records, stories, conditions, resamples)
+    summary["story_list"] = [{"name": s.name, **s.spec()} for s in stories]
+    summary["complete"] = {c: sum(1 for r in bench_records if r["condition"] == c) for c in conditions}
+    table = markdown_table(summary)
+    (out / "table.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if any(c not in BASELINES for c in summary["conditions"]):
+        plot(summary, out / "plot.png")
+    sheet(out, stories, sheet_stories, out / "sheet.png")
+    return summary
+
+
+def _read_records(out: Path) -> list[dict]:
+    path = out / "records.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Command line --------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--model", default=None, help="toy-world model folder (default: the shipped one)")
+    parser.add_argument("--stories", type=int, default=32)
+    parser.add_argument("--shots", type=int, default=3, help="shots per story (1-4)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help=f"comma-separated, from {', '.join(CONDITIONS)}")
+    parser.add_argument("--out", default="runs/results", help="folder: records.jsonl (resume), videos/, table.md, "
+                                                              "results.json, plot.png, sheet.png")
+    parser.add_argument("--steps", type=int, default=None, help="override the model's default steps (tests)")
+    parser.add_argument("--batch", type=int, default=4, help="stories whose shots denoise in one batch")
+    parser.add_argument("--bench-seed", type=int, default=BENCH_SEED, help="the stories' seed stream")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--sheet-stories", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--report-only", action="store_true", help="only summarize what records.jsonl holds")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the saved videos again (after a change to the metrics) before the report")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        print(f"error: unknown condition(s) {', '.join(unknown)}; valid: {', '.join(CONDITIONS)}", file=sys.stderr)
+        return 2
+    if not any(c in BASELINES for c in conditions):
+        print("error: --conditions needs a baseline (vanilla-idseed or vanilla-own)", file=sys.stderr)
+        return 2
+    if any(CONDITIONS[c].oracle for c in conditions) and "vanilla-own" not in conditions:
+        print("note: oracle conditions without vanilla-own generate the plain shots they need themselves",
+              file=sys.stderr)
+    stories = benchmark_stories(args.stories, args.shots, args.bench_seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        import torch
+
+        from ..pipeline import BachVidPipeline
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        pipe = BachVidPipeline.from_pretrained(args.model)
+        pipe.pipe.set_progress_bar_config(disable=True)
+        settings = pipe.default_settings()
+        if args.steps:
+            from dataclasses import replace
+
+            settings = replace(settings, num_inference_steps=args.steps)
+        Bench(pipe, out, settings, pipe.default_config(), batch=args.batch,
+              log=lambda m: print(m, flush=True)).run(stories, conditions)
+    if args.rescore:
+        print(f"rescored {rescore(out, stories)} records from {out / 'videos'}")
+    summary = report(out, stories, conditions, args.resamples, args.sheet_stories)
+    print(markdown_table(summary))
+    print(f"table.md, results.json, plot.png, sheet.png: {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bachvid.toy.results",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.description = __doc__
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

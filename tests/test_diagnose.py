@@ -1,0 +1,63 @@
+"""The diagnosis harness's pure parts: belt reader, background error, bootstrap, conditions, stories."""
+
+import numpy as np
+import pytest
+
+from bachvid.toy import diagnose, world
+from bachvid.toy.evaluate import score_clip
+
+
+def _true_accessory(b, c, a, seed):
+    """Replays world.render_clip's draws up to the accessory colour."""
+    rng = np.random.default_rng([seed, list(world.BACKGROUNDS).index(b), list(world.CHARACTERS).index(c),
+                                 list(world.ACTIONS).index(a)])
+    world.render_background(b, rng)
+    box = world.BASE_SIZE * rng.uniform(1.0, 1.08)
+    rng.uniform(*world._start_range(a, box, world.SIZE))
+    rng.uniform(8, 14), rng.uniform(0, 2 * np.pi), rng.integers(0, 2)
+    colour = rng.choice([(30, 30, 30), (250, 200, 0), (0, 120, 40), (240, 120, 160)])
+    return int(np.argmin(((diagnose.ACCESSORIES - colour) ** 2).sum(-1)))
+
+
+def test_belt_reader_finds_the_rendered_belt_through_the_evaluators_mask():
+    for seed in range(8):
+        b, c, a = list(world.BACKGROUNDS)[seed % 4], list(world.CHARACTERS)[seed // 2 % 4], list(world.ACTIONS)[seed % 5]
+        clip = world.render_clip(b, c, a, seed)
+        assert diagnose.accessory_of(clip.frames, score_clip(clip.frames).mask) == _true_accessory(b, c, a, seed)
+
+
+def test_shot_metrics_of_a_clip_against_itself_and_another_seed():
+    clip = world.render_clip("meadow", "robot", "stand", 1)
+    same, _ = diagnose.shot_metrics(clip.frames, clip.frames, "stand")
+    assert same["bg_psnr"] > 59 and same["bg_mae"] == 0 and same["hist_distance"] == pytest.approx(0, abs=1e-9)
+    assert same["accessory_kept"] == 1.0 and same["action_right"] == 1.0
+    other = world.render_clip("meadow", "robot", "left", 2)
+    row, _ = diagnose.shot_metrics(clip.frames, other.frames, "left")
+    assert row["bg_psnr"] < same["bg_psnr"] and row["bg_mae"] > 0 and row["action_right"] == 1.0
+
+
+def test_paired_bootstrap_and_complete_stories():
+    a = {f"s{i}": 1.0 + 0.1 * i for i in range(10)}
+    b = {f"s{i}": 0.5 + 0.1 * i for i in range(10)}
+    ci = diagnose.paired_bootstrap(a, b)
+    assert ci["mean"] == pytest.approx(0.5) and ci["lo"] == pytest.approx(0.5) and ci["hi"] == pytest.approx(0.5)
+    noisy = diagnose.paired_bootstrap({k: v + np.sin(i) for i, (k, v) in enumerate(a.items())}, b)
+    assert noisy["lo"] < noisy["mean"] < noisy["hi"] and noisy["stories"] == 10
+    rows = [{"story": "x", "condition": "p"}, {"story": "x", "condition": "q"}, {"story": "y", "condition": "p"}]
+    assert {r["story"] for r in diagnose.complete_rows(rows)} == {"x"}
+
+
+def test_conditions_and_stories():
+    c = diagnose.parse_condition("fix:injected_logit_bias=1.5;vital_layers=all;oracle_masks=1;x0=1")
+    assert c.changes == (("injected_logit_bias", 1.5), ("vital_layers", "all")) and c.oracle_masks and c.x0
+    assert not c.oracle_matches and c.kind == "bachvid"
+    stories = diagnose.diagnosis_stories(4, seed=3)
+    _, held_out = world.split_combinations()
+    for story in stories:
+        assert story.shared_background and story.identity.action == world.ACTIONS["stand"]
+        assert len(story.shots) == 3 and len({s.action for s in story.shots}) == 3
+        b = {v: k for k, v in world.BACKGROUNDS.items()}[story.identity.background]
+        ch = {v: k for k, v in world.CHARACTERS.items()}[story.character]
+        assert any(h[:2] == (b, ch) for h in held_out)
+    same = diagnose.IdentitySeedStory(**{f: getattr(stories[0], f) for f in stories[0].__dataclass_fields__})
+    assert same.shot_seed(2, 7) == 7 and stories[0].shot_seed(2, 7) == 10
