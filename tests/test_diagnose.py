@@ -61,3 +61,26 @@ def test_conditions_and_stories():
         assert any(h[:2] == (b, ch) for h in held_out)
     same = diagnose.IdentitySeedStory(**{f: getattr(stories[0], f) for f in stories[0].__dataclass_fields__})
     assert same.shot_seed(2, 7) == 7 and stories[0].shot_seed(2, 7) == 10
+
+
+def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
+    import torch
+
+    from bachvid.config import BachVidConfig
+    from bachvid.match import Matches
+    from bachvid.plan import Layers, PlanMaker
+
+    identity_fg = torch.tensor([[[True, False], [False, False]]])
+    current_fg = torch.tensor([[[False, True], [False, False]]])
+    matches = Matches(torch.tensor([0, 0, 0, 0]), torch.ones(4))
+    layers = Layers(frozenset({0}), frozenset({0}), frozenset({0}))
+    maker = PlanMaker(BachVidConfig(injected_logit_bias=2.0), layers, num_steps=4, text_length=3)
+
+    def biases():
+        plan = maker.shot_plans(identity_fg, current_fg, matches)(0)
+        return [i.bias for i in plan.injections]
+
+    assert biases() == [2.0, 2.0]  # background, foreground
+    with diagnose.foreground_bias(0.0):
+        assert biases() == [2.0, 0.0]
+    assert biases() == [2.0, 2.0]

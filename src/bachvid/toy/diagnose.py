@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -58,6 +59,10 @@ class Condition:
     oracle_matches: bool = False
     identity_seed: bool = False  # shots use the identity's seed (not a config knob: a story choice)
     x0: bool = False  # decode the predicted x0 at X0_FRACTIONS
+    foreground_bias: float | None = None
+    """Emulates a knob BachVidConfig lacks: the foreground injection's logit bias set apart from
+    `injected_logit_bias` (which then weighs the background injection only). Done by wrapping
+    `plan.foreground_injection` for the run; None leaves the method as it is."""
 
     def config(self, pipe):
         changes = dict(self.changes)
@@ -92,7 +97,8 @@ DEFAULT_CONDITIONS = tuple(CONDITIONS)
 
 def parse_condition(text: str) -> Condition:
     """'NAME:knob=value;knob=value' -> a Condition; values are JSON (lists become tuples); the keys
-    oracle_masks, oracle_matches, identity_seed and x0 set those switches; vital_layers=all."""
+    oracle_masks, oracle_matches, identity_seed, x0 and foreground_bias set those fields;
+    vital_layers=all."""
     name, _, spec = text.partition(":")
     changes, switches = [], {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
@@ -106,6 +112,8 @@ def parse_condition(text: str) -> Condition:
         parsed = tuple(parsed) if isinstance(parsed, list) else parsed
         if key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
             switches[key] = bool(parsed)
+        elif key == "foreground_bias":
+            switches[key] = float(parsed)
         else:
             changes.append((key, parsed))
     return Condition(name, spec or name, changes=tuple(changes), **switches)
@@ -327,8 +335,10 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                 armed["count"] += 1
                 return masses(video)
 
-            results = list(pipe.generate(run_of, settings, config, identity_mode="cache", group=len(story.shots),
-                                         progress=False, instruments=Instruments(readings=readings, probe=probe)))
+            with foreground_bias(condition.foreground_bias):
+                results = list(pipe.generate(run_of, settings, config, identity_mode="cache",
+                                             group=len(story.shots), progress=False,
+                                             instruments=Instruments(readings=readings, probe=probe)))
             seconds = time.perf_counter() - start
             predicted = capture.take() if condition.x0 else []
             identity, shots = results[0], results[1:]
@@ -358,6 +368,27 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     finally:
         capture.remove()
+
+
+@contextmanager
+def foreground_bias(bias: float | None):
+    """While active, foreground injections get logit bias `bias` whatever the config says (see
+    `Condition.foreground_bias`); None: nothing changes."""
+    from .. import plan
+
+    if bias is None:
+        yield
+        return
+    original = plan.foreground_injection
+
+    def injection(current_fg, current, identity, text_length, _bias=0.0):
+        return original(current_fg, current, identity, text_length, bias)
+
+    plan.foreground_injection = injection
+    try:
+        yield
+    finally:
+        plan.foreground_injection = original
 
 
 def _str_keys(table: dict) -> dict:
