@@ -219,6 +219,11 @@ def test_results_command_writes_everything_resumes_and_matches_the_pipeline(tmp_
     monkeypatch.setattr(results.Bench, "_chunk", lambda self, *a: calls.append(a) or 0)
     assert results.main(args) == 0
     assert calls == [] and (out / "records.jsonl").read_text().splitlines() == records
+    # Rescoring from the saved videos gives the same metrics.
+    stories = results.benchmark_stories(2, shots=1)
+    assert results.rescore(out, stories) == 8
+    again = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["shots"] for r in again] == [json.loads(line)["shots"] for line in records]
 
     # The batched benchmark gives the pipeline's videos (BachVid, and oracle readings through Instruments).
     pipe = BachVidPipeline.from_pretrained()
