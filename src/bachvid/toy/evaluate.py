@@ -19,7 +19,7 @@ from . import world
 SHADE = 0.78  # the darker pattern on the character's body
 
 
-def _palette():
+def _palette(spec: world.WorldSpec = world.V1):
     colours, owners = [], []
     for kind, (sky, ground) in world.BACKGROUND_COLOURS.items():
         extra = {
@@ -28,6 +28,8 @@ def _palette():
             "ocean": [(60, 110, 200), (130, 170, 230)],
             "city": [(55, 55, 75), (240, 210, 80), (200, 200, 230)],
         }[kind]
+        if spec.scenery == "v2":  # the scenery objects' colours vote for their background kind
+            extra += [c for variants in world.SCENERY_COLOURS[kind].values() for c in variants if c not in extra]
         for colour in (sky, ground, *extra):
             colours.append(colour)
             owners.append(("background", kind))
@@ -38,9 +40,15 @@ def _palette():
     return np.array(colours, np.float32), owners
 
 
-PALETTE, OWNERS = _palette()
-BACKGROUND_OF = np.array([list(world.BACKGROUNDS).index(k) if role == "background" else -1 for role, k in OWNERS])
-CHARACTER_OF = np.array([list(world.CHARACTERS).index(k) if role == "character" else -1 for role, k in OWNERS])
+def _tables(spec: world.WorldSpec):
+    palette, owners = _palette(spec)
+    background_of = np.array([list(world.BACKGROUNDS).index(k) if role == "background" else -1 for role, k in owners])
+    character_of = np.array([list(world.CHARACTERS).index(k) if role == "character" else -1 for role, k in owners])
+    return palette, owners, background_of, character_of
+
+
+PALETTE, OWNERS, BACKGROUND_OF, CHARACTER_OF = _tables(world.V1)  # V1's, under the old names
+TABLES = {spec.name: _tables(spec) for spec in world.WORLDS.values()}
 
 
 @dataclass
@@ -54,9 +62,9 @@ class ClipScore:
     track: dict  # the measured motion: dx, lift, growth
 
 
-def _nearest(frames: np.ndarray) -> np.ndarray:
+def _nearest(frames: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
     pixels = frames.reshape(-1, 3).astype(np.float32)
-    distance = ((pixels[:, None, :] - PALETTE[None]) ** 2).sum(-1)
+    distance = ((pixels[:, None, :] - palette[None]) ** 2).sum(-1)
     return distance.argmin(-1).reshape(frames.shape[:-1])
 
 
@@ -89,19 +97,24 @@ def _track(mask: np.ndarray) -> dict:
     }
 
 
-def action_of(track: dict) -> str:
+def action_of(track: dict, scale: float = 1.0) -> str:
+    """The action from the mask's track; scale multiplies the pixel thresholds (frame side / 64)."""
     if track["growth"] > 1.35:
         return "closer"
-    if abs(track["dx"]) > 8:
+    if abs(track["dx"]) > 8 * scale:
         return "right" if track["dx"] > 0 else "left"
-    if track["lift"] > 5:
+    if track["lift"] > 5 * scale:
         return "jump"
     return "stand"
 
 
-def score_clip(frames: np.ndarray) -> ClipScore:
+def score_clip(frames: np.ndarray, spec: world.WorldSpec | str | None = None) -> ClipScore:
+    """Score one clip (uint8 (F, H, W, 3)). The world's palette and thresholds follow `spec`, or the
+    frame size when it is None (96 px: V2, else V1)."""
     frames = np.asarray(frames)
-    nearest = _nearest(frames)
+    spec = world.world_of_size(frames.shape[1]) if spec is None else world.get_world(spec)
+    PALETTE, OWNERS, BACKGROUND_OF, CHARACTER_OF = TABLES[spec.name]  # noqa: N806
+    nearest = _nearest(frames, PALETTE)
     bg_votes = np.bincount(BACKGROUND_OF[nearest][BACKGROUND_OF[nearest] >= 0], minlength=len(world.BACKGROUNDS))
     ch_votes = np.bincount(CHARACTER_OF[nearest][CHARACTER_OF[nearest] >= 0], minlength=len(world.CHARACTERS))
     background = int(bg_votes.argmax())
@@ -112,7 +125,7 @@ def score_clip(frames: np.ndarray) -> ClipScore:
     return ClipScore(
         background_kind=list(world.BACKGROUNDS)[background],
         character_kind=list(world.CHARACTERS)[character],
-        action=action_of(track),
+        action=action_of(track, 1.0 if spec is world.V1 else spec.size / world.V1.size),
         mask=mask,
         background_share=float(bg_votes[background] / total),
         character_share=float(ch_votes[character] / total),
@@ -120,8 +133,8 @@ def score_clip(frames: np.ndarray) -> ClipScore:
     )
 
 
-def score_many(videos) -> list[ClipScore]:
-    return [score_clip(v) for v in videos]
+def score_many(videos, spec: world.WorldSpec | str | None = None) -> list[ClipScore]:
+    return [score_clip(v, spec) for v in videos]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,7 +7,12 @@ differ the way two samples of a real model do. Every clip comes with its truth: 
 mask, character-local (u, v) coordinates of each character pixel (same u, v = same body point,
 across frames and clips), and the background alone.
 
-Sizes fit the toy model: 64 x 64 pixels, 17 frames -> 5 latent frames x 8 x 8 tokens of 8 px.
+Two worlds share kinds, palette and shapes; a `WorldSpec` holds what differs:
+- `V1` (the default, the shipped model's): 64 x 64 pixels, 17 frames -> 5 latent frames x 8 x 8
+  tokens of 8 px; a large character over a nearly flat backdrop;
+- `V2`: 96 x 96 pixels, 17 frames -> 5 x 12 x 12 tokens; a smaller character over per-seed
+  scenery (3-6 objects per clip: trees, fences, cacti, boats, buildings, lamps...) whose layout,
+  sizes and colour variants the text never names, so a consistent background is not free.
 """
 
 from __future__ import annotations
@@ -16,9 +21,55 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIZE = 64
-FRAMES = 17
-TOKEN = 8
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Everything about a world's geometry; kinds, palette and shapes are shared."""
+
+    name: str
+    size: int  # frame side in pixels
+    frames: int  # frames per clip (4k + 1)
+    token: int  # pixels per video token side (VAE x4 times patch 2)
+    horizon: int  # sky above, ground below (pixel rows), +-3 per seed
+    base_size: float  # character box side at scale 1
+    feet: int  # baseline of the character's feet
+    walk: float  # pixels a walk covers
+    growth: float  # "comes closer" grows the character by this fraction
+    jump: float  # jump height in pixels
+    size_jitter: float = 0.08  # box side drawn in base_size * [1, 1 + size_jitter]
+    scenery: str = "v1"  # which background renderer: "v1" flat backdrop, "v2" per-seed objects
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.token
+
+
+V1 = WorldSpec("v1", size=64, frames=17, token=8, horizon=22, base_size=38, feet=60, walk=20, growth=0.4, jump=14)
+V2 = WorldSpec("v2", size=96, frames=17, token=8, horizon=38, base_size=38, feet=90, walk=40, growth=0.4, jump=18,
+               size_jitter=0.06, scenery="v2")
+WORLDS = {w.name: w for w in (V1, V2)}
+
+
+def get_world(world: "WorldSpec | str | None" = None) -> WorldSpec:
+    """A WorldSpec from a spec, its name, or None (V1)."""
+    if world is None:
+        return V1
+    if isinstance(world, WorldSpec):
+        return world
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; valid: {', '.join(WORLDS)}")
+    return WORLDS[world]
+
+
+def world_of_size(size: int) -> WorldSpec:
+    """The world whose frames have this side (64: V1, 96: V2); V1 for any other size."""
+    return next((w for w in WORLDS.values() if w.size == size), V1)
+
+
+# V1's values under their old names: code written before WorldSpec keeps working.
+SIZE = V1.size
+FRAMES = V1.frames
+TOKEN = V1.token
 
 BACKGROUNDS = {"meadow": "a green meadow", "desert": "a sandy desert", "ocean": "a blue ocean", "city": "a night city"}
 CHARACTERS = {"robot": "a red robot", "ghost": "a white ghost", "cat": "a purple cat", "blob": "a cyan blob"}
@@ -33,11 +84,26 @@ BACKGROUND_COLOURS = {
     "ocean": ((100, 150, 220), (25, 60, 150)),
     "city": ((15, 20, 50), (45, 45, 60)),
 }
-HORIZON = 22  # sky above, ground below (pixel rows)
-BASE_SIZE = 38  # character box side at scale 1
-FEET = 60  # baseline of the character's feet
-WALK = 20  # pixels a walk covers
-GROWTH = 0.4  # "comes closer" grows the character by 40%
+HORIZON = V1.horizon  # sky above, ground below (pixel rows)
+BASE_SIZE = V1.base_size  # character box side at scale 1
+FEET = V1.feet  # baseline of the character's feet
+WALK = V1.walk  # pixels a walk covers
+GROWTH = V1.growth  # "comes closer" grows the character by 40%
+ACCESSORY_COLOURS = [(30, 30, 30), (250, 200, 0), (0, 120, 40), (240, 120, 160)]  # the belt, per seed
+
+# V2's scenery objects, per background kind: name -> colour variants (RGB). All are far from the
+# character colours (and their 0.78 shade) and the accessory colours, so a pixel reader still
+# tells character from scenery; `evaluate.py` adds them to the background kind's palette.
+SCENERY_COLOURS = {
+    "meadow": {"trunk": [(100, 70, 40), (85, 60, 45)], "foliage": [(35, 100, 30), (60, 125, 25), (25, 85, 60)],
+               "bush": [(40, 140, 70), (75, 135, 35)], "fence": [(150, 110, 70), (125, 95, 65)]},
+    "desert": {"cactus": [(40, 120, 90), (70, 125, 60)], "rock": [(150, 120, 90), (125, 105, 95)],
+               "mesa": [(190, 125, 75), (175, 110, 80)], "sun": [(250, 235, 120)]},
+    "ocean": {"hull": [(90, 70, 50), (70, 60, 80)], "sail": [(235, 150, 50), (245, 175, 95)],
+              "rock": [(100, 95, 90), (80, 90, 85)], "cloud": [(185, 205, 235), (165, 190, 230)]},
+    "city": {"building": [(55, 55, 75), (70, 50, 60), (40, 60, 70), (60, 65, 55)], "window": [(240, 210, 80)],
+             "pole": [(95, 95, 110)], "lamp": [(255, 225, 140)], "star": [(200, 200, 230)]},
+}
 
 
 @dataclass(frozen=True)
@@ -84,10 +150,16 @@ def _check(background, character, action):
             raise ValueError(f"unknown {name} {key!r}; valid: {', '.join(table)}")
 
 
-def render_background(kind: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+def render_background(kind: str, rng: np.random.Generator, size: int | None = None,
+                      world: WorldSpec | str | None = None) -> np.ndarray:
+    """The scenery of one clip (float (S, S, 3)), drawn from rng."""
+    world = get_world(world)
+    size = world.size if size is None else size
+    if world.scenery == "v2":
+        return _scenery_v2(kind, rng, size, world)
     sky, ground = (np.array(c, np.float32) for c in BACKGROUND_COLOURS[kind])
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    horizon = HORIZON + rng.integers(-3, 4)
+    horizon = world.horizon + rng.integers(-3, 4)
     image = np.where((y < horizon)[..., None], sky, ground)
     phase = rng.uniform(0, 2 * np.pi)
     if kind == "meadow":  # grass stripes + bushes
@@ -116,6 +188,113 @@ def render_background(kind: str, rng: np.random.Generator, size: int = SIZE) -> 
     return np.clip(image, 0, 255)
 
 
+# V2 scenery ----------------------------------------------------------------------------------------
+SCENERY_OBJECTS = {"meadow": ("tree", "tree", "bush", "fence"), "desert": ("cactus", "cactus", "rock", "mesa"),
+                   "ocean": ("boat", "boat", "rock", "cloud"), "city": ("building",)}
+
+
+def _pick(rng, kind, part):
+    variants = SCENERY_COLOURS[kind][part]
+    return variants[int(rng.integers(len(variants)))]
+
+
+def _scenery_v2(kind: str, rng: np.random.Generator, size: int, world: WorldSpec) -> np.ndarray:
+    """Sky and ground as in V1, textured, and 3-6 objects per clip whose kind, place, size and colour
+    variant come from the seed (the city: 3-6 buildings, 1-3 street lamps, stars)."""
+    s = 1.25 * size / 96  # object sizes and depths, scaled with the frame
+    sky, ground = (np.array(c, np.float32) for c in BACKGROUND_COLOURS[kind])
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    horizon = int(round(world.horizon * size / world.size)) + int(rng.integers(-4, 5))
+    image = np.where((y < horizon)[..., None], sky, ground)
+    phase = rng.uniform(0, 2 * np.pi)
+
+    def ellipse(cx, cy, rx, ry):
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1
+
+    def rect(left, top, width, height):
+        return (x >= left) & (x < left + width) & (y >= top) & (y < top + height)
+
+    if kind == "meadow":  # grass stripes, then trees, bushes and fences
+        image = image * (1 + 0.08 * np.sin(x * 0.9 + phase) * (y >= horizon))[..., None]
+    elif kind == "desert":  # dunes and a sun anywhere in the sky
+        dune = horizon + 8 * s + 5 * s * np.sin(x * 0.09 + phase)
+        image[(y > dune)] = image[(y > dune)] * 0.88
+        r = rng.uniform(5, 9) * s
+        image[ellipse(rng.uniform(10 * s, size - 10 * s), rng.uniform(r + 1, max(r + 2, horizon - r - 2)), r, r)] = \
+            SCENERY_COLOURS["desert"]["sun"][0]
+    elif kind == "ocean":  # waves
+        waves = np.sin(x * 0.35 + y * 0.7 + phase) > 0.75
+        image[waves & (y >= horizon + 2)] = (60, 110, 200)
+    elif kind == "city":  # stars behind the buildings
+        image[(rng.random((size, size)) < 0.01) & (y < horizon - 8)] = SCENERY_COLOURS["city"]["star"][0]
+
+    count = int(rng.integers(3, 7))
+    # back to front: objects farther down the ground are drawn later (nearer the viewer)
+    objects = sorted(((SCENERY_OBJECTS[kind][int(rng.integers(len(SCENERY_OBJECTS[kind])))],
+                       rng.uniform(-4 * s, size + 4 * s), rng.uniform(0, 1)) for _ in range(count)), key=lambda o: o[2])
+    for name, cx, depth in objects:
+        if name == "tree":
+            base = horizon + depth * 14 * s
+            height, crown = rng.uniform(10, 20) * s, rng.uniform(7, 12) * s
+            height = min(height, base - 1.5 * crown)  # the crown stays inside the frame
+            image[rect(cx - 2 * s, base - height, 4 * s, height)] = _pick(rng, kind, "trunk")
+            image[ellipse(cx, base - height - crown * 0.6, crown, crown * 0.9)] = _pick(rng, kind, "foliage")
+        elif name == "bush":
+            image[ellipse(cx, horizon + depth * 16 * s, rng.uniform(6, 10) * s, rng.uniform(4, 6) * s)] = \
+                _pick(rng, kind, "bush")
+        elif name == "fence":
+            base, width, height = horizon + 2 * s + depth * 12 * s, rng.uniform(24, 48) * s, rng.uniform(7, 11) * s
+            gap, colour = rng.uniform(5, 8) * s, _pick(rng, kind, "fence")
+            span = (x >= cx - width / 2) & (x < cx + width / 2)
+            posts = span & ((x - cx) % gap < 1.6 * s) & (y >= base - height) & (y < base)
+            rails = span & ((np.abs(y - (base - 0.75 * height)) < 1 * s) | (np.abs(y - (base - 0.35 * height)) < 1 * s))
+            image[posts | rails] = colour
+        elif name == "cactus":
+            base, height, colour = horizon + depth * 16 * s, rng.uniform(14, 26) * s, _pick(rng, kind, "cactus")
+            trunk = rect(cx - 2.5 * s, base - height, 5 * s, height) | ellipse(cx, base - height, 2.5 * s, 2.5 * s)
+            arm_y = base - height * rng.uniform(0.45, 0.7)
+            arms = (rect(cx - 8 * s, arm_y, 6 * s, 3 * s) | rect(cx - 8 * s, arm_y - 7 * s, 3 * s, 8 * s) |
+                    rect(cx + 2 * s, arm_y + 3 * s, 6 * s, 3 * s) | rect(cx + 5 * s, arm_y - 4 * s, 3 * s, 8 * s))
+            image[trunk | arms] = colour
+        elif name == "rock":
+            cy = horizon + depth * 22 * s if kind == "desert" else horizon + 3 * s + depth * 20 * s
+            rx = rng.uniform(5, 11) * s
+            image[ellipse(cx, cy, rx, rx * rng.uniform(0.5, 0.8)) & (y < cy + rx * 0.3)] = _pick(rng, kind, "rock")
+        elif name == "mesa":
+            width, height = rng.uniform(20, 40) * s, rng.uniform(8, 18) * s
+            slope = (y - (horizon - height)) * 0.6
+            image[(y >= horizon - height) & (y < horizon + 1) & (np.abs(x - cx) < width / 2 + slope)] = \
+                _pick(rng, kind, "mesa")
+        elif name == "boat":
+            base, width = horizon + 3 * s + depth * 18 * s, rng.uniform(14, 24) * s
+            hull = (y >= base - 4 * s) & (y < base) & (np.abs(x - cx) < width / 2 - (y - (base - 4 * s)) * 0.8)
+            mast_h = rng.uniform(10, 18) * s
+            sail = (y >= base - 4 * s - mast_h) & (y < base - 5 * s) & (x >= cx) & (
+                x - cx < (y - (base - 4 * s - mast_h)) * width * 0.4 / mast_h)
+            image[hull] = _pick(rng, kind, "hull")
+            image[sail] = _pick(rng, kind, "sail")
+        elif name == "cloud":
+            cy, r, colour = rng.uniform(6 * s, max(7 * s, horizon - 10 * s)), rng.uniform(4, 7) * s, _pick(rng, kind, "cloud")
+            image[ellipse(cx, cy, 2.2 * r, r) | ellipse(cx - 1.2 * r, cy + 0.3 * r, 1.3 * r, 0.8 * r) |
+                  ellipse(cx + 1.3 * r, cy + 0.2 * r, 1.4 * r, 0.8 * r)] = colour
+        elif name == "building":
+            width, top = rng.uniform(12, 24) * s, rng.uniform(4 * s, horizon - 6 * s)
+            left, bottom = cx - width / 2, horizon + 6 * s
+            block = (x >= left) & (x < left + width) & (y >= top) & (y < bottom)
+            image[block] = _pick(rng, kind, "building")
+            wx, wy = rng.integers(3, 6), rng.integers(4, 7)
+            windows = block & ((x - left) % wx < 1.5) & ((x - left) % wx >= 0.5) & ((y - top) % wy < 2) & (
+                (y - top) % wy >= 1) & (rng.random((size, size)) < rng.uniform(0.35, 0.8)) & (y < bottom - 2)
+            image[windows] = SCENERY_COLOURS["city"]["window"][0]
+    if kind == "city":  # street lamps in front of the buildings
+        for _ in range(int(rng.integers(1, 4))):
+            cx, height = rng.uniform(4 * s, size - 4 * s), rng.uniform(16, 28) * s
+            base = horizon + 8 * s
+            image[rect(cx - 1 * s, base - height, 2 * s, height)] = SCENERY_COLOURS["city"]["pole"][0]
+            image[ellipse(cx, base - height - 1.5 * s, 3 * s, 2.5 * s)] = SCENERY_COLOURS["city"]["lamp"][0]
+    return np.clip(image, 0, 255)
+
+
 def character_shape(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside-test of the character's silhouette in box-local (u, v) in [0, 1]^2 (v down)."""
     inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
@@ -137,54 +316,60 @@ def character_shape(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(kind)
 
 
-def _motion(action: str, t: np.ndarray, start_x: float, size: float):
+def _motion(action: str, t: np.ndarray, start_x: float, size: float, world: WorldSpec | str | None = None):
     """Box left x, box top y and box side per frame."""
+    world = get_world(world)
     side = np.full_like(t, size)
     x = np.full_like(t, start_x)
     lift = np.zeros_like(t)
     if action == "stand":
         lift = 0.8 * np.sin(t * 2 * np.pi)
     elif action == "left":
-        x = start_x - WALK * t
+        x = start_x - world.walk * t
     elif action == "right":
-        x = start_x + WALK * t
+        x = start_x + world.walk * t
     elif action == "jump":
-        lift = 14 * np.sin(np.pi * t)
+        lift = world.jump * np.sin(np.pi * t)
     elif action == "closer":
-        side = size * (1 + GROWTH * t)
+        side = size * (1 + world.growth * t)
         x = start_x + size / 2 - side / 2  # grows around its centre, feet on the ground
-    top = FEET - side - lift
+    top = world.feet - side - lift
     return x, top, side
 
 
-def _start_range(action: str, box: float, size: int) -> tuple[float, float]:
+def _start_range(action: str, box: float, size: int, world: WorldSpec | str | None = None) -> tuple[float, float]:
     """Where the box may start so the character stays inside the frame for the whole action."""
+    world = get_world(world)
     if action == "left":
         return size - box - 2, size - box - 1
     if action == "right":
         return 1, 2
     if action == "closer":
-        end = box * (1 + GROWTH)
+        end = box * (1 + world.growth)
         centre = (size / 2 - 2, size / 2 + 2) if end < size - 4 else (size / 2, size / 2)
         return centre[0] - box / 2, centre[1] - box / 2
     return 2, size - box - 2
 
 
-def render_clip(background: str, character: str, action: str, seed: int, frames: int = FRAMES,
-                size: int = SIZE) -> Clip:
+def render_clip(background: str, character: str, action: str, seed: int, frames: int | None = None,
+                size: int | None = None, world: WorldSpec | str | None = None) -> Clip:
+    """One clip of `world` (V1 by default; frames and size default to the world's)."""
+    world = get_world(world)
+    frames = world.frames if frames is None else frames
+    size = world.size if size is None else size
     _check(background, character, action)
     rng = np.random.default_rng([seed, list(BACKGROUNDS).index(background), list(CHARACTERS).index(character),
                                  list(ACTIONS).index(action)])
-    scenery = render_background(background, rng, size)
-    box = BASE_SIZE * rng.uniform(1.0, 1.08)
-    start_x = rng.uniform(*_start_range(action, box, size))
+    scenery = render_background(background, rng, size, world)
+    box = world.base_size * rng.uniform(1.0, 1 + world.size_jitter)
+    start_x = rng.uniform(*_start_range(action, box, size, world))
     colour = np.array(CHARACTER_COLOURS[character], np.float32)
     pattern_freq, pattern_phase = rng.uniform(8, 14), rng.uniform(0, 2 * np.pi)
     pattern_kind = rng.integers(0, 2)  # stripes or dots
-    accessory = rng.choice([(30, 30, 30), (250, 200, 0), (0, 120, 40), (240, 120, 160)]).astype(np.float32)
+    accessory = rng.choice(ACCESSORY_COLOURS).astype(np.float32)
 
     t = np.linspace(0, 1, frames)
-    xs, tops, sides = _motion(action, t, start_x, box)
+    xs, tops, sides = _motion(action, t, start_x, box, world)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     video = np.empty((frames, size, size, 3), np.float32)
     mask = np.empty((frames, size, size), bool)
