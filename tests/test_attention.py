@@ -1,8 +1,9 @@
 """The partitioned injected attention equals one dense masked SDPA, and the controller's
 injection (identity keys re-positioned with RoPE) equals a hand-built dense reference."""
 
+import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bachvid.attention import KeyGroup, dense_masked_attention, injected_attention
@@ -26,13 +27,14 @@ def random_groups(generator, batch, n, heads, dim, sizes):
     return groups
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(4, 40),
     seed=st.integers(0, 10_000),
     group_sizes=st.lists(st.tuples(st.integers(0, 8), st.integers(1, 12)), min_size=0, max_size=3),
+    method=st.sampled_from(["merge", "partition"]),
 )
-def test_partitioned_attention_equals_dense_masked_sdpa(n, seed, group_sizes):
+def test_injected_attention_equals_dense_masked_sdpa(n, seed, group_sizes, method):
     g = torch.Generator().manual_seed(seed)
     batch, heads, dim = 2, 3, 8
     # keep query sets disjoint and within n
@@ -43,9 +45,25 @@ def test_partitioned_attention_equals_dense_masked_sdpa(n, seed, group_sizes):
         sizes.append((q_count, m))
     q, k, v = (torch.randn(batch, heads, n, dim, generator=g) for _ in range(3))
     groups = random_groups(g, batch, n, heads, dim, sizes)
-    fast = injected_attention(q, k, v, groups)
+    fast = injected_attention(q, k, v, groups, method=method)
     dense = dense_masked_attention(q, k, v, groups)
     assert torch.allclose(fast, dense, atol=1e-5), (fast - dense).abs().max()
+
+
+@pytest.mark.parametrize("method", ["merge", "partition"])
+def test_rows_sharing_query_sets_need_not_be_neighbours(method):
+    """Rows 0 and 2 share one query tensor (one call for both), row 1 has none, row 3 its own."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(4, 2, 10, 4, generator=g) for _ in range(3))
+    shared = torch.tensor([1, 3, 8])
+
+    def group(queries, m, bias=0.0):
+        return KeyGroup(queries, torch.randn(2, m, 4, generator=g), torch.randn(2, m, 4, generator=g), bias)
+
+    groups = [[group(shared, 4, 0.7)], [], [group(shared, 4, 0.7)], [group(torch.tensor([0, 9]), 6)]]
+    out = injected_attention(q, k, v, groups, method=method)
+    assert torch.allclose(out, dense_masked_attention(q, k, v, groups), atol=1e-5)
+    assert torch.equal(out[1], torch.nn.functional.scaled_dot_product_attention(q[1:2], k[1:2], v[1:2])[0])
 
 
 @settings(max_examples=15, deadline=None)
@@ -55,8 +73,9 @@ def test_logit_bias_on_injected_keys_equals_dense_reference_and_duplication(seed
     q, k, v = (torch.randn(1, 2, 9, 4, generator=g) for _ in range(3))
     keys, values = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
     groups = [[KeyGroup(torch.tensor([1, 4, 7]), keys, values, bias)]]
-    fast = injected_attention(q, k, v, groups)
-    assert torch.allclose(fast, dense_masked_attention(q, k, v, groups), atol=1e-5)
+    for method in ("merge", "partition"):
+        fast = injected_attention(q, k, v, groups, method=method)
+        assert torch.allclose(fast, dense_masked_attention(q, k, v, groups), atol=1e-5)
     # a bias of log 2 weighs every injected key like two copies of it
     if abs(bias) < 1e-9:
         return

@@ -59,3 +59,20 @@ def test_bench_refuses_unknown_modes(capsys):
 
     assert main(["bench", "--modes", "warp"]) == 2
     assert "--modes takes" in capsys.readouterr().err
+
+
+def test_bench_attention_times_both_exact_methods_against_plain(tmp_path, capsys):
+    import json
+
+    from bachvid.bench_attention import main, pair_ratio
+
+    # 10 tokens, 2 text, 8 video with 2 foreground: 100 own pairs + 2*2 + 6*6 extra -> 1.4
+    assert pair_ratio(10, 2, 0.25) == 1.4
+    out = tmp_path / "a.json"
+    assert main(["--tokens", "300", "--text", "12", "--heads", "2", "--dim", "16", "--repeat", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == {"plain", "merge", "partition"}
+    assert report["max_difference"] < 1e-5
+    assert "pairs alone" in capsys.readouterr().out
+    assert main(["--foreground", "1.5"]) == 2

@@ -114,3 +114,46 @@ def test_foreground_pairs_keep_valid_foreground_matches_only():
     cur, ident, sim = matches.foreground_pairs(current_fg, identity_fg, threshold=0.5)
     # token 1 matches identity background, token 2 is below threshold, token 3 is not foreground now
     assert cur.tolist() == [0] and ident.tolist() == [0] and sim.tolist() == [0.8999999761581421]
+
+
+def test_match_accumulator_half_features_keep_a_half_sum_with_the_same_argmax():
+    """bf16 features: the similarity sum is float16 (half the memory at 5B size) and picks the
+    float32 reference's match wherever the best beats the runner-up by a visible margin."""
+    import torch
+
+    from bachvid.match import MatchAccumulator, best_matches
+
+    g = torch.Generator().manual_seed(3)
+    layers = [(torch.randn(300, 64, generator=g), torch.randn(200, 64, generator=g)) for _ in range(6)]
+    half = MatchAccumulator(chunk_size=64)
+    for layer, (current, identity) in enumerate(layers):
+        half.add(layer, current.bfloat16(), identity.bfloat16())
+    assert half.total.dtype == torch.float16
+    reference = best_matches([c for c, _ in layers], [i for _, i in layers])
+    ids = [torch.nn.functional.normalize(i, dim=-1) for _, i in layers]
+    sims = sum(torch.nn.functional.normalize(c, dim=-1) @ i.T for (c, _), i in zip(layers, ids)) / len(layers)
+    top2 = sims.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.02
+    got = half.result()
+    assert clear.sum() > 100
+    assert torch.equal(got.index[clear], reference.index[clear])
+    assert torch.allclose(got.similarity, reference.similarity, atol=0.02)
+
+
+def test_live_identity_lets_go_of_a_call_when_it_ends():
+    """Nothing of one layer (views of the whole batch's keys, values, outputs) outlives its call."""
+    import pytest
+    import torch
+
+    from bachvid.identity import LiveIdentity
+
+    live = LiveIdentity(text_length=2)
+    key = value = torch.zeros(2, 1, 5, 4)
+    live.keep_key_value(3, 0, key, value)
+    live.keep_output(3, 0, torch.zeros(2, 1, 3, 4))
+    assert live.key_value(3, 0)[0] is key
+    live.end_call(3, 0)
+    with pytest.raises(KeyError, match="layer 0 at step 3"):
+        live.key_value(3, 0)
+    with pytest.raises(KeyError):
+        live.output(3, 0)

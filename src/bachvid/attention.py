@@ -3,9 +3,16 @@
 Injection appends identity keys/values to the current ones, but each extra set is visible to
 one set of queries only (background queries see background keys, foreground queries see matched
 foreground keys, text queries see none). A dense (N x (N + M)) mask would cost O(N^2) memory at
-CogVideoX-5B scale. Because the query sets are disjoint, the same result comes from
-partitioning the queries: each part runs one plain SDPA over [own keys ; its extra keys], and
-queries outside every part run SDPA over the own keys. No mask, no approximation.
+CogVideoX-5B scale, so it is never built. Softmax over [own keys ; extra keys] splits exactly:
+
+    out = own_out + (extra_out - own_out) * sigmoid(lse_extra - lse_own)
+
+where *_out and lse_* are the attention output and log-sum-exp of each key set alone. So one
+fused attention call runs over the whole batch's own keys (the very call a vanilla forward makes),
+one more per query set runs over its extra keys only, and the two are merged per query: the extra
+cost is exactly the extra query-key pairs, with no copy of the own keys. Where no fused kernel
+returns the log-sum-exp, queries are partitioned instead: each set runs SDPA over
+[own keys ; its extra keys]. Both are exact.
 
 Every SDPA call here takes 4-D (batch, heads, tokens, dim) tensors: PyTorch's fused kernels
 (flash, memory-efficient; CUDA and CPU) accept nothing else, and a 3-D call silently falls back
@@ -39,22 +46,105 @@ def injected_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     groups: list[list[KeyGroup]] | None,
+    method: str = "auto",
 ) -> torch.Tensor:
     """SDPA over (B, H, N, D) where batch element b's queries in groups[b][g] also see that group's keys.
 
-    Query sets within one batch element must be disjoint. Batch elements without groups run
-    together in one batched call, and so do elements whose groups share their query index
-    tensors (the CFG branches of one shot): one call per query set for all of them.
+    Query sets within one batch element must be disjoint. Elements whose groups share their query
+    index tensors (the CFG branches of one shot) run each query set in one call. method: "merge"
+    (log-sum-exp merge, the default where a fused kernel gives the log-sum-exp), "partition", or
+    "auto".
     """
     if not groups or not any(groups):
         return F.scaled_dot_product_attention(query, key, value)
     if len(groups) != query.shape[0]:
         raise ValueError(f"{len(groups)} group lists for a batch of {query.shape[0]}")
-    out = torch.empty_like(query)
+    if method not in ("auto", "merge", "partition"):
+        raise ValueError(f"method must be 'auto', 'merge' or 'partition', got {method!r}")
+    for batch_groups in groups:
+        _check_disjoint(batch_groups, query.shape[2])
     buckets: dict[tuple, list[int]] = {}
     for b, batch_groups in enumerate(groups):
         signature = tuple((id(g.queries), g.keys.shape[1], g.bias) for g in batch_groups)
         buckets.setdefault(signature, []).append(b)
+    own = None if method == "partition" else attention_with_lse(query, key, value)
+    if own is None:
+        if method == "merge":
+            raise RuntimeError(f"no fused attention kernel returns the log-sum-exp on {query.device.type}")
+        return _partitioned_batch(query, key, value, groups, buckets)
+    out, lse = own
+    for signature, rows in buckets.items():
+        for g in range(len(signature)):
+            _merge_extra(out, lse, query, rows, [groups[b][g] for b in rows])
+    return out
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """(out, float32 log-sum-exp of the scaled logits (B, H, N)) from a fused kernel, or None.
+
+    The kernels are the ones F.scaled_dot_product_attention dispatches to (flash on CPU; flash,
+    else memory-efficient, on CUDA), called directly because the public function drops the LSE."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+        return out, lse
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+            try:
+                result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)
+                return result[0], result[1]
+            except RuntimeError:
+                pass
+        try:
+            result = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)
+            return result[0], result[1][..., : q.shape[2]]
+        except RuntimeError:
+            return None
+    return None
+
+
+def _merge_extra(out, lse, query, rows: list[int], per_row: list[KeyGroup]) -> None:
+    """Fold one query set's extra keys into `out` (in place) for batch rows `rows`."""
+    queries = per_row[0].queries
+    if queries.numel() == 0 or per_row[0].keys.shape[1] == 0:
+        return
+    index = _rows(rows, query.device)
+    keys = torch.stack([g.keys for g in per_row]).to(query.dtype)
+    values = torch.stack([g.values for g in per_row]).to(query.dtype)
+    extra = attention_with_lse(query[index][:, :, queries], keys, values)
+    if extra is None:
+        raise RuntimeError("the fused kernel that gave the own log-sum-exp failed on the extra keys")
+    extra_out, extra_lse = extra
+    own_out = out[index][:, :, queries].float()
+    weight = torch.sigmoid(extra_lse.float() + per_row[0].bias - lse[index][:, :, queries].float())[..., None]
+    merged = (own_out + (extra_out.float() - own_out) * weight).to(out.dtype)
+    if isinstance(index, slice):
+        out[index, :, queries] = merged
+    else:
+        for i, b in enumerate(rows):
+            out[b, :, queries] = merged[i]
+
+
+def _rows(rows: list[int], device):
+    """Batch rows as a slice when they are consecutive (a CFG pair: views, no copies)."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, device=device)
+
+
+def _check_disjoint(batch_groups: list[KeyGroup], n: int) -> None:
+    """Query sets of one batch element must not overlap. Checked on CPU index tensors only: on a
+    GPU the check would stall the launch queue at every layer (plans build them disjoint)."""
+    if len(batch_groups) < 2 or batch_groups[0].queries.device.type != "cpu":
+        return
+    covered = torch.zeros(n, dtype=torch.int32)
+    for group in batch_groups:
+        covered[group.queries] += 1
+    if bool((covered > 1).any()):
+        raise ValueError("injection groups of one batch element must have disjoint queries")
+
+
+def _partitioned_batch(query, key, value, groups, buckets) -> torch.Tensor:
+    out = torch.empty_like(query)
     for signature, rows in buckets.items():
         index = torch.tensor(rows, device=query.device)
         q, k, v = query[index], key[index], value[index]

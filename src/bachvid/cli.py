@@ -548,6 +548,7 @@ def add_toy(sub) -> None:
 
 SUBCOMMANDS = (add_generate, add_identity, add_toy, importlib.import_module("bachvid.plan_cli").add_plan,
                importlib.import_module("bachvid.bench").add_bench,
+               importlib.import_module("bachvid.bench_attention").add_bench_attention,
                importlib.import_module("bachvid.toy.analyze").add_analyze,
                importlib.import_module("bachvid.toy.evaluate_cli").add_evaluate)
 

@@ -90,17 +90,20 @@ class Controller:
             key = torch.cat([key[:, :, :t], call.rope.rotate(key[:, :, t:])], dim=2)
 
         # Identities first: what they keep here, shots of the same call read.
+        rotated = {}  # id(record) -> the rotated keys of an identity in this batch
         for i, video in enumerate(self.videos):
             if layer in video.plan.keep_key_value:
                 rows = self._rows(i)
                 video.target.keep_key_value(video.plan.step, layer, call.key[rows], call.value[rows])
+                rotated[id(video.target)] = key[rows]
 
         groups = [[] for _ in range(call.query.shape[0])]
         for i, video in enumerate(self.videos):
             plan = video.plan
             if layer in plan.inject_layers and plan.injections:
-                for row, row_groups in zip(range(*self._rows(i).indices(len(groups))), self._key_groups(video, call)):
-                    groups[row] = row_groups
+                row_groups = self._key_groups(video, call, rotated.get(id(video.source)))
+                for row, groups_of_row in zip(range(*self._rows(i).indices(len(groups))), row_groups):
+                    groups[row] = groups_of_row
         out = injected_attention(query, key, value, groups)
         video_out = out[:, :, t:]
         for i, video in enumerate(self.videos):
@@ -111,7 +114,6 @@ class Controller:
         for i, video in enumerate(self.videos):
             if layer in video.plan.keep_output:
                 video.target.keep_output(video.plan.step, layer, video_out[self._rows(i)])
-        merged = None
         for i, video in enumerate(self.videos):
             plan, rows = video.plan, self._rows(i)
             cond = rows.stop - 1  # masks and matches come from the conditional (last) CFG branch
@@ -121,14 +123,18 @@ class Controller:
                 identity = video.source.output(plan.step, layer)[-1]
                 video.matcher.add(layer, _features(video_out[cond]), _features(identity))
             if plan.merge is not None and layer in plan.merge_layers:
-                merged = out.clone() if merged is None else merged
-                merged[rows] = self._merge(video, layer, out[rows], t)
+                # In place: `out` is this call's own tensor, and a shot's rows are read by no one
+                # else (identities keep their own rows' outputs; they have no merge).
+                self._merge(video, layer, out[rows], t)
         for video in self.videos:
             if video.target is not None:
                 video.target.end_call(video.plan.step, layer)
-        return out if merged is None else merged
+        return out
 
-    def _key_groups(self, video: VideoState, call: AttentionCall) -> list[list[KeyGroup]]:
+    def _key_groups(self, video: VideoState, call: AttentionCall,
+                    rotated_key: torch.Tensor | None = None) -> list[list[KeyGroup]]:
+        """Per CFG branch, the plan's key groups. `rotated_key`: the source identity's keys as its
+        own attention in this call rotated them, reused for injections whose keys sit at source."""
         plan = video.plan
         id_key, id_value = video.source.key_value(plan.step, call.layer)
         if id_key.shape[0] != self.branches:
@@ -140,7 +146,10 @@ class Controller:
         groups = [[] for _ in range(self.branches)]
         for injection in plan.injections:
             queries, sources, positions = self._on_device(injection, device)
-            keys = self._position(id_key.to(device)[:, :, sources], positions, call.rope)
+            if injection.at_source and rotated_key is not None:
+                keys = rotated_key[:, :, sources]
+            else:
+                keys = self._position(id_key.to(device)[:, :, sources], positions, call.rope)
             values = id_value.to(device)[:, :, sources]
             for b in range(self.branches):  # one query tensor for all branches: they run as one call
                 groups[b].append(KeyGroup(queries, keys[b], values[b], injection.bias))
@@ -167,14 +176,13 @@ class Controller:
         return keys
 
     @staticmethod
-    def _merge(video: VideoState, layer: int, out: torch.Tensor, t: int) -> torch.Tensor:
+    def _merge(video: VideoState, layer: int, out: torch.Tensor, t: int) -> None:
+        """Blend the plan's matched tokens of `out` (one video's rows, a view) toward the identity's, in place."""
         merge = video.plan.merge
         identity_out = video.source.output(video.plan.step, layer).to(out.device)
         current = merge.current.to(out.device) + t
         weight = merge.weight.to(out.device, out.dtype)[:, None]
-        out = out.clone()
         out[:, :, current] = (1 - weight) * out[:, :, current] + weight * identity_out[:, :, merge.identity.to(out.device)]
-        return out
 
 
 def _features(video_out: torch.Tensor) -> torch.Tensor:

@@ -73,9 +73,9 @@ class LiveIdentity:
     """An identity record fed by an identity video running in the same batch as the shots.
 
     The identity's attention call at a layer hands it that layer's keys/values and outputs; the
-    shots' call at the same layer (the same call, or the next one when the backbone runs the
-    identity's rows apart) reads them. Each new layer replaces the last: it never holds more
-    than one layer's tensors, so no per-step buffer exists.
+    shots of the same call read them, and the call's end drops them. It never holds more than
+    one call's tensors, so no per-step buffer exists, and nothing of one layer (views of the
+    whole batch's keys, values and outputs) stays alive while the next runs.
     """
 
     def __init__(self, text_length: int, foreground: torch.Tensor | None = None):
@@ -91,13 +91,14 @@ class LiveIdentity:
         self._out = {(step, layer): output}
 
     def end_call(self, step: int, layer: int) -> None:
-        """Kept until the next layer replaces it: the shots may read it in a later call."""
+        """The shots of this call have read it: let go."""
+        self._kv, self._out = {}, {}
 
     def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             return self._kv[step, layer]
         except KeyError:
-            raise KeyError(f"the live identity did not run layer {layer} at step {step} in this batch") from None
+            raise KeyError(f"the live identity did not run layer {layer} at step {step} in this call") from None
 
     def output(self, step: int, layer: int) -> torch.Tensor:
         try:

@@ -30,6 +30,9 @@ class Injection:
     sources: torch.Tensor  # long (M,) identity sequence indices
     positions: torch.Tensor  # long (M,) video-grid positions for RoPE, -1 = no RoPE
     bias: float = 0.0  # added to these keys' attention logits (0: the paper's plain concatenation)
+    at_source: bool = False
+    """Every key sits at its own position (sources = positions + text length, text unrotated): its
+    rotated key is the identity's own, which a live identity in the same call already has."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ def background_injection(identity_fg: torch.Tensor, current_fg: torch.Tensor, te
     identity_fg, current_fg = identity_fg.reshape(-1), current_fg.reshape(-1)
     positions = (~identity_fg & ~current_fg).nonzero(as_tuple=True)[0]
     queries = (~current_fg).nonzero(as_tuple=True)[0] + text_length
-    return Injection(queries=queries, sources=positions + text_length, positions=positions, bias=bias)
+    return Injection(queries=queries, sources=positions + text_length, positions=positions, bias=bias,
+                     at_source=True)
 
 
 def foreground_injection(current_fg: torch.Tensor, current: torch.Tensor, identity: torch.Tensor,
@@ -137,7 +141,7 @@ def full_copy_injection(num_tokens: int, text_length: int) -> Injection:
     """Every query sees a copy of every identity token at its own position (the doubled-keys check)."""
     everything = torch.arange(num_tokens)
     positions = torch.cat([torch.full((text_length,), -1), torch.arange(num_tokens - text_length)])
-    return Injection(queries=everything, sources=everything, positions=positions)
+    return Injection(queries=everything, sources=everything, positions=positions, at_source=True)
 
 
 class PlanMaker:
