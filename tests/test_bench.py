@@ -42,7 +42,8 @@ def test_bench_runs_on_a_scaled_cogvideox(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--random-weights", "cogvideox-5b", "--layers", "2", "--heads", "2", "--steps", "3",
                  "--frames", "9", "--height", "32", "--width", "48", "--shots", "2", "--modes",
-                 "cache,lockstep:2,replay:1", "--extrapolate", "10", "--device", "cpu", "--json", str(out)])
+                 "cache,lockstep:2,replay:1", "--extrapolate", "10", "--coarse", "2", "--device", "cpu",
+                 "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
     assert "| lockstep:2 | 2 |" in table and "| replay:1 | 1 |" in table
@@ -52,6 +53,12 @@ def test_bench_runs_on_a_scaled_cogvideox(tmp_path, capsys):
     # lockstep keeps the identity's latents of the pre-run steps only; replay of every step
     assert 0 < lock["identity_bytes"] < report["modes"]["replay:1"]["identity_bytes"]
     assert lock["forwards"] == 2 + 1 * (2 + 3) and lock["extrapolated_time_ratio"] > 0
+    # 10 steps: pre-run of 2 steps (read at step 2 of 10 -> steps 0..2); stride 2 runs steps 0 and 2:
+    # one pre-run forward fewer, at the measured mean cost of a plain pre-run forward.
+    assert lock["coarse_stride"] == 2
+    saved = lock["extrapolated_seconds"] - lock["extrapolated_seconds_coarse"]
+    assert saved == pytest.approx(lock["per_step"]["group2:prerun"]["mean_seconds"])
+    assert "same, pre-run stride 2" in table
 
 
 def test_bench_refuses_unknown_modes(capsys):

@@ -145,3 +145,17 @@ def test_coarse_prerun_takes_every_kth_step_and_modes_still_agree(tiny_pipe):
     # a stride that does not divide the read step falls back to the largest one that does
     odd = story_results(tiny_pipe, settings, "cache", 2, config.replace(prerun_stride=3), story=story)
     assert odd[1].stats["prerun_stride"] == 2
+
+
+@pytest.mark.parametrize("mode,group,widest", [("replay", 1, 2), ("lockstep", 1, 2), ("lockstep", 2, 6)])
+def test_low_memory_runs_keep_the_identity_apart_inside_blocks(tiny_pipe, settings, monkeypatch, mode, group, widest):
+    """Replay and lockstep one shot at a time run the live identity's rows apart from the shot's
+    inside each block (attention sees one CFG pair at a time); lockstep with a larger group keeps
+    one batch. The videos are the same either way (test_modes_equal_the_cache)."""
+    from bachvid.controller import Controller
+
+    widths = []
+    original = Controller.attend
+    monkeypatch.setattr(Controller, "attend", lambda self, call: widths.append(call.query.shape[0]) or original(self, call))
+    story_results(tiny_pipe, settings, mode, group, story=make_story(actions=("stands still", "jumps", "comes closer")))
+    assert max(widths) == widest

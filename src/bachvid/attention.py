@@ -114,9 +114,10 @@ def _merge_extra(out, lse, query, rows: list[int], per_row: list[KeyGroup]) -> N
     if extra is None:
         raise RuntimeError("the fused kernel that gave the own log-sum-exp failed on the extra keys")
     extra_out, extra_lse = extra
-    own_out = out[index][:, :, queries].float()
-    weight = torch.sigmoid(extra_lse.float() + per_row[0].bias - lse[index][:, :, queries].float())[..., None]
-    merged = (own_out + (extra_out.float() - own_out) * weight).to(out.dtype)
+    # The extra keys' share of the softmax mass, per query; one lerp in the output's dtype keeps
+    # the temporaries at one (rows, heads, queries, dim) tensor at CogVideoX-5B size.
+    weight = torch.sigmoid(extra_lse.float() + per_row[0].bias - lse[index][:, :, queries].float())
+    merged = torch.lerp(out[index][:, :, queries], extra_out.to(out.dtype), weight[..., None].to(out.dtype))
     if isinstance(index, slice):
         out[index, :, queries] = merged
     else:

@@ -47,6 +47,9 @@ def add_bench(sub) -> None:
     p.add_argument("--guidance", type=float, dest="guidance_scale")
     p.add_argument("--extrapolate", type=int, default=None,
                    help="also give ratios for a schedule of this many steps, from the measured per-step costs")
+    p.add_argument("--coarse", type=int, default=None, metavar="K",
+                   help="with --extrapolate: also the ratio with a coarse pre-run of stride K, from the same "
+                        "measured per-phase costs (the pre-run's phases cost the same per forward)")
     p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                    help="a BachVidConfig knob for every BachVid mode, e.g. --set prerun_stride=5 (repeatable)")
     p.add_argument("--decode", action="store_true", help="include VAE decoding (the same cost for every mode)")
@@ -292,6 +295,14 @@ def run_bench(args) -> int:
             target_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots,
                                            group, _read_steps(target), _stride(pipe, story, target_settings, run_config))
             row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in clock.records], target_labels)
+            if args.coarse and mode != "vanilla":
+                coarse = run_config.replace(prerun_stride=args.coarse)
+                stride = _stride(pipe, story, target_settings, coarse)
+                coarse_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots,
+                                               group, _read_steps(target), stride)
+                row["coarse_stride"] = stride
+                row["extrapolated_seconds_coarse"] = extrapolated_seconds(labels, [s for _, s in clock.records],
+                                                                          coarse_labels)
         rows[name] = row
         print(f"{name}: {seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
         del results
@@ -373,13 +384,18 @@ def _ratios(report: dict) -> None:
         row["memory_ratio"] = row["peak_bytes"] / base["peak_bytes"]
         if "extrapolated_seconds" in row:
             row["extrapolated_time_ratio"] = row["extrapolated_seconds"] / base["extrapolated_seconds"]
+        if "extrapolated_seconds_coarse" in row:
+            row["extrapolated_time_ratio_coarse"] = row["extrapolated_seconds_coarse"] / base["extrapolated_seconds"]
 
 
 def format_table(report: dict) -> str:
     extra = report.get("extrapolate")
     head = ["mode", "group", "s/video", "x vanilla", "peak GiB", "x vanilla", "identity MB"]
+    coarse = [row.get("coarse_stride") for row in report["modes"].values() if row.get("coarse_stride")]
     if extra:
         head.append(f"x vanilla @{extra} steps")
+        if coarse:
+            head.append(f"same, pre-run stride {coarse[0]}")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, row in report["modes"].items():
         if "refused" in row:
@@ -389,6 +405,8 @@ def format_table(report: dict) -> str:
                  f"{row['peak_bytes'] / 2**30:.2f}", f"{row['memory_ratio']:.3f}", f"{row['identity_bytes'] / 1e6:.1f}"]
         if extra:
             cells.append(f"{row['extrapolated_time_ratio']:.3f}")
+            if coarse:
+                cells.append(f"{row.get('extrapolated_time_ratio_coarse', 1.0):.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

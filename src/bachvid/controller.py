@@ -126,9 +126,9 @@ class Controller:
                 # In place: `out` is this call's own tensor, and a shot's rows are read by no one
                 # else (identities keep their own rows' outputs; they have no merge).
                 self._merge(video, layer, out[rows], t)
-        for video in self.videos:
-            if video.target is not None:
-                video.target.end_call(video.plan.step, layer)
+        for video in self.videos:  # readers are done with their sources' tensors of this layer
+            if video.source is not None:
+                video.source.end_call(video.plan.step, layer)
         return out
 
     def _key_groups(self, video: VideoState, call: AttentionCall,

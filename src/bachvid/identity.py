@@ -49,7 +49,7 @@ class CachedIdentity:
         self._out[step, layer] = self._store(output)
 
     def end_call(self, step: int, layer: int) -> None:
-        """Nothing to drop: a cache keeps what it was given."""
+        """A reader's call is over. Nothing to drop: a cache keeps what it was given."""
 
     def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -73,9 +73,10 @@ class LiveIdentity:
     """An identity record fed by an identity video running in the same batch as the shots.
 
     The identity's attention call at a layer hands it that layer's keys/values and outputs; the
-    shots of the same call read them, and the call's end drops them. It never holds more than
-    one call's tensors, so no per-step buffer exists, and nothing of one layer (views of the
-    whole batch's keys, values and outputs) stays alive while the next runs.
+    shots read them in the same call, or in the next one when the backbone runs the identity's
+    rows apart, and the end of their call drops them. It never holds more than one layer's
+    tensors, so no per-step buffer exists, and nothing of one layer (views of the whole batch's
+    keys, values and outputs) stays alive while the next runs.
     """
 
     def __init__(self, text_length: int, foreground: torch.Tensor | None = None):
@@ -91,7 +92,7 @@ class LiveIdentity:
         self._out = {(step, layer): output}
 
     def end_call(self, step: int, layer: int) -> None:
-        """The shots of this call have read it: let go."""
+        """Its readers' call is over: let go."""
         self._kv, self._out = {}, {}
 
     def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -197,6 +197,8 @@ class StoryRun:
         self.maker = PlanMaker(config, pipe.layers(config), settings.num_inference_steps, self.backbone.text_length)
         self.instruments = Instruments()
         self.grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
+        self.identity_apart = False
+        """Run a live identity's rows apart from its shots' inside each block (see `run_story`)."""
 
     # Videos and their readers ----------------------------------------------------------------
     def video(self, role: str, index: int | None) -> Video:
@@ -224,7 +226,7 @@ class StoryRun:
             batch, num_frames=s.num_frames, height=s.height, width=s.width,
             num_inference_steps=num_steps or s.num_inference_steps,
             guidance_scale=s.guidance_scale, step_states=step_states, run_steps=run_steps, on_step_end=on_step_end,
-            progress=label if self.progress else False)
+            progress=label if self.progress else False, apart=self.identity_apart)
 
     def frames(self, latents: torch.Tensor) -> np.ndarray | None:
         """Decoded uint8 frames; None with output_type='latent' (as diffusers pipelines skip the VAE)."""
@@ -352,6 +354,10 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
     start = time.perf_counter()
     run = StoryRun(pipe, story, settings, config, progress, output_type)
     run.instruments = instruments or Instruments()
+    # The low-memory choices (replay, or lockstep one shot at a time) run a live identity's rows
+    # apart from its shots' inside each block: the block's activations peak at one video's rows,
+    # not two. Lockstep with larger groups keeps one batch: it is the mode for speed.
+    run.identity_apart = mode == "replay" or group == 1
     if saved is not None:
         if mode != "replay" or not config.enabled:
             raise ValueError("a saved identity is used in replay mode, with BachVid enabled")

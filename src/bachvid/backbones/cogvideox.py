@@ -199,6 +199,7 @@ class CogVideoXBackbone:
         run_steps: int | None = None,
         on_step_end: Callable[[int, list[torch.Tensor | None]], None] | None = None,
         progress: bool | str = False,
+        apart: bool = False,
     ) -> list[torch.Tensor | None]:
         """Denoise several videos in one batch, step for step as stock CogVideoXPipeline does each alone.
 
@@ -207,8 +208,10 @@ class CogVideoXBackbone:
         stock run of it alone. A *replayed* video is not denoised: it re-enters every step with
         the latents it had then, and `step_states(i)` gives, per video, its controller state and
         how many blocks it needs (None: all; 0: skip it this step), so a replayed identity runs
-        only the blocks whose keys, values or outputs the shots use. Returns the latents of the
-        denoised videos (None for replayed ones) after `run_steps` of `num_inference_steps`."""
+        only the blocks whose keys, values or outputs the shots use. With `apart`, each block runs
+        the videos that feed others (an identity) before, and apart from, the rest: same outputs,
+        the block's activations for one part at a time. Returns the latents of the denoised videos
+        (None for replayed ones) after `run_steps` of `num_inference_steps`."""
         pipe, config = self.pipe, self.transformer.config
         device = pipe._execution_device
         do_cfg = guidance_scale > 1.0
@@ -237,7 +240,7 @@ class CogVideoXBackbone:
             model_input = torch.cat([x for x in inputs for _ in range(2 if do_cfg else 1)])
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             self.controller.branches = 2 if do_cfg else 1
-            with self._sub_batches([states[j][0] for j in present], [states[j][1] for j in present]):
+            with self._sub_batches([states[j][0] for j in present], [states[j][1] for j in present], apart):
                 noise_pred = self.transformer(
                     hidden_states=model_input,
                     encoder_hidden_states=torch.cat([embeds[j] for j in present]),
@@ -265,18 +268,19 @@ class CogVideoXBackbone:
         return latents
 
     @contextmanager
-    def _sub_batches(self, states: list[VideoState], depths: list[int | None]):
+    def _sub_batches(self, states: list[VideoState], depths: list[int | None], apart: bool = False):
         """Drop a video of depth d from the batch before block d (a replayed identity that shots no
-        longer read); its model output is filler. The stock block code runs unchanged; only its
-        forward is wrapped for the duration, so offloading hooks still apply.
-
-        (Tried and measured: running an identity's rows apart from its shots' inside each block
-        did not lower the peak on an H100 at CogVideoX-5B size, 17.73 vs 17.75 GiB beside one
-        shot, and made a group-of-3 step 3% slower.)"""
+        longer read); its model output is filler. With `apart`, each block runs the videos that feed
+        others (state.target set: an identity beside its shots) as a part of their own first, then
+        the rest, which read the identity's layer from its live record: a block's activations then
+        peak at one part's rows instead of the whole batch's. The stock block code runs unchanged;
+        only its forward is wrapped for the duration, so offloading hooks still apply."""
         branches = self.controller.branches
+        feeders = [i for i, state in enumerate(states) if state.target is not None]
+        split = apart and bool(feeders) and len(feeders) < len(states)
         cuts = {d for d in depths if d is not None and d < self.num_layers}
         self.controller.use(states)
-        if not cuts:
+        if not cuts and not split:
             yield
             return
         alive = list(range(len(states)))
@@ -292,14 +296,32 @@ class CogVideoXBackbone:
                     picked = rows(keep, alive).to(hidden_states.device)
                     hidden_states, encoder_hidden_states = hidden_states[picked], encoder_hidden_states[picked]
                     alive = keep
-                    self.controller.use([states[k] for k in alive])
                 temb = temb[rows(alive, list(range(len(states)))).to(temb.device)]
-                return forward(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
-                               image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs)
+                parts = [[k for k in alive if k in feeders], [k for k in alive if k not in feeders]] if split \
+                    else [alive]
+                parts = [part for part in parts if part]
+                if len(parts) == 1:
+                    self.controller.use([states[k] for k in alive])
+                    return forward(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                   temb=temb, image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs)
+                outputs, order = [], [k for part in parts for k in part]
+                for part in parts:
+                    picked = rows(part, alive).to(hidden_states.device)
+                    self.controller.use([states[k] for k in part])
+                    outputs.append(forward(hidden_states=hidden_states[picked],
+                                           encoder_hidden_states=encoder_hidden_states[picked], temb=temb[picked],
+                                           image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs))
+                joined = [torch.cat(pieces) for pieces in zip(*outputs)]
+                if order != alive:  # back to batch order
+                    back = rows(alive, order).to(hidden_states.device)
+                    joined = [x[back] for x in joined]
+                return tuple(joined)
             return run
 
         def refill(module, args):
             hidden = args[0]
+            if hidden.shape[0] == len(states) * branches:
+                return None
             full = hidden.new_zeros((len(states) * branches, *hidden.shape[1:]))
             full[rows(alive, list(range(len(states)))).to(hidden.device)] = hidden
             return (full, *args[1:])
@@ -313,6 +335,7 @@ class CogVideoXBackbone:
             yield
         finally:
             handle.remove()
+            self.controller.use(states)
             for block, previous in zip(blocks, saved):
                 if previous is None:
                     del block.forward
