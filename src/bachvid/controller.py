@@ -22,7 +22,7 @@ from .attention import KeyGroup, injected_attention
 from .identity import IdentityRecord
 from .mask import MaskReader
 from .match import MatchAccumulator
-from .plan import PLAIN, Injection, StepPlan
+from .plan import PLAIN, Injection, StepPlan, TokenMerge
 
 
 class Rope(Protocol):
@@ -145,44 +145,53 @@ class Controller:
         device = call.key.device
         groups = [[] for _ in range(self.branches)]
         for injection in plan.injections:
-            queries, sources, positions = self._on_device(injection, device)
+            queries, sources, positions, all_video = self._on_device(injection, device)
             if injection.at_source and rotated_key is not None:
                 keys = rotated_key[:, :, sources]
             else:
-                keys = self._position(id_key.to(device)[:, :, sources], positions, call.rope)
+                keys = self._position(id_key.to(device)[:, :, sources], positions, all_video, call.rope)
             values = id_value.to(device)[:, :, sources]
             for b in range(self.branches):  # one query tensor for all branches: they run as one call
                 groups[b].append(KeyGroup(queries, keys[b], values[b], injection.bias))
         return groups
 
-    def _on_device(self, injection: Injection, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """An injection's index sets on the attention's device, moved once per run, not per layer and step."""
+    def _on_device(self, injection: Injection, device) -> tuple:
+        """An injection's index sets on the attention's device (and whether all its keys are video
+        tokens), moved once per run, not per layer and step: a host-to-device copy of a pageable
+        tensor waits for the GPU's queue to drain, and per layer that stall adds up."""
         cached = self._device_copies.get(id(injection))
         if cached is None or cached[0] is not injection or cached[1].device != device:
-            cached = (injection, *(x.to(device) for x in (injection.queries, injection.sources, injection.positions)))
+            all_video = bool((injection.positions >= 0).all())
+            cached = (injection, *(x.to(device) for x in (injection.queries, injection.sources, injection.positions)),
+                      all_video)
             self._device_copies[id(injection)] = cached
-        return cached[1], cached[2], cached[3]
+        return cached[1:]
+
+    def _merge_on_device(self, merge: TokenMerge, device, dtype) -> tuple:
+        """A token merge's indices and weights on the device, moved once per step (see `_on_device`)."""
+        cached = self._device_copies.get(id(merge))
+        if cached is None or cached[0] is not merge or cached[1].device != device:
+            cached = (merge, merge.current.to(device), merge.identity.to(device), merge.weight.to(device, dtype)[:, None])
+            self._device_copies[id(merge)] = cached
+        return cached[1:]
 
     @staticmethod
-    def _position(keys: torch.Tensor, positions: torch.Tensor, rope: Rope | None) -> torch.Tensor:
+    def _position(keys: torch.Tensor, positions: torch.Tensor, all_video: bool, rope: Rope | None) -> torch.Tensor:
         """Give injected keys the RoPE of their target positions (text keys, position -1, keep none)."""
         if rope is None or keys.shape[2] == 0:
             return keys
-        video = positions >= 0
-        if bool(video.all()):
+        if all_video:
             return rope.rotate(keys, positions)
+        video = positions >= 0
         keys = keys.clone()
         keys[:, :, video] = rope.rotate(keys[:, :, video], positions[video])
         return keys
 
-    @staticmethod
-    def _merge(video: VideoState, layer: int, out: torch.Tensor, t: int) -> None:
+    def _merge(self, video: VideoState, layer: int, out: torch.Tensor, t: int) -> None:
         """Blend the plan's matched tokens of `out` (one video's rows, a view) toward the identity's, in place."""
-        merge = video.plan.merge
+        current, identity, weight = self._merge_on_device(video.plan.merge, out.device, out.dtype)
         identity_out = video.source.output(video.plan.step, layer).to(out.device)
-        current = merge.current.to(out.device) + t
-        weight = merge.weight.to(out.device, out.dtype)[:, None]
-        out[:, :, current] = (1 - weight) * out[:, :, current] + weight * identity_out[:, :, merge.identity.to(out.device)]
+        out[:, :, current + t] = torch.lerp(out[:, :, current + t], identity_out[:, :, identity], weight)
 
 
 def _features(video_out: torch.Tensor) -> torch.Tensor:

@@ -284,19 +284,27 @@ class CogVideoXBackbone:
             yield
             return
         alive = list(range(len(states)))
+        device = self.pipe._execution_device
+        row_indices = {}
 
         def rows(videos, within):
-            return torch.tensor([within.index(k) * branches + b for k in videos for b in range(branches)])
+            """Batch rows of `videos` among `within`, on the device; made once per forward and shape,
+            since a host-to-device copy at every block would stall the GPU's queue."""
+            key = (tuple(videos), tuple(within))
+            if key not in row_indices:
+                row_indices[key] = torch.tensor([within.index(k) * branches + b for k in videos
+                                                 for b in range(branches)]).to(device)
+            return row_indices[key]
 
         def wrap(index, forward):
             def run(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, attention_kwargs=None):
                 nonlocal alive
                 if index in cuts:
                     keep = [k for k in alive if depths[k] != index]
-                    picked = rows(keep, alive).to(hidden_states.device)
+                    picked = rows(keep, alive)
                     hidden_states, encoder_hidden_states = hidden_states[picked], encoder_hidden_states[picked]
                     alive = keep
-                temb = temb[rows(alive, list(range(len(states)))).to(temb.device)]
+                temb = temb[rows(alive, list(range(len(states))))]
                 parts = [[k for k in alive if k in feeders], [k for k in alive if k not in feeders]] if split \
                     else [alive]
                 parts = [part for part in parts if part]
@@ -306,14 +314,14 @@ class CogVideoXBackbone:
                                    temb=temb, image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs)
                 outputs, order = [], [k for part in parts for k in part]
                 for part in parts:
-                    picked = rows(part, alive).to(hidden_states.device)
+                    picked = rows(part, alive)
                     self.controller.use([states[k] for k in part])
                     outputs.append(forward(hidden_states=hidden_states[picked],
                                            encoder_hidden_states=encoder_hidden_states[picked], temb=temb[picked],
                                            image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs))
                 joined = [torch.cat(pieces) for pieces in zip(*outputs)]
                 if order != alive:  # back to batch order
-                    back = rows(alive, order).to(hidden_states.device)
+                    back = rows(alive, order)
                     joined = [x[back] for x in joined]
                 return tuple(joined)
             return run
@@ -323,7 +331,7 @@ class CogVideoXBackbone:
             if hidden.shape[0] == len(states) * branches:
                 return None
             full = hidden.new_zeros((len(states) * branches, *hidden.shape[1:]))
-            full[rows(alive, list(range(len(states)))).to(hidden.device)] = hidden
+            full[rows(alive, list(range(len(states))))] = hidden
             return (full, *args[1:])
 
         blocks = self.transformer.transformer_blocks

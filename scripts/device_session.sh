@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The checks of one lent-GPU session (15 device minutes), run from the repository root there:
+#
+#   bash scripts/device_session.sh bench   # issue 8: injected attention alone + bench of the modes
+#   bash scripts/device_session.sh train   # issue 7: train the world-v2 toy model (~4.5 min)
+#
+# The device image has PyTorch and transformers but not diffusers: carry `.gpu` holding the wheels
+# (.gpu/whl: diffusers, importlib_metadata, zipp) and a snapshot of the committed package
+# (`git archive HEAD src | tar -x -C .gpu`), so that helpers' unfinished edits never travel.
+# Results go to $OUT (the device tool brings back at most 8 files).
+set -u
+OUT=${OUT:-runs/device}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site:$PWD/.gpu/src PYTHONUNBUFFERED=1
+
+case "${1:-bench}" in
+bench)
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+        python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+        for fg in 0.3 0.15; do
+            timeout 90 python3 -m bachvid.bench_attention --foreground "$fg" --json "$OUT/attention-$fg.json"
+        done
+    } > "$OUT/attention.txt" 2>&1
+    # CogVideoX-5B's config, random bf16 weights, 49x480x720; 3 steps measured, ratios extrapolated
+    # to 50 (paper's pre-run, and a coarse pre-run of stride 5) from the per-phase costs.
+    timeout "${BENCH_S:-300}" python3 -m bachvid.bench --random-weights cogvideox-5b --steps 3 --extrapolate 50 \
+        --coarse 5 --shots 3 --modes "${MODES:-vanilla,lockstep:3,lockstep:1,replay:1}" \
+        --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
+    ;;
+train)
+    timeout "${TRAIN_S:-330}" bash scripts/train_toy_v2_gpu.sh /tmp/toy > "$OUT/train.txt" 2>&1
+    tar czf "$OUT/toy-v2.tgz" -C /tmp/toy . 2>> "$OUT/train.txt"
+    ;;
+*)
+    echo "usage: $0 bench|train" >&2
+    exit 2
+    ;;
+esac
