@@ -8,13 +8,19 @@ Stages, each resumable from its checkpoint under --work:
                 prompts for classifier-free guidance;
 4. export       a diffusers folder (model_index.json, safetensors in fp16) + bachvid.json defaults.
 Deterministic from --seed; --minutes bounds each training stage's wall time.
+
+--world v2 trains on the 96 px world (12 x 12 tokens per latent frame) and --scale v2 sizes the
+model for it; --device cuda with bf16 autocast, --workers N render clips in N processes and
+--schedule time lets the learning rates follow the time budget (scripts/train_toy_v2_gpu.sh).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -32,10 +38,55 @@ LATENT_CHANNELS = 8
 
 
 def model_sizes(scale: str) -> dict:
-    """'full' is the shipped model; 'smoke' is the same recipe at toy-of-toy size for CI."""
+    """'full' is the shipped model; 'smoke' is the same recipe at toy-of-toy size for CI; 'v2' is
+    the model for world v2 (96 px, 720 video tokens): 12 layers of 6 heads x 32, a wider VAE."""
     if scale == "smoke":
         return dict(vae=(8, 8, 8), layers=8, heads=2, head_dim=16, text_dim=32)
+    if scale == "v2":
+        return dict(vae=(32, 64, 64), layers=12, heads=6, head_dim=32, text_dim=64)
     return dict(vae=VAE_CHANNELS, layers=8, heads=4, head_dim=32, text_dim=64)
+
+
+def world_of(args) -> world.WorldSpec:
+    return world.get_world(getattr(args, "world", None))
+
+
+def device_of(args) -> torch.device:
+    return torch.device(getattr(args, "device", None) or "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the toy model's matmuls are small: half the bytes, tensor cores);
+    fp32 on CPU, as the shipped model was trained."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _render(item) -> np.ndarray:
+    """One clip's frames for a worker process: item = (combo, seed, frames, world name)."""
+    combo, seed, frames, name = item
+    return world.render_clip(*combo, seed=seed, frames=frames, world=name).frames
+
+
+class Renderer:
+    """Renders clips in this process (workers <= 1, the original recipe) or in a process pool;
+    either way the clips are the same, in the same order."""
+
+    def __init__(self, workers: int = 1):
+        self.pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+
+    def submit(self, items):
+        """Start rendering items; returns a callable giving the list of frames (in order)."""
+        if self.pool is None:
+            return lambda: [_render(item) for item in items]
+        pending = self.pool.map_async(_render, items, chunksize=max(1, len(items) // (4 * self.pool._processes)))
+        return pending.get
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
 
 
 def world_tokenizer():
@@ -55,22 +106,40 @@ def log(path: Path, message: str) -> None:
 
 
 # Stage 1 ----------------------------------------------------------------------------------------
-def train_vae(args, work: Path, sizes: dict):
+def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
+    spec, device = world_of(args), device_of(args)
+    renderer = renderer or Renderer()
     vae = tiny_vae(latent_channels=LATENT_CHANNELS, block_out_channels=sizes["vae"], seed=args.seed).train()
-    vae.config.sample_height = vae.config.sample_width = world.SIZE
+    vae.config.sample_height = vae.config.sample_width = spec.size
+    vae.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     combos = world.all_combinations()
+
+    def draw():  # the next batch's clips, drawn in the original recipe's order, rendering started
+        items = [(combos[rng.integers(len(combos))], int(rng.integers(1 << 30)), 9, spec.name)
+                 for _ in range(args.vae_batch)]
+        return renderer.submit(items)
+
     start, step = time.time(), 0
+    budget = args.minutes * 60 * args.vae_share
     last = min(args.vae_steps, args.vae_stop_at or args.vae_steps)
-    while step < last and time.time() - start < args.minutes * 60 * args.vae_share:
-        batch = torch.stack([clip_tensor(world.render_clip(*combos[rng.integers(len(combos))],
-                                                           seed=int(rng.integers(1 << 30)), frames=9).frames)
-                             for _ in range(args.vae_batch)])
-        posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, batch) + 0.5 * F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
-        lr = 2e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1, step / args.vae_steps))))
+    pending = draw() if renderer.pool is not None and step < last else None
+    while step < last and time.time() - start < budget:
+        if renderer.pool is None:
+            frames = draw()()
+        else:
+            frames = pending()
+            if step + 1 < last:
+                pending = draw()  # the workers render the next batch while this one trains
+        batch = torch.stack([clip_tensor(f) for f in frames]).to(device, non_blocking=True)
+        with autocast(device):
+            posterior = vae.encode(batch).latent_dist
+            recon = vae.decode(posterior.sample()).sample.float()
+            kl = posterior.kl().float().mean()
+        loss = F.l1_loss(recon, batch) + 0.5 * F.mse_loss(recon, batch) + 1e-6 * kl
+        progress = (time.time() - start) / budget if args.schedule == "time" else step / args.vae_steps
+        lr = 2e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1, progress))))
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -80,38 +149,51 @@ def train_vae(args, work: Path, sizes: dict):
         if step % 25 == 0:
             log(work, f"vae step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
         step += 1
-    vae.eval().save_pretrained(work / "vae")
+    vae.eval().to("cpu").save_pretrained(work / "vae")
+    vae.to(device)
     log(work, f"vae done: {step} steps in {time.time() - start:.0f}s")
     return vae
 
 
 # Stage 2 ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def encode_latents(args, work: Path, vae):
+def encode_latents(args, work: Path, vae, renderer: Renderer | None = None):
     from diffusers import AutoencoderKLCogVideoX
 
-    vae = vae or AutoencoderKLCogVideoX.from_pretrained(work / "vae")
+    spec, device = world_of(args), device_of(args)
+    renderer = renderer or Renderer()
+    vae = (vae or AutoencoderKLCogVideoX.from_pretrained(work / "vae")).to(device).eval()
     train_combos, _ = world.split_combinations()
     rng = np.random.default_rng(args.seed + 1)
     items = [(combo, int(rng.integers(1 << 30))) for combo in train_combos for _ in range(args.clips_per_combo)]
     latents, prompts, start = [], [], time.time()
-    for i in range(0, len(items), 8):
-        chunk = items[i : i + 8]
-        batch = torch.stack([clip_tensor(world.render_clip(*combo, seed=seed).frames) for combo, seed in chunk])
-        latents.append(vae.encode(batch).latent_dist.mode())
+    chunk_size = 8 if device.type == "cpu" else 32
+
+    def submit(i):
+        return renderer.submit([(combo, seed, spec.frames, spec.name) for combo, seed in items[i : i + chunk_size]])
+
+    pending = submit(0)
+    for i in range(0, len(items), chunk_size):
+        chunk = items[i : i + chunk_size]
+        frames = pending()
+        if i + chunk_size < len(items):
+            pending = submit(i + chunk_size)  # workers render the next chunk while this one encodes
+        batch = torch.stack([clip_tensor(f) for f in frames]).to(device)
+        latents.append(vae.encode(batch).latent_dist.mode().float().cpu())  # fp32: the data stays exact
         prompts += [compose_prompt(*world.texts(*combo)) for combo, _ in chunk]
     latents = torch.cat(latents)  # (N, C, F, h, w)
+    render_note = f" ({len(items) / max(time.time() - start, 1e-9):.1f} clips/s)"
     measured = float(1.0 / latents.std())
     scale = args.scaling_factor or measured
     if args.scaling_factor:
         log(work, f"latents: keeping scaling factor {scale:.4f} (these latents measure {measured:.4f})")
-    torch.save({"latents": latents, "prompts": prompts, "scaling_factor": scale}, work / "latents.pt")
-    log(work, f"encoded {len(prompts)} clips to {tuple(latents.shape[1:])} latents in {time.time() - start:.0f}s, "
-              f"scaling factor {scale:.4f}")
+    torch.save({"latents": latents, "prompts": prompts, "scaling_factor": scale, "world": spec.name}, work / "latents.pt")
+    log(work, f"encoded {len(prompts)} clips to {tuple(latents.shape[1:])} latents in {time.time() - start:.0f}s"
+              f"{render_note}, scaling factor {scale:.4f}")
 
 
 # Stage 3 ----------------------------------------------------------------------------------------
-def rotary_embeddings(transformer, latent_frames: int, pixels: int, spatial: int):
+def rotary_embeddings(transformer, latent_frames: int, pixels: int, spatial: int, device="cpu"):
     """The RoPE table CogVideoXPipeline builds for this size (same function, same arguments)."""
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
     from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
@@ -121,10 +203,11 @@ def rotary_embeddings(transformer, latent_frames: int, pixels: int, spatial: int
     base_w, base_h = transformer.config.sample_width // p, transformer.config.sample_height // p
     crops = get_resize_crop_region_for_grid((grid, grid), base_w, base_h)
     return get_3d_rotary_pos_embed(embed_dim=transformer.config.attention_head_dim, crops_coords=crops,
-                                   grid_size=(grid, grid), temporal_size=latent_frames, device="cpu")
+                                   grid_size=(grid, grid), temporal_size=latent_frames, device=device)
 
 
 def train_transformer(args, work: Path, sizes: dict):
+    spec, device = world_of(args), device_of(args)
     data = torch.load(work / "latents.pt")
     latents = data["latents"].permute(0, 2, 1, 3, 4) * data["scaling_factor"]  # (N, F, C, h, w)
     prompts = data["prompts"]
@@ -133,9 +216,9 @@ def train_transformer(args, work: Path, sizes: dict):
     transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
                                    head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
                                    text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
-                                   latent_size=latents.shape[-1], frames=world.FRAMES, seed=args.seed + 1).train()
+                                   latent_size=latents.shape[-1], frames=spec.frames, seed=args.seed + 1).train()
     scheduler = cogvideox_scheduler()
-    rope = rotary_embeddings(transformer, latents.shape[1], world.SIZE, 4)
+    rope = rotary_embeddings(transformer, latents.shape[1], spec.size, 4, device)
     unique = sorted(set(prompts)) + [""]
     ids = tokenizer(unique, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
@@ -145,13 +228,15 @@ def train_transformer(args, work: Path, sizes: dict):
     if args.init_from:
         start_from_model(Path(args.init_from), transformer, text_encoder)
         log(work, f"transformer: starting from the weights of {args.init_from}")
+    transformer.to(device)
+    text_encoder.to(device)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, **({"fused": True} if device.type == "cuda" else {}))
     checkpoint = work / "transformer.pt"
     step = 0
     ema_params = None
     if args.resume and checkpoint.is_file():
-        state = torch.load(checkpoint)
+        state = torch.load(checkpoint, map_location=device)
         transformer.load_state_dict(state["transformer"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
@@ -161,43 +246,59 @@ def train_transformer(args, work: Path, sizes: dict):
     if args.ema_decay > 0 and ema_params is None:  # EMA starts from the weights at hand
         ema_params = [p.detach().clone() for p in params]
     generator = torch.Generator().manual_seed(args.seed + step)
+    noise_generator = torch.Generator(device).manual_seed(args.seed + step) if device.type != "cpu" else None
     start, last_save, ema, first_step = time.time(), time.time(), None, step
     budget = args.minutes * 60 * (1 - args.vae_share)
     last = min(args.steps, args.stop_at or args.steps)
+    latents, ids = latents.to(device), ids.to(device)
+    losses = []  # on the device: reading a loss each step would wait for the GPU
     while step < last and time.time() - start < budget:
         pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
-        x0 = latents[pick]
+        x0 = latents[pick.to(device)]
         token_rows = prompt_index[pick].clone()
         if args.phrase_dropout > 0:
             dropped = torch.rand(args.batch_size, 3, generator=generator) < args.phrase_dropout
             token_rows = variant_rows[token_rows, (dropped * torch.tensor([1, 2, 4])).sum(1)]
         token_rows[torch.rand(args.batch_size, generator=generator) < 0.1] = len(ids) - 1  # CFG dropout
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        if device.type == "cpu":
+            noise = torch.randn(x0.shape, generator=generator)
+        else:  # drawn on the GPU: the CPU would be the bottleneck
+            noise = torch.randn(x0.shape, generator=noise_generator, device=device)
+        t, token_rows = t.to(device), token_rows.to(device)
         xt = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)  # v = sqrt(a) eps - sqrt(1 - a) x0
-        text = text_encoder(ids[token_rows])[0]
-        pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=rope,
-                           return_dict=False)[0]
-        loss = F.mse_loss(pred, target)
-        lr = learning_rate(args, step)
+        with autocast(device):
+            text = text_encoder(ids[token_rows])[0]
+            pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=rope,
+                               return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target)
+        lr = learning_rate(args, step, (time.time() - start) / budget if args.schedule == "time" else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if device.type == "cpu":
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        else:
+            losses.append(loss.detach())
         if args.ema_decay > 0:
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - args.ema_decay)
         if step % 50 == 0:
+            for value in torch.stack(losses).tolist() if losses else []:  # one sync per 50 steps
+                ema = value if ema is None else 0.98 * ema + 0.02 * value
+            losses = []
             rate = (step - first_step) / max(time.time() - start, 1e-9)
             log(work, f"transformer step {step} loss {ema:.4f} lr {lr:.2e} ({time.time() - start:.0f}s, {rate:.2f} steps/s)")
         step += 1
         if time.time() - last_save > 120:
             save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
             last_save = time.time()
+    for value in torch.stack(losses).tolist() if losses else []:
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
     save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
     log(work, f"transformer done: {step} steps in {time.time() - start:.0f}s, loss {ema if ema is None else round(ema, 4)}")
 
@@ -237,10 +338,11 @@ def start_from_model(folder: Path, transformer, text_encoder) -> None:
     text_encoder.load_state_dict(encoder.state_dict())
 
 
-def learning_rate(args, step: int) -> float:
-    """Warmup, then cosine to 10% at --steps; with --restart-at R a fresh warmup and cosine run from R."""
+def learning_rate(args, step: int, elapsed: float | None = None) -> float:
+    """Warmup, then cosine to 10% at --steps; with --restart-at R a fresh warmup and cosine run from R.
+    With `elapsed` (the share of the time budget spent: --schedule time) the cosine follows the clock."""
     begin = args.restart_at if args.restart_at is not None else 0
-    progress = min(1.0, (step - begin) / max(1, args.steps - begin))
+    progress = min(1.0, (step - begin) / max(1, args.steps - begin)) if elapsed is None else min(1.0, elapsed)
     warmup = min(1.0, (step - begin + 1) / (200 if begin == 0 else 100))
     return args.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -259,15 +361,16 @@ def save_transformer(path, transformer, text_encoder, optimizer, step, ema_param
 def export(args, work: Path, sizes: dict, out: Path):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
 
+    spec = world_of(args)
     data = torch.load(work / "latents.pt")
-    state = torch.load(work / "transformer.pt")
+    state = torch.load(work / "transformer.pt", map_location="cpu")
     tokenizer = world_tokenizer()
     text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"])
     text_encoder.load_state_dict(state["text_encoder"])
     transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
                                    head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
                                    text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
-                                   latent_size=data["latents"].shape[-1], frames=world.FRAMES)
+                                   latent_size=data["latents"].shape[-1], frames=spec.frames)
     transformer.load_state_dict(state["transformer"])
     use_ema = state.get("ema") is not None and not args.no_ema
     if use_ema:  # the EMA of the weights (same order as training's parameter list)
@@ -281,7 +384,8 @@ def export(args, work: Path, sizes: dict, out: Path):
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     (out / "bachvid.json").write_text(json.dumps(
         {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
-         "trained_steps": state["step"] + base_steps(args), "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {})},
+         "trained_steps": state["step"] + base_steps(args), "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {}),
+         "world": spec.name, "num_frames": spec.frames, "height": spec.size, "width": spec.size},
         indent=2))
     log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
 
@@ -308,7 +412,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="diffusers folder to write (default: the package's toy model)")
     parser.add_argument("--work", default="runs/toy", help="checkpoints, latents and log")
     parser.add_argument("--stages", default="vae,latents,transformer,export")
-    parser.add_argument("--scale", choices=("full", "smoke"), default="full")
+    parser.add_argument("--scale", choices=("full", "smoke", "v2"), default="full",
+                        help="model size: full (the shipped v1 model), smoke (CI), v2 (for --world v2)")
+    parser.add_argument("--world", choices=tuple(world.WORLDS), default="v1",
+                        help="the toy world to train on (v1: 64 px, the shipped model; v2: 96 px with scenery)")
+    parser.add_argument("--device", default="cpu", help="torch device (cuda: bf16 autocast)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering clips (1: in this process)")
+    parser.add_argument("--schedule", choices=("steps", "time"), default="steps",
+                        help="learning-rate cosine over --steps / --vae-steps (exact replays) or over the time "
+                             "budget (--minutes: the decay ends when the time does; not replayable step for step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=50, help="wall-time budget of the two training stages")
     parser.add_argument("--vae-share", type=float, default=0.25, help="fraction of --minutes for the VAE")
@@ -340,31 +452,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..models import DEFAULT_MODEL_DIR
-
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = model_sizes(args.scale)
     stages = args.stages.split(",")
+    started = time.time()
+    renderer = Renderer(args.workers)  # fork the workers before CUDA starts
+    if device_of(args).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    log(work, f"world {args.world}, scale {args.scale}, device {args.device}, workers {args.workers}, stages {args.stages}")
+    try:
+        _run_stages(args, work, sizes, stages, renderer)
+    finally:
+        renderer.close()
+    log(work, f"all stages done in {time.time() - started:.0f}s")
+    return 0
+
+
+def _run_stages(args, work: Path, sizes: dict, stages: list, renderer: Renderer) -> None:
+    from ..models import DEFAULT_MODEL_DIR
+
     if args.init_from:
         if "vae" in stages:
             raise SystemExit("--init-from keeps the model's VAE: leave 'vae' out of --stages")
         args.scaling_factor = args.scaling_factor or take_vae(Path(args.init_from), work)
-    vae = train_vae(args, work, sizes) if "vae" in stages else None
+    vae = train_vae(args, work, sizes, renderer) if "vae" in stages else None
     if "latents" in stages:
         expected = len(world.split_combinations()[0]) * args.clips_per_combo
-        if args.resume and vae is None and (work / "latents.pt").is_file() \
-                and len(torch.load(work / "latents.pt")["prompts"]) == expected:
+        saved = torch.load(work / "latents.pt") if args.resume and vae is None and (work / "latents.pt").is_file() else {}
+        if saved and len(saved["prompts"]) == expected and saved.get("world", "v1") == args.world:
             log(work, f"latents: {expected} clips already encoded (resume)")
         else:
-            encode_latents(args, work, vae)
+            encode_latents(args, work, vae, renderer)
     if "transformer" in stages:
+        stage = time.time()
         train_transformer(args, work, sizes)
+        log(work, f"transformer stage: {time.time() - stage:.0f}s with loading")
     if "export" in stages:
+        if args.world != "v1" and not args.out:
+            raise SystemExit("--world v2 needs --out: the package's toy model is the v1 model")
         export(args, work, sizes, Path(args.out) if args.out else DEFAULT_MODEL_DIR)
-    return 0
 
 
 def main(argv=None) -> int:
