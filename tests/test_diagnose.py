@@ -84,25 +84,3 @@ def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
     with diagnose.foreground_bias(0.0):
         assert biases() == [2.0, 0.0]
     assert biases() == [2.0, 2.0]
-
-
-def test_background_merge_emulation_adds_same_position_background_pairs():
-    import torch
-
-    from bachvid.config import BachVidConfig
-    from bachvid.match import Matches
-    from bachvid.plan import Layers, PlanMaker
-
-    identity_fg = torch.tensor([[[True, False], [False, False]]])
-    current_fg = torch.tensor([[[False, True], [False, False]]])
-    matches = Matches(torch.tensor([0, 0, 0, 0]), torch.ones(4))
-    layers = Layers(frozenset({0}), frozenset({0}), frozenset({0}))
-    maker = PlanMaker(BachVidConfig(), layers, num_steps=10, text_length=3)
-    step = 1  # full merge weight
-    plain = maker.shot_plans(identity_fg, current_fg, matches)(step).merge
-    with diagnose.background_merge(0.5):
-        merged = maker.shot_plans(identity_fg, current_fg, matches)(step).merge
-    assert plain.current.tolist() == [1] and merged.current.tolist() == [1, 2, 3]
-    assert merged.identity.tolist() == [0, 2, 3]
-    assert merged.weight[1:].tolist() == pytest.approx([0.4, 0.4])  # 0.5 x merge_strength 0.8
-    assert maker.shot_plans(identity_fg, current_fg, matches)(step).merge.current.tolist() == [1]

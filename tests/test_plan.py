@@ -75,3 +75,33 @@ def test_shot_plans_switch_background_off_and_gate_by_step():
     assert shared(9).is_plain  # past inject_end
     prerun = PlanMaker(BachVidConfig(), LAYERS, 10, TEXT).prerun_plans(identity_fg)
     assert len(prerun(0).injections) == 1 and prerun(2).read_mask == LAYERS.mask and prerun(2).read_match == LAYERS.match
+
+
+def test_background_merge_adds_same_position_background_pairs_only_when_asked():
+    """background_merge (beyond the paper) also blends background-in-both tokens toward the
+    identity's token at the same position, at that multiple of the merge weight; 0 is the paper."""
+    import pytest
+    import torch
+
+    from bachvid.config import BachVidConfig
+    from bachvid.match import Matches
+    from bachvid.plan import Layers, PlanMaker
+
+    identity_fg = torch.tensor([[[True, False], [False, False]]])
+    current_fg = torch.tensor([[[False, True], [False, False]]])
+    matches = Matches(torch.tensor([0, 0, 0, 0]), torch.ones(4))
+    layers = Layers(frozenset({0}), frozenset({0}), frozenset({0}))
+    step = 1  # full merge weight (merge_strength 0.8)
+
+    def merge(**knobs):
+        maker = PlanMaker(BachVidConfig(**knobs), layers, num_steps=10, text_length=3)
+        return maker.shot_plans(identity_fg, current_fg, matches)(step).merge
+
+    paper = merge()
+    assert paper.current.tolist() == [1] and paper.identity.tolist() == [0]
+    both = merge(background_merge=0.5)
+    assert both.current.tolist() == [1, 2, 3] and both.identity.tolist() == [0, 2, 3]
+    assert both.weight.tolist() == pytest.approx([0.8, 0.4, 0.4])
+    assert merge(background_merge=0.5, shared_background=False).current.tolist() == [1]
+    with pytest.raises(ValueError, match="background_merge"):
+        BachVidConfig(background_merge=1.5)

@@ -25,6 +25,10 @@ class BachVidConfig:
     foreground_injection: bool = True
     """Inject the matched identity character tokens (point-tracking attention); False is an ablation
     that keeps background injection and token merge only."""
+    background_merge: float = 0.0
+    """Beyond the paper: token merge also blends background-in-both tokens toward the identity's
+    token at the same position, with this multiple of the merge weight (the paper's merge blends
+    matched character tokens only). 0 is the paper. Needs shared_background and token_merge."""
     injected_logit_bias: float = 0.0
     """Added to the attention logits of every injected identity key. 0 is the paper's plain
     concatenation; b > 0 weighs each injected key e^b times (beyond the paper: a strength knob)."""
@@ -87,6 +91,8 @@ class BachVidConfig:
             raise ValueError("mask_open_kernel must be an odd number >= 1")
         if not math.isfinite(self.injected_logit_bias):
             raise ValueError("injected_logit_bias must be a finite number")
+        if not 0.0 <= self.background_merge <= 1.0:
+            raise ValueError("background_merge is a multiple of the merge weight and must lie in [0, 1]")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:

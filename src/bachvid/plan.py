@@ -219,14 +219,19 @@ class PlanMaker:
         if current.numel() and self.config.foreground_injection:
             injections.append(foreground_injection(current_fg, current, identity, self.text_length, bias))
         injections = tuple(injections)
+        background = torch.zeros(0, dtype=torch.long)
+        if self.config.shared_background and self.config.background_merge > 0:
+            background = (~identity_fg.reshape(-1) & ~current_fg.reshape(-1)).nonzero(as_tuple=True)[0]
 
         def plan(step: int) -> StepPlan:
             if step not in s.inject:
                 return StepPlan(step=step)
             weight = s.merge_weights[step]
             merge = None
-            if weight > 0 and current.numel():
-                merge = TokenMerge(current=current, identity=identity, weight=weight * similarity.clamp(0, 1))
+            if weight > 0 and (current.numel() or background.numel()):
+                bg_weight = torch.full((background.numel(),), weight * self.config.background_merge)
+                merge = TokenMerge(current=torch.cat([current, background]), identity=torch.cat([identity, background]),
+                                   weight=torch.cat([weight * similarity.clamp(0, 1), bg_weight]))
             return StepPlan(step=step, inject_layers=self.layers.vital, injections=injections,
                             merge_layers=self.layers.vital if merge is not None else frozenset(), merge=merge)
 

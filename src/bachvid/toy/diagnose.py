@@ -59,10 +59,6 @@ class Condition:
     oracle_matches: bool = False
     identity_seed: bool = False  # shots use the identity's seed (not a config knob: a story choice)
     x0: bool = False  # decode the predicted x0 at X0_FRACTIONS
-    background_merge: float | None = None
-    """Emulates a token merge BachVid lacks: at merge steps, background tokens (background in the
-    shot and the identity) are also blended toward the identity's token at the same position, with
-    this multiple of the merge weight. Done by wrapping `PlanMaker.shot_plans`; None: off."""
     foreground_bias: float | None = None
     """Emulates a knob BachVidConfig lacks: the foreground injection's logit bias set apart from
     `injected_logit_bias` (which then weighs the background injection only). Done by wrapping
@@ -101,7 +97,7 @@ DEFAULT_CONDITIONS = tuple(CONDITIONS)
 
 def parse_condition(text: str) -> Condition:
     """'NAME:knob=value;knob=value' -> a Condition; values are JSON (lists become tuples); the keys
-    oracle_masks, oracle_matches, identity_seed, x0, foreground_bias and background_merge set those fields;
+    oracle_masks, oracle_matches, identity_seed, x0 and foreground_bias set those fields;
     vital_layers=all."""
     name, _, spec = text.partition(":")
     changes, switches = [], {}
@@ -116,7 +112,7 @@ def parse_condition(text: str) -> Condition:
         parsed = tuple(parsed) if isinstance(parsed, list) else parsed
         if key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
             switches[key] = bool(parsed)
-        elif key in ("foreground_bias", "background_merge"):
+        elif key == "foreground_bias":
             switches[key] = float(parsed)
         else:
             changes.append((key, parsed))
@@ -339,7 +335,7 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                 armed["count"] += 1
                 return masses(video)
 
-            with foreground_bias(condition.foreground_bias), background_merge(condition.background_merge):
+            with foreground_bias(condition.foreground_bias):
                 results = list(pipe.generate(run_of, settings, config, identity_mode="cache",
                                              group=len(story.shots), progress=False,
                                              instruments=Instruments(readings=readings, probe=probe)))
@@ -393,53 +389,6 @@ def foreground_bias(bias: float | None):
         yield
     finally:
         plan.foreground_injection = original
-
-
-@contextmanager
-def background_merge(strength: float | None):
-    """While active, shots' real-run plans also merge background-in-both tokens toward the
-    identity's token at the same position, weight `strength` x the schedule's merge weight (see
-    `Condition.background_merge`); None: nothing changes."""
-    from dataclasses import replace as replace_plan
-
-    import torch
-
-    from ..plan import PlanMaker, TokenMerge
-
-    if strength is None:
-        yield
-        return
-    original = PlanMaker.shot_plans
-
-    def shot_plans(self, identity_fg, current_fg, matches):
-        plans = original(self, identity_fg, current_fg, matches)
-        if not self.config.shared_background:
-            return plans
-        background = (~identity_fg.reshape(-1) & ~current_fg.reshape(-1)).nonzero(as_tuple=True)[0]
-        schedule = self.schedule
-
-        def plan(step):
-            p = plans(step)
-            weight = schedule.merge_weights[step] * strength
-            if step not in schedule.inject or weight <= 0 or not background.numel():
-                return p
-            extra = torch.full((background.numel(),), float(weight))
-            if p.merge is None:
-                merge = TokenMerge(current=background, identity=background, weight=extra)
-            else:
-                m = p.merge
-                merge = TokenMerge(current=torch.cat([m.current, background.to(m.current.device)]),
-                                   identity=torch.cat([m.identity, background.to(m.identity.device)]),
-                                   weight=torch.cat([m.weight, extra.to(m.weight)]))
-            return replace_plan(p, merge=merge, merge_layers=self.layers.vital)
-
-        return plan
-
-    PlanMaker.shot_plans = shot_plans
-    try:
-        yield
-    finally:
-        PlanMaker.shot_plans = original
 
 
 def _str_keys(table: dict) -> dict:
