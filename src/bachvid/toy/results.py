@@ -69,7 +69,7 @@ class Condition:
     label: str
     bachvid: bool = True
     changes: dict = field(default_factory=dict)
-    seeds: str = "own"  # vanilla: "own" (story.shot_seed) or "identity" (the identity's seed)
+    seeds: str = "own"  # shots' noise: "own" (story.shot_seed) or "identity" (the identity's seed)
     oracle_masks: bool = False
     oracle_matches: bool = False
 
@@ -79,9 +79,18 @@ class Condition:
 
     def prerun(self, shared: bool) -> str:
         """Which pre-run this condition's shots read (conditions with the same one share it)."""
+        kind = "read"
         if not shared or self.changes.get("shared_background", True) is False:
-            return "plain-bg"
-        return "oracle-identity" if self.oracle_masks else "read"
+            kind = "plain-bg"
+        elif self.oracle_masks:
+            kind = "oracle-identity"
+        return kind if self.seeds == "own" else f"{kind}:identity-seed"
+
+    def shot_video(self, video, identity):
+        """The shot as a batch video, on its own noise or the identity's (`seeds`)."""
+        from ..backbones import BatchVideo
+
+        return video.denoised() if self.seeds == "own" else BatchVideo(video.embeds, video.negative, seed=identity.seed)
 
 
 CONDITIONS = {c.name: c for c in (
@@ -94,9 +103,12 @@ CONDITIONS = {c.name: c for c in (
     Condition("no-fg", "BachVid, foreground injection off", changes={"foreground_injection": False}),
     Condition("oracle-masks", "BachVid, oracle masks", oracle_masks=True),
     Condition("oracle-matches", "BachVid, oracle matches", oracle_matches=True),
+    Condition("paper-merge", "BachVid, the paper's token merge (background_merge 0)",
+              changes={"background_merge": 0.0}),
+    Condition("bachvid-idseed", "BachVid, shots on the identity's seed", seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
@@ -375,7 +387,7 @@ class Bench:
             run = StoryRun(self.pipe, w["story"], w["settings"], config, progress=False)
             truth, identity_fg = self._readings(w, condition) if condition.oracle else (None, w["identity_fg"])
             per.append({"w": w, "config": config, "run": run, "truth": truth, "identity_fg": identity_fg,
-                        "prerun": condition.prerun(config.shared_background)})
+                        "prerun": condition.prerun(config.shared_background), "condition": condition})
         # Pre-runs (kept per story and kind, shared between conditions of this chunk).
         missing = [p for p in per if p["prerun"] not in p["w"].setdefault("preruns", {})]
         prerun_seconds = {}
@@ -387,7 +399,7 @@ class Bench:
                 for v in p["w"]["shots"]:
                     state = VideoState(source=p["w"]["record"], mask_reader=run._reader(v),
                                        matcher=MatchAccumulator(p["config"].chunk_size))
-                    items.append((v.denoised(), state, plans, None))
+                    items.append((p["condition"].shot_video(v, p["w"]["identity"]), state, plans, None))
                     owners.append(p)
             steps = missing[0]["run"].maker.schedule.prerun_steps
             _, seconds = self._denoise(items, run_steps=steps)
@@ -406,7 +418,7 @@ class Bench:
             p["readings"] = readings
             prerun_seconds[id(p)] = pre["seconds"]
             for v, (fg, matches) in zip(p["w"]["shots"], readings):
-                items.append((v.denoised(), VideoState(source=p["w"]["record"]),
+                items.append((condition.shot_video(v, p["w"]["identity"]), VideoState(source=p["w"]["record"]),
                               p["run"].maker.shot_plans(p["identity_fg"], fg, matches), None))
         start = time.perf_counter()
         latents, _ = self._denoise(items)
