@@ -410,7 +410,8 @@ def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = 
       layer's K/V alive at a time);
     - step peak = weights + kept + step state + the largest call's activations: a group's shots,
       with the identity's rows in lockstep and replay;
-    - matching peak = weights + kept + point matching's working set after a group's pre-run.
+    - matching peak = the step peak + point matching's working set, streamed during the reading
+      step (per shot a video x video similarity sum).
     """
     config = config or BachVidConfig()
     schedule = Schedule.of(config, model.layers, work.steps)
@@ -451,14 +452,13 @@ def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = 
         "lockstep": schedule.prerun_steps * (latent + 8) + text + mask,
     }
 
-    # Point matching after a group's pre-run (today's best_matches): match-layer features of the
-    # group's shots (and of the identity unless a cache holds them), fp32 normalised copies of one
-    # pair, a chunk of similarities.
-    features = len(schedule.match) * nv * model.dim
+    # Point matching, streamed during the reading step (MatchAccumulator): per shot of the group a
+    # video x video similarity sum (float16 for half-precision models, else float32), plus one
+    # layer's fp32-normalised features of a pair and a chunk of fp32 similarities.
+    sum_bytes = nv * nv * (2 if b == 2 else 4)
 
-    def matching_set(identity_live: bool) -> int:
-        return ((g + identity_live) * features * b + 2 * features * 4
-                + 2 * min(config.chunk_size, nv) * nv * 4)
+    def matching_set() -> int:
+        return g * sum_bytes + 2 * nv * model.dim * 4 + min(config.chunk_size, nv) * nv * 4
 
     forwards = _story_forwards(model, tokens, schedule, work, prerun_extra_fwd, run_extra_fwd, matching)
     vanilla_forwards = (1 + work.shots) * work.steps
@@ -466,10 +466,17 @@ def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = 
     vanilla = ModeCost("vanilla", 0, vanilla_step, 0, vanilla_forwards, 1.0)
     modes = {}
     for mode in MODES:
-        identity_rows = 0 if mode == "cache" else rows  # replayed or live identity rows ride in the batch
-        step = weights + kept[mode] + state + max(activations(rows, False),
-                                                  activations(g * rows + identity_rows, True))
-        match = weights + kept[mode] + matching_set(identity_live=mode != "cache")
+        if mode == "cache":
+            call = activations(g * rows, True)
+        elif mode == "replay" or g == 1:
+            # The live identity's rows run apart inside each block (modes.run_story): the block
+            # peaks at one part's rows, while the identity's layer (keys, values, output) and the
+            # other part's hidden states wait.
+            call = activations(max(g, 1) * rows, True) + (3 + g) * rows * unit
+        else:  # one batch: the identity's rows ride beside the group's
+            call = activations(g * rows + rows, True)
+        step = weights + kept[mode] + state + max(activations(rows, False), call)
+        match = step + matching_set()
         modes[mode] = ModeCost(mode, kept[mode], step, match, forwards[mode], forwards[mode] / vanilla_forwards)
 
     return Budget(
