@@ -303,3 +303,10 @@ def test_toy_train_is_registered_and_loaded_on_use(capsys):
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(["toy", "train", "--help"])
     assert info.value.code == 0 and "--minutes" in capsys.readouterr().out
+
+
+def test_shot_seeds_identity_puts_every_shot_on_the_identity_seed(tmp_path, fake):
+    assert run(tmp_path, "--shot-seeds", "identity") == 0
+    manifest = json.loads((tmp_path / "out" / "story-000" / "manifest.json").read_text())
+    assert [manifest["videos"][n]["seed"] for n in ("identity", "shot-01", "shot-02")] == [0, 0, 0]
+    assert manifest["story"]["shot_seeds"] == "identity"

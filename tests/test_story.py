@@ -297,3 +297,15 @@ def test_examples_parse_and_speak_the_toy_world():
         assert story.character in world.CHARACTERS.values()
         for shot in (story.identity, *story.shots):
             assert shot.background in world.BACKGROUNDS.values() and shot.action in world.ACTIONS.values()
+
+
+def test_shot_seeds_option_and_its_errors():
+    text = ("stories:\n  - background: a green meadow\n    character: a red robot\n"
+            "    actions: [stands still, jumps, sits]\n    shot_seeds: identity\n")
+    (story,) = parse_story_mapping(text, "s.yaml")
+    assert story.shot_seeds == "identity" and [story.shot_seed(i, 7) for i in range(2)] == [7, 7]
+    (plain,) = parse_story_mapping(text.replace("    shot_seeds: identity\n", ""), "s.yaml")
+    assert [plain.shot_seed(i, 7) for i in range(2)] == [8, 9]
+    with pytest.raises(StoryError) as info:
+        parse_story_mapping(text.replace("identity\n", "same\n"), "s.yaml")
+    assert info.value.line == 5 and "shot_seeds" in str(info.value)

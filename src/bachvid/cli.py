@@ -109,6 +109,9 @@ def add_generate(sub) -> None:
     p.add_argument("--no-shared-background", action="store_true",
                    help="inject the character only; each shot keeps its own background")
     p.add_argument("--no-bachvid", action="store_true", help="plain generation, a baseline to compare with")
+    p.add_argument("--shot-seeds", choices=("own", "identity"), default=None,
+                   help="shots' noise: own (seed + 1 + i) or the identity's seed for every shot; beats the "
+                        "story's shot_seeds")
     p.add_argument("--identity-mode", choices=IDENTITY_MODE_CHOICES, default="auto",
                    help="how shots read the identity, all giving the same videos: cache (keeps its keys/values; "
                         "small models), replay (keeps its latents), lockstep (keeps nothing); auto: cache when "
@@ -201,7 +204,7 @@ class _Job:
 
 
 def _story_texts(story: Story) -> dict:
-    return {"character": story.character, "shared_background": story.shared_background,
+    return {"character": story.character, "shared_background": story.shared_background, "shot_seeds": story.shot_seeds,
             "identity": {"background": story.identity.background, "action": story.identity.action},
             "shots": [{"background": s.background, "action": s.action} for s in story.shots]}
 
@@ -284,6 +287,8 @@ def _generate(args) -> int:
     note = getattr(pipe, "model_note", None)
     print(f"model: {pipe.model_name}" + (f" ({note})" if note else ""))
 
+    if args.shot_seeds is not None:
+        stories = [replace(story, shot_seeds=args.shot_seeds) for story in stories]
     # every line of every story before any generation, so all mistakes show at once
     errors = [error for story in stories for error in pipe.story_errors(story)]
     if errors:
