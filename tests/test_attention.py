@@ -172,3 +172,22 @@ def test_token_merge_blends_only_matched_tokens_per_branch():
     assert torch.allclose(merged[:, :, text + 4], identity_out[:, :, 5])
     untouched = [i for i in range(text + nv) if i not in (text + 1, text + 4)]
     assert torch.equal(merged[:, :, untouched], plain[:, :, untouched])
+
+
+def test_empty_injections_leave_attention_plain():
+    """An identity with no background token (its character fills the frame) gives an empty
+    background injection; a shot with no foreground an empty foreground one. Both must just work."""
+    g = torch.Generator().manual_seed(3)
+    batch, heads, dim, text, nv = 2, 2, 8, 3, 12
+    rope = rope_table(nv, dim)
+    q, k, v = (torch.randn(batch, heads, text + nv, dim, generator=g) for _ in range(3))
+    record = CachedIdentity(text_length=text)
+    record.keep_key_value(0, 0, torch.randn(batch, heads, text + nv, dim), torch.randn(batch, heads, text + nv, dim))
+    empty = torch.zeros(0, dtype=torch.long)
+    no_background = Injection(queries=torch.arange(text, text + nv), sources=empty, positions=empty, at_source=True)
+    no_queries = Injection(queries=empty, sources=torch.tensor([4, 5]), positions=torch.tensor([1, 2]))
+    video = VideoState(source=record, plan=StepPlan(step=0, inject_layers=frozenset({0}),
+                                                    injections=(no_background, no_queries)))
+    out = Controller([video], branches=batch).attend(AttentionCall(0, q, k, v, text, rope))
+    plain = Controller([VideoState()], branches=batch).attend(AttentionCall(0, q, k, v, text, rope))
+    assert torch.allclose(out, plain, atol=1e-6)

@@ -60,6 +60,9 @@ class FakePipeline:
         return [StoryError("the character would be cut by the text limit", story.path, shot.line)
                 for shot in (story.identity, *story.shots) if "TOO LONG" in shot.background + story.character]
 
+    def settings_errors(self, settings, num_shots):
+        return [] if settings.height % 8 == 0 else [f"height must be a positive multiple of 8, got {settings.height}"]
+
     def identity_mode(self, requested, settings, config):
         if requested == "cache" and self.cache_too_big:
             raise MemoryError("identity_mode='cache' would keep 9.0 GiB of identity keys/values but host memory "
@@ -310,3 +313,10 @@ def test_shot_seeds_identity_puts_every_shot_on_the_identity_seed(tmp_path, fake
     manifest = json.loads((tmp_path / "out" / "story-000" / "manifest.json").read_text())
     assert [manifest["videos"][n]["seed"] for n in ("identity", "shot-01", "shot-02")] == [0, 0, 0]
     assert manifest["story"]["shot_seeds"] == "identity"
+
+
+def test_bad_settings_are_refused_for_every_story_before_anything_is_made(tmp_path, fake, capsys):
+    assert run(tmp_path, "--height", "33") == 2
+    err = capsys.readouterr().err
+    assert "story-000: height must be a positive multiple of 8, got 33" in err and "story-001" in err
+    assert fake.calls == []

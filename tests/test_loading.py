@@ -80,3 +80,26 @@ def test_story_errors_name_every_line_that_would_be_cut():
     assert [e.line for e in errors] == [2, 4] and all("background would be cut" in str(e) for e in errors)
     with pytest.raises(StoryError, match="s.txt:2:"):
         pipe.check_story(story)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(height=33), "height must be a positive multiple of 8"),
+    (dict(height=8, width=4), "width must be a positive multiple of 8"),
+    (dict(num_inference_steps=1_000_000), "steps must lie in 1..1000"),
+    (dict(guidance_scale=float("nan")), "guidance must be a finite number"),
+    (dict(guidance_scale=float("inf")), "guidance must be a finite number"),
+    (dict(seed=2**64 - 1), "room for the shots' seeds"),
+    (dict(num_frames=10**9), "video tokens"),
+])
+def test_bad_settings_are_refused_before_generating(change, message):
+    from dataclasses import replace
+
+    from bachvid import BachVidPipeline
+    from bachvid.story import Shot, Story
+
+    pipe = BachVidPipeline.from_pretrained()
+    story = Story("s", "a red robot", Shot("a green meadow", "stands still"), (Shot("a green meadow", "jumps"),))
+    settings = replace(pipe.default_settings(), **change)
+    with pytest.raises(ValueError, match=message):
+        next(pipe.generate(story, settings, progress=False))
+    assert pipe.settings_errors(pipe.default_settings(), 1) == []

@@ -317,6 +317,10 @@ def _generate(args) -> int:
             story, identity_note = _with_saved_identity(story, saved)
             notes += [identity_note] if identity_note else []
         settings = defaults.for_story(story, **flags)  # one rule with the API: defaults < story < flags
+        bad = pipe.settings_errors(settings, len(story.shots))
+        if bad:
+            errors += [f"{story.name}: {message}" for message in bad]
+            continue
         try:
             if saved is not None:
                 pipe.check_saved_identity(saved, story, settings, config)

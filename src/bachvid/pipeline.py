@@ -18,6 +18,7 @@ Generation runs under `torch.inference_mode()`, as diffusers pipelines do.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
@@ -186,6 +187,39 @@ class BachVidPipeline:
                 errors.append(StoryError(str(error), path=story.path, line=shot.line or story.line))
         return errors
 
+    MAX_VIDEO_TOKENS = 1_000_000  # 57x CogVideoX-5B's 17,550: far past any GPU, refused before it allocates
+
+    def settings_errors(self, settings: GenerationSettings, num_shots: int = 0) -> list[str]:
+        """What is wrong with these settings for this model, before anything is generated."""
+        b = self.backbone
+        errors = []
+        m = b.size_multiple
+        for name in ("height", "width"):
+            value = getattr(settings, name)
+            if not isinstance(value, int) or value < m or value % m:
+                errors.append(f"{name} must be a positive multiple of {m} for this model, got {value}")
+        if not isinstance(settings.num_frames, int) or settings.num_frames < 1:
+            errors.append(f"frames must be >= 1, got {settings.num_frames}")
+        if not isinstance(settings.num_inference_steps, int) or not 1 <= settings.num_inference_steps <= b.max_inference_steps:
+            errors.append(f"steps must lie in 1..{b.max_inference_steps} (the scheduler's training steps), "
+                          f"got {settings.num_inference_steps}")
+        if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
+            errors.append(f"guidance must be a finite number >= 0, got {settings.guidance_scale}")
+        if not isinstance(settings.seed, int) or not 0 <= settings.seed <= 2**64 - 1 - max(0, num_shots):
+            errors.append(f"seed must lie in 0..2**64-1 with room for the shots' seeds (seed + {num_shots}), "
+                          f"got {settings.seed}")
+        if not errors:
+            frames, h, w = b.token_grid(settings.num_frames, settings.height, settings.width)
+            if frames * h * w > self.MAX_VIDEO_TOKENS:
+                errors.append(f"{settings.num_frames} frames at {settings.height}x{settings.width} make "
+                              f"{frames * h * w:,} video tokens; this pipeline refuses more than {self.MAX_VIDEO_TOKENS:,}")
+        return errors
+
+    def check_settings(self, settings: GenerationSettings, num_shots: int = 0) -> None:
+        errors = self.settings_errors(settings, num_shots)
+        if errors:
+            raise ValueError("; ".join(errors))
+
     def check_story(self, story) -> None:
         """Raise the first of `story_errors` (the API's check before generating)."""
         errors = self.story_errors(story)
@@ -243,6 +277,7 @@ class BachVidPipeline:
             config = config or self.default_config()
             config = config.replace(shared_background=config.shared_background and story.shared_background)
         self.check_story(story)
+        self.check_settings(settings, len(story.shots))
         shots = list(range(len(story.shots))) if shots is None else list(shots)
         if config.enabled:
             mode = self.identity_mode(identity_mode, settings, config)

@@ -135,6 +135,15 @@ class CogVideoXBackbone:
             "width": config.sample_width * spatial,
         }
 
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: the VAE's spatial factor x the patch size."""
+        return self.pipe.vae_scale_factor_spatial * self.transformer.config.patch_size
+
+    @property
+    def max_inference_steps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
     def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(latent frames, tokens high, tokens wide) of the video token sequence."""
         p = self.transformer.config.patch_size
