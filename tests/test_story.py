@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachvid.story import Shot, Story, StoryError, load_stories, parse_story_mapping, parse_story_text
+from bachvid.story import Shot, Story, StoryError, _visible, load_stories, parse_story_mapping, parse_story_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -134,7 +134,7 @@ def test_a_planted_mistake_is_reported_at_its_line(case):
 
 
 phrase = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="#\n"), min_size=1,
-                 max_size=12).map(str.strip).filter(bool)
+                 max_size=12).map(str.strip).filter(_visible)
 
 
 @st.composite
@@ -309,3 +309,21 @@ def test_shot_seeds_option_and_its_errors():
     with pytest.raises(StoryError) as info:
         parse_story_mapping(text.replace("identity\n", "same\n"), "s.yaml")
     assert info.value.line == 5 and "shot_seeds" in str(info.value)
+
+
+def test_unknown_yaml_tags_fifos_and_invisible_text_are_clean_errors(tmp_path):
+    import os
+
+    for tag in ("!foo", "!!python/object:os.system"):
+        with pytest.raises(StoryError) as info:
+            parse_story_mapping(f"stories:\n  - background: {tag} a\n    character: x\n    actions: [a, b]\n",
+                                "t.yaml")
+        assert (info.value.path, info.value.line) == ("t.yaml", 2) and "not valid here" in str(info.value)
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(StoryError, match="not a regular file"):
+        load_stories(fifo)
+    with pytest.raises(StoryError, match="'character' must be a non-empty text"):
+        parse_story_mapping('stories:\n  - background: a\n    character: "\\u200b\\u200d"\n    actions: [a, b]\n')
+    with pytest.raises(StoryError, match="the character is empty"):
+        parse_story_text("a meadow # \u200b # stands\na meadow # \u200b # jumps\n")

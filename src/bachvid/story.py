@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def load_stories(path) -> list[Story]:
         raise StoryError("this is a folder, not a story file", str(path))
     if not path.exists():
         raise StoryError("no such story file", str(path))
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise StoryError("not a regular file (a pipe or a device?): give a story file", str(path))
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not text
     except (OSError, UnicodeDecodeError) as error:
@@ -84,6 +87,12 @@ def load_stories(path) -> list[Story]:
     if suffix == ".txt":
         return parse_story_text(text, str(path))
     return parse_story_mapping(text, str(path))
+
+
+def _visible(text: str) -> bool:
+    """Whether text has a character one can see: not only spaces and invisible format characters
+    (zero-width spaces and joiners, BOMs, direction marks: Unicode category Cf)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
 
 
 def _story_name(index: int) -> str:
@@ -119,7 +128,7 @@ def _story_from_lines(block: list[tuple[int, str]], index: int, path: str | None
             raise StoryError(f"expected 'background # character # action' (3 parts), found {len(parts)}",
                              path, number)
         for name, part in zip(PARTS, parts):
-            if not part:
+            if not _visible(part):
                 raise StoryError(f"the {name} is empty", path, number)
         rows.append((number, *parts))
     if len(rows) < 2:
@@ -146,8 +155,13 @@ def _line(node: yaml.Node) -> int:
 
 
 def _value(node: yaml.Node):
-    """The Python value of a composed node (kept as a node until then, for its line)."""
-    value = yaml.safe_load(yaml.serialize(node))
+    """The Python value of a composed node (kept as a node until then, for its line). A tag the
+    safe loader does not know (`!foo`, `!!python/...`) is an error at the node's line (its path is
+    filled in by `parse_story_mapping`)."""
+    try:
+        value = yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as error:
+        raise StoryError(f"not valid here: {getattr(error, 'problem', None) or error}", None, _line(node)) from error
     if isinstance(value, str):  # PyYAML reads JSON's "\ud83d\ude00" as two lone surrogates: rejoin them
         value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return value
@@ -175,7 +189,12 @@ def parse_story_mapping(text: str, path: str | None = None) -> list[Story]:
         raise StoryError("expected a non-empty list of stories", path, _line(root))
     stories, names = [], {}
     for index, node in enumerate(root.value):
-        story = _story_from_node(node, index, path)
+        try:
+            story = _story_from_node(node, index, path)
+        except StoryError as error:
+            if error.path is None and path is not None:
+                raise StoryError(error.message, path, error.line) from error
+            raise
         folded = story.name.lower()  # folders collide on case-insensitive file systems
         if folded in names:
             raise StoryError(f"two stories are named {story.name!r} (the first on line {names[folded]})",
@@ -207,7 +226,7 @@ def _story_from_node(node, index: int, path: str | None) -> Story:
 
     def text(item_node, what: str) -> str:
         item = _value(item_node)
-        if not isinstance(item, str) or not item.strip():
+        if not isinstance(item, str) or not _visible(item):
             raise StoryError(f"{what} must be a non-empty text", path, _line(item_node))
         return item.strip()
 
