@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 PART_SEPARATOR = ", "
 
 
@@ -51,12 +49,6 @@ class PromptSpans:
         if which == "character":
             return self.character
         raise ValueError(f"unknown foreground span {which!r}: use 'after_background' or 'character'")
-
-    def as_tensors(self, device=None) -> dict[str, torch.Tensor]:
-        return {
-            name: torch.tensor(getattr(self, name), dtype=torch.long, device=device)
-            for name in ("background", "character", "action")
-        }
 
 
 def token_spans(tokenizer, background: str, character: str, action: str, max_length: int) -> PromptSpans:

@@ -133,10 +133,6 @@ def score_clip(frames: np.ndarray, spec: world.WorldSpec | str | None = None) ->
     )
 
 
-def score_many(videos, spec: world.WorldSpec | str | None = None) -> list[ClipScore]:
-    return [score_clip(v, spec) for v in videos]
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
