@@ -320,3 +320,16 @@ def test_bad_settings_are_refused_for_every_story_before_anything_is_made(tmp_pa
     err = capsys.readouterr().err
     assert "story-000: height must be a positive multiple of 8, got 33" in err and "story-001" in err
     assert fake.calls == []
+
+
+def test_temporaries_left_by_a_kill_are_removed_on_the_next_run(tmp_path, fake, capsys):
+    """A SIGKILL skips write_atomic's cleanup; the next run of the story removes what it left."""
+    assert run(tmp_path) == 0
+    robot = tmp_path / "out" / "story-000"
+    left = [robot / ".manifest-ab12cd_z.json", robot / ".shot-01-x9y8z7w6.gif", robot / "masks" / ".shot-02-mask-q1w2e3r4.mp4"]
+    for path in left:
+        path.write_bytes(b"partial")
+    (robot / ".keep-me").write_text("not ours")  # not a temporary's name: left alone
+    assert run(tmp_path) == 0
+    assert not any(path.exists() for path in left) and (robot / ".keep-me").exists()
+    assert "removed .manifest-ab12cd_z.json, left by an interrupted run" in capsys.readouterr().out

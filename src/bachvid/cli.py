@@ -362,6 +362,8 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
     from . import outputs
 
     story, folder = job.story, job.folder
+    for path in outputs.remove_stale_temporaries(folder):
+        bar.write(f"{story.name}: removed {path.name}, left by an interrupted run")
     todo = [n for n in job.names if force or not job.video(n).is_file()]
     old_videos = (job.previous or {}).get("videos", {})
     if not todo and (job.previous or {}).get("finished") and (folder / "contact-sheet.png").is_file():
@@ -404,7 +406,9 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
         size = entry.get("size") or [job.settings.height, job.settings.width]
         try:
             frames = outputs.read_video(job.video(name), size=tuple(size))
-        except ValueError:
+        except ValueError as error:  # not the size its manifest says: say so, and show it as it is
+            bar.write(f"{story.name}: {name}.mp4 is not {size[0]}x{size[1]} as its manifest says ({error}); "
+                      f"the contact sheet shows it as stored")
             frames = outputs.read_video(job.video(name))
         rows[name] = (f"{name}: {entry.get('prompt') or shot.action}", frames)
         bar.update(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import textwrap
 from collections.abc import Callable
@@ -49,6 +50,23 @@ def write_atomic(path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+_TEMPORARY = re.compile(r"^\..+-[a-z0-9_]{8}\.[A-Za-z0-9]+$")  # what write_atomic's mkstemp names look like
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary files a killed run left in `folder` and its masks/ (a SIGKILL skips
+    write_atomic's cleanup). Called before a story's folder is written again; returns what went."""
+    removed = []
+    for place in (Path(folder), Path(folder) / "masks"):
+        if not place.is_dir():
+            continue
+        for path in place.iterdir():
+            if path.is_file() and _TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def _new_file_mode() -> int:
