@@ -241,7 +241,9 @@ class CogVideoXBackbone:
             rope = pipe._prepare_rotary_positional_embeddings(height, width, latent_frames, device)
         embeds = [torch.cat([v.negative, v.embeds]) if do_cfg else v.embeds for v in videos]
         label = progress if isinstance(progress, str) else None
-        for i in tqdm(range(run_steps), desc=label, disable=not progress, leave=False):
+        # disable=None: the per-step bar shows on a terminal only; in a log file or CI its cursor
+        # movements (a bar nested under the CLI's) would be junk.
+        for i in tqdm(range(run_steps), desc=label, disable=None if progress else True, leave=False):
             t = timesteps[i]
             states = step_states(i)
             present = [j for j, (_, depth) in enumerate(states) if depth != 0]
