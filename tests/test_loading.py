@@ -1,6 +1,7 @@
 """BachVidPipeline loads like a diffusers pipeline: a local folder, per-model defaults, clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,18 @@ def test_bad_settings_are_refused_before_generating(change, message):
     with pytest.raises(ValueError, match=message):
         next(pipe.generate(story, settings, progress=False))
     assert pipe.settings_errors(pipe.default_settings(), 1) == []
+
+
+def test_the_readme_call_makes_a_story_result_like_generate():
+    """`pipe(story)`, the README's main example: a StoryResult whose videos are generate()'s."""
+    from bachvid import BachVidPipeline, load_stories
+
+    pipe = BachVidPipeline.from_pretrained()
+    story = load_stories(Path(__file__).resolve().parents[1] / "examples" / "story.txt")[0]
+    result = pipe(story, num_inference_steps=3, progress=False)
+    made = list(pipe.generate(story, pipe.default_settings().for_story(story, num_inference_steps=3), progress=False))
+    assert len(result.shots) == len(story.shots) and result.identity.role == "identity"
+    for got, want in zip([result.identity, *result.shots], made):
+        assert got.seed == want.seed and (got.frames == want.frames).all()
+    grid = pipe.backbone.token_grid(result.identity.frames.shape[0], *result.identity.frames.shape[1:3])
+    assert result.shots[0].mask.shape == grid and result.shots[0].mask.dtype == bool
