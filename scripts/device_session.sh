@@ -3,6 +3,7 @@
 #
 #   bash scripts/device_session.sh bench   # issue 8: injected attention alone + bench of the modes
 #   bash scripts/device_session.sh train   # issue 7: train the world-v2 toy model (~4.5 min)
+#   bash scripts/device_session.sh profile # where an injected lockstep step spends its time (~2 min)
 #
 # The device image has PyTorch and transformers but not diffusers: carry `.gpu` holding the wheels
 # (.gpu/whl: diffusers, importlib_metadata, zipp) and a snapshot of the committed package
@@ -30,12 +31,16 @@ bench)
         --coarse 5 --shots 3 --modes "${MODES:-vanilla,lockstep:3,lockstep:1,replay:1}" \
         --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
     ;;
+profile)
+    timeout "${BENCH_S:-200}" python3 -m bachvid.bench --random-weights cogvideox-5b --steps 3 --shots 3 \
+        --modes vanilla,lockstep:3 --profile "$OUT/profile.txt" --json "$OUT/profile-bench.json" > "$OUT/profile-bench.txt" 2>&1
+    ;;
 train)
     timeout "${TRAIN_S:-330}" bash scripts/train_toy_v2_gpu.sh /tmp/toy > "$OUT/train.txt" 2>&1
     tar czf "$OUT/toy-v2.tgz" -C /tmp/toy . 2>> "$OUT/train.txt"
     ;;
 *)
-    echo "usage: $0 bench|train" >&2
+    echo "usage: $0 bench|train|profile" >&2
     exit 2
     ;;
 esac

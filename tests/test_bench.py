@@ -43,7 +43,7 @@ def test_bench_runs_on_a_scaled_cogvideox(tmp_path, capsys):
     code = main(["bench", "--random-weights", "cogvideox-5b", "--layers", "2", "--heads", "2", "--steps", "3",
                  "--frames", "9", "--height", "32", "--width", "48", "--shots", "2", "--modes",
                  "cache,lockstep:2,replay:1", "--extrapolate", "10", "--coarse", "2", "--device", "cpu",
-                 "--json", str(out)])
+                 "--json", str(out), "--profile", str(tmp_path / "profile.txt")])
     assert code == 0
     table = capsys.readouterr().out
     assert "| lockstep:2 | 2 |" in table and "| replay:1 | 1 |" in table
@@ -59,6 +59,8 @@ def test_bench_runs_on_a_scaled_cogvideox(tmp_path, capsys):
     saved = lock["extrapolated_seconds"] - lock["extrapolated_seconds_coarse"]
     assert saved == pytest.approx(lock["per_step"]["group2:prerun"]["mean_seconds"])
     assert "same, pre-run stride 2" in table
+    profile = (tmp_path / "profile.txt").read_text()  # the last mode's ops, the attention among them
+    assert "Self CPU" in profile and "scaled_dot_product" in profile
 
 
 def test_bench_refuses_unknown_modes(capsys):

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from .config import parse_knob
@@ -50,6 +51,9 @@ def add_bench(sub) -> None:
     p.add_argument("--coarse", type=int, default=None, metavar="K",
                    help="with --extrapolate: also the ratio with a coarse pre-run of stride K, from the same "
                         "measured per-phase costs (the pre-run's phases cost the same per forward)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="profile the last mode's run with torch.profiler and write its op table here "
+                        "(sorted by device time on a GPU, CPU time otherwise); its timings are then not comparable")
     p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                    help="a BachVidConfig knob for every BachVid mode, e.g. --set prerun_stride=5 (repeatable)")
     p.add_argument("--decode", action="store_true", help="include VAE decoding (the same cost for every mode)")
@@ -273,7 +277,9 @@ def run_bench(args) -> int:
             print(f"{name}: refused ({error})", flush=True)
             continue
         _free(device)
-        with torch.inference_mode(), PeakMemory(device) as memory, ForwardClock(pipe.pipe.transformer, device) as clock:
+        profiling = args.profile and (mode, mode_group) == modes[-1]
+        with torch.inference_mode(), PeakMemory(device) as memory, ForwardClock(pipe.pipe.transformer, device) as clock, \
+                _profiler(args.profile if profiling else None, device):
             start = time.perf_counter()
             results = list(pipe.generate(story, settings, run_config, identity_mode=identity_mode, group=group,
                                          progress=False, output_type=output_type))
@@ -316,6 +322,22 @@ def run_bench(args) -> int:
         with open(args.json_path, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+@contextmanager
+def _profiler(path: str | None, device):
+    """torch.profiler around a block, its op table (top 40) written to `path`; nothing if None."""
+    if path is None:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        yield
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by=key, row_limit=40) + "\n")
 
 
 def _warm_up(pipe, story, settings, config) -> None:
