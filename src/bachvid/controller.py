@@ -1,9 +1,12 @@
 """Carries out each video's step plan at every attention call.
 
 Backbones hand over one `AttentionCall` per attention layer: queries, keys (before RoPE) and
-values of [text ; video] tokens for a batch of videos, plus the backbone's RoPE. The batch holds
+values of [text ; video] tokens for a batch of videos, plus the backbone's RoPE. A backbone whose
+self-attention holds video tokens only (Wan) hands over text_length 0 there, and its separate
+video-to-text cross-attention as a `TextAttentionCall`, where masks are read. The batch holds
 one or more videos, each as `branches` consecutive rows (CFG: [uncond, cond]); `videos` lists
-their states in batch order. For every video the controller applies RoPE, keeps what an
+their states in batch order. A backbone that runs the CFG branches as separate forwards (Wan) sets
+`branch` for each: its calls hold one row per video, of that branch. For every video the controller applies RoPE, keeps what an
 identity record must keep, builds the extra key groups of the plan's injections, runs the
 injected attention, reads masks and matches, and merges outputs. An identity denoised or
 replayed in the same batch feeds its `LiveIdentity` before the shots of the same call read it.
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from .attention import KeyGroup, injected_attention
 from .identity import IdentityRecord
@@ -41,6 +45,21 @@ class AttentionCall:
 
 
 @dataclass
+class TextAttentionCall:
+    """Cross-attention from video queries to text keys (a backbone whose text is not in its
+    self-attention). The controller reads masks here and runs it as stock attention."""
+
+    layer: int
+    query: torch.Tensor  # (B, H, Nv, D) video queries
+    key: torch.Tensor  # (B, H, T, D) text keys
+    value: torch.Tensor  # (B, H, T, D)
+
+
+UNCONDITIONAL, CONDITIONAL = 0, 1
+"""CFG branch indices, in the order of a joint call's rows ([uncond, cond])."""
+
+
+@dataclass
 class VideoState:
     """One video of the batch: its plan for the current step and where its readings go."""
 
@@ -60,6 +79,12 @@ class Controller:
 
     videos: list[VideoState] = field(default_factory=lambda: [VideoState()])
     branches: int = 1  # set by the backbone for each forward: rows per video
+    branch: int | None = None
+    """Set by the backbone for each forward. None: each video's rows are all its CFG branches in
+    one call. UNCONDITIONAL or CONDITIONAL: the backbone runs the branches as separate forwards and
+    this one holds that branch only (one row per video); identity records file what they keep under
+    it, a shot's branch reads the identity's same branch, and masks and matches are read in the
+    conditional forward only."""
     _device_copies: dict = field(default_factory=dict, repr=False)
 
     def use(self, videos: list[VideoState]) -> None:
@@ -67,6 +92,7 @@ class Controller:
 
     def clear(self) -> None:
         self.videos = [VideoState()]
+        self.branch = None
         self._device_copies.clear()
 
     @property
@@ -78,6 +104,24 @@ class Controller:
 
     def _rows(self, index: int) -> slice:
         return slice(index * self.branches, (index + 1) * self.branches)
+
+    @property
+    def _conditional(self) -> bool:
+        """Whether this call holds the conditional branch (the last row of each video), where
+        masks and matches are read."""
+        return self.branch is None or self.branch == CONDITIONAL
+
+    def attend_text(self, call: TextAttentionCall) -> torch.Tensor:
+        """Video-to-text cross-attention: stock attention; masks read on the plans' mask layers."""
+        if call.query.shape[0] != len(self.videos) * self.branches:
+            raise RuntimeError(f"batch of {call.query.shape[0]} rows for {len(self.videos)} videos "
+                               f"x {self.branches} branches")
+        if self._conditional:
+            for i, video in enumerate(self.videos):
+                if call.layer in video.plan.read_mask:
+                    cond = self._rows(i).stop - 1
+                    video.mask_reader.add(call.layer, call.query[cond], call.key[cond])
+        return F.scaled_dot_product_attention(call.query, call.key, call.value)
 
     def attend(self, call: AttentionCall) -> torch.Tensor:
         layer, t = call.layer, call.text_length
@@ -94,7 +138,8 @@ class Controller:
         for i, video in enumerate(self.videos):
             if layer in video.plan.keep_key_value:
                 rows = self._rows(i)
-                video.target.keep_key_value(video.plan.step, layer, call.key[rows], call.value[rows])
+                video.target.keep_key_value(video.plan.step, layer, call.key[rows], call.value[rows],
+                                            **self._branch_kw)
                 rotated[id(video.target)] = key[rows]
 
         groups = [[] for _ in range(call.query.shape[0])]
@@ -108,19 +153,21 @@ class Controller:
         video_out = out[:, :, t:]
         for i, video in enumerate(self.videos):
             cond = self._rows(i).stop - 1
-            if video.probe is not None and groups[cond]:
+            if video.probe is not None and groups[cond] and self._conditional:
                 video.probe(video.plan.step, layer, query[cond], key[cond], groups[cond])
 
         for i, video in enumerate(self.videos):
             if layer in video.plan.keep_output:
-                video.target.keep_output(video.plan.step, layer, video_out[self._rows(i)])
+                video.target.keep_output(video.plan.step, layer, video_out[self._rows(i)], **self._branch_kw)
         for i, video in enumerate(self.videos):
             plan, rows = video.plan, self._rows(i)
             cond = rows.stop - 1  # masks and matches come from the conditional (last) CFG branch
-            if layer in plan.read_mask:
+            # Masks are read where video queries meet text keys: here when the call holds text
+            # tokens, else in the backbone's `TextAttentionCall`.
+            if layer in plan.read_mask and t and self._conditional:
                 video.mask_reader.add(layer, query[cond, :, t:], key[cond, :, :t])
-            if layer in plan.read_match:
-                identity = video.source.output(plan.step, layer)[-1]
+            if layer in plan.read_match and self._conditional:
+                identity = video.source.output(plan.step, layer, **self._branch_kw)[-1]
                 video.matcher.add(layer, _features(video_out[cond]), _features(identity))
             if plan.merge is not None and layer in plan.merge_layers:
                 # In place: `out` is this call's own tensor, and a shot's rows are read by no one
@@ -131,12 +178,17 @@ class Controller:
                 video.source.end_call(video.plan.step, layer)
         return out
 
+    @property
+    def _branch_kw(self) -> dict:
+        """The branch an identity record files this call's tensors under (none for a joint call)."""
+        return {} if self.branch is None else {"branch": self.branch}
+
     def _key_groups(self, video: VideoState, call: AttentionCall,
                     rotated_key: torch.Tensor | None = None) -> list[list[KeyGroup]]:
         """Per CFG branch, the plan's key groups. `rotated_key`: the source identity's keys as its
         own attention in this call rotated them, reused for injections whose keys sit at source."""
         plan = video.plan
-        id_key, id_value = video.source.key_value(plan.step, call.layer)
+        id_key, id_value = video.source.key_value(plan.step, call.layer, **self._branch_kw)
         if id_key.shape[0] != self.branches:
             raise ValueError(
                 f"the identity has {id_key.shape[0]} CFG branches but this run has {self.branches}: "
@@ -190,7 +242,7 @@ class Controller:
     def _merge(self, video: VideoState, layer: int, out: torch.Tensor, t: int) -> None:
         """Blend the plan's matched tokens of `out` (one video's rows, a view) toward the identity's, in place."""
         current, identity, weight = self._merge_on_device(video.plan.merge, out.device, out.dtype)
-        identity_out = video.source.output(video.plan.step, layer).to(out.device)
+        identity_out = video.source.output(video.plan.step, layer, **self._branch_kw).to(out.device)
         out[:, :, current + t] = torch.lerp(out[:, :, current + t], identity_out[:, :, identity], weight)
 
 

@@ -21,11 +21,19 @@ class IdentityRecord(Protocol):
     """bool (F, h, w) identity foreground over the video token grid."""
     text_length: int
 
-    def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, N, D) keys before RoPE and values, text then video tokens, per CFG branch."""
+    def key_value(self, step: int, layer: int, branch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, N, D) keys before RoPE and values, text then video tokens, per CFG branch.
 
-    def output(self, step: int, layer: int) -> torch.Tensor:
-        """(B, H, Nv, D) attention output of the video tokens, per CFG branch."""
+        branch None: all CFG branches as one call kept them (B = branches); an index: the one
+        branch a backbone running CFG branches as separate calls kept (B = 1)."""
+
+    def output(self, step: int, layer: int, branch: int | None = None) -> torch.Tensor:
+        """(B, H, Nv, D) attention output of the video tokens, per CFG branch (see `key_value`)."""
+
+
+def _slot(step: int, layer: int, branch: int | None) -> tuple:
+    """Where a record files a tensor: (step, layer), and the CFG branch of a one-branch call."""
+    return (step, layer) if branch is None else (step, layer, branch)
 
 
 class CachedIdentity:
@@ -42,26 +50,29 @@ class CachedIdentity:
         x = x.detach()
         return x.to(self.storage_device) if self.storage_device is not None else x.clone()
 
-    def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        self._kv[step, layer] = (self._store(key), self._store(value))
+    def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor,
+                       branch: int | None = None) -> None:
+        self._kv[_slot(step, layer, branch)] = (self._store(key), self._store(value))
 
-    def keep_output(self, step: int, layer: int, output: torch.Tensor) -> None:
-        self._out[step, layer] = self._store(output)
+    def keep_output(self, step: int, layer: int, output: torch.Tensor, branch: int | None = None) -> None:
+        self._out[_slot(step, layer, branch)] = self._store(output)
 
     def end_call(self, step: int, layer: int) -> None:
         """A reader's call is over. Nothing to drop: a cache keeps what it was given."""
 
-    def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def key_value(self, step: int, layer: int, branch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            return self._kv[step, layer]
+            return self._kv[_slot(step, layer, branch)]
         except KeyError:
-            raise KeyError(f"the identity kept no keys/values for step {step}, layer {layer}") from None
+            raise KeyError(f"the identity kept no keys/values for step {step}, layer {layer}"
+                           + _branch_note(branch)) from None
 
-    def output(self, step: int, layer: int) -> torch.Tensor:
+    def output(self, step: int, layer: int, branch: int | None = None) -> torch.Tensor:
         try:
-            return self._out[step, layer]
+            return self._out[_slot(step, layer, branch)]
         except KeyError:
-            raise KeyError(f"the identity kept no attention output for step {step}, layer {layer}") from None
+            raise KeyError(f"the identity kept no attention output for step {step}, layer {layer}"
+                           + _branch_note(branch)) from None
 
     @property
     def nbytes(self) -> int:
@@ -85,28 +96,35 @@ class LiveIdentity:
         self._kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._out: dict[tuple[int, int], torch.Tensor] = {}
 
-    def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        self._kv = {(step, layer): (key, value)}
+    def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor,
+                       branch: int | None = None) -> None:
+        self._kv = {_slot(step, layer, branch): (key, value)}
 
-    def keep_output(self, step: int, layer: int, output: torch.Tensor) -> None:
-        self._out = {(step, layer): output}
+    def keep_output(self, step: int, layer: int, output: torch.Tensor, branch: int | None = None) -> None:
+        self._out = {_slot(step, layer, branch): output}
 
     def end_call(self, step: int, layer: int) -> None:
         """Its readers' call is over: let go."""
         self._kv, self._out = {}, {}
 
-    def key_value(self, step: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def key_value(self, step: int, layer: int, branch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            return self._kv[step, layer]
+            return self._kv[_slot(step, layer, branch)]
         except KeyError:
-            raise KeyError(f"the live identity did not run layer {layer} at step {step} in this call") from None
+            raise KeyError(f"the live identity did not run layer {layer} at step {step} in this call"
+                           + _branch_note(branch)) from None
 
-    def output(self, step: int, layer: int) -> torch.Tensor:
+    def output(self, step: int, layer: int, branch: int | None = None) -> torch.Tensor:
         try:
-            return self._out[step, layer]
+            return self._out[_slot(step, layer, branch)]
         except KeyError:
-            raise KeyError(f"the live identity kept no output of layer {layer} at step {step} in this batch") from None
+            raise KeyError(f"the live identity kept no output of layer {layer} at step {step} in this batch"
+                           + _branch_note(branch)) from None
 
     @property
     def nbytes(self) -> int:
         return 0
+
+
+def _branch_note(branch: int | None) -> str:
+    return "" if branch is None else f", CFG branch {branch} (was the identity made with the same guidance?)"

@@ -194,7 +194,7 @@ class StoryRun:
             raise ValueError(f"output_type must be 'np' (decoded frames) or 'latent', got {output_type!r}")
         self.pipe, self.backbone, self.story = pipe, pipe.backbone, story
         self.settings, self.config, self.progress, self.output_type = settings, config, progress, output_type
-        self.maker = PlanMaker(config, pipe.layers(config), settings.num_inference_steps, self.backbone.text_length)
+        self.maker = PlanMaker(config, pipe.layers(config), settings.num_inference_steps, self.backbone.joint_text_length)
         self.instruments = Instruments()
         self.grid = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
         self.identity_apart = False
@@ -268,7 +268,7 @@ class StoryRun:
         (replayed from `replay`, or denoised again when `replay` is None)."""
         if cache is not None:
             return cache, None
-        live = LiveIdentity(self.backbone.text_length, identity_fg)
+        live = LiveIdentity(self.backbone.joint_text_length, identity_fg)
         plans = self.maker.source_plans(prerun)
         state = VideoState(target=live)
         row = identity.replayed(replay) if replay is not None else identity.denoised()
@@ -379,7 +379,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         identity_stats = {"identity_mode": mode, "identity_bytes": saved.nbytes, "identity_file": saved.path,
                           "identity_content_hash": saved.content_hash}
     else:
-        cache = CachedIdentity(text_length=pipe.backbone.text_length) if mode == "cache" else None
+        cache = CachedIdentity(text_length=pipe.backbone.joint_text_length) if mode == "cache" else None
         alone_steps = run.maker.schedule.prerun_steps if mode == "lockstep" and shots else None
         latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
         if run.instruments.readings is not None:

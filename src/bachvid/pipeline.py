@@ -113,6 +113,12 @@ class BachVidPipeline:
         looks_local = local.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
         if looks_local and not (local / "model_index.json").is_file():
             raise FileNotFoundError(f"no diffusers model folder at {local} (model_index.json is missing)")
+        if looks_local:
+            # The folder's pipeline class (model_index.json's _class_name) picks the backbone
+            # (Wan or CogVideoX); an unsupported one is refused before any weights load.
+            from .backbones import supported_pipeline
+
+            supported_pipeline(json.loads((local / "model_index.json").read_text()).get("_class_name", ""))
         try:
             with warnings.catch_warnings():  # newer diffusers renames torch_dtype; both spellings work
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -398,9 +404,9 @@ class BachVidPipeline:
         layers on the matching step, for every CFG branch."""
         from .plan import PlanMaker
 
-        maker = PlanMaker(config, self.layers(config), settings.num_inference_steps, self.backbone.text_length)
+        maker = PlanMaker(config, self.layers(config), settings.num_inference_steps, self.backbone.joint_text_length)
         frames, h, w = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)
-        video, tokens = frames * h * w, frames * h * w + self.backbone.text_length
+        video, tokens = frames * h * w, frames * h * w + self.backbone.joint_text_length
         width = self.backbone.inner_dim * self.pipe.transformer.dtype.itemsize
         branches = 2 if settings.guidance_scale > 1.0 else 1
         plans = maker.identity_plans()

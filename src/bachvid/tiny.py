@@ -162,6 +162,91 @@ def tiny_cogvideox_pipeline(*, rope: bool = True, num_layers: int = 4, text_leng
     )
 
 
+def tiny_wan_transformer(*, num_layers: int = 4, heads: int = 2, head_dim: int = 12, in_channels: int = 4,
+                         text_dim: int = 32, seed: int = 0):
+    """Wan transformer (attn1: video self-attention with 3D RoPE, attn2: cross-attention to text).
+    head_dim 12 splits into RoPE parts of 4 (frames), 4 (height), 4 (width), as Wan splits 128."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        text_dim=text_dim,
+        freq_dim=32,
+        ffn_dim=2 * heads * head_dim,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+
+
+def tiny_wan_vae(latent_channels: int = 4, base_dim: int = 4, seed: int = 0):
+    """Wan VAE: x4 in space (2 down blocks), x4 in time; 4k+1 frames <-> k+1 latent frames."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=latent_channels,
+        dim_mult=[1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=[0.0] * latent_channels,
+        latents_std=[1.0] * latent_channels,
+        scale_factor_temporal=4,
+        scale_factor_spatial=4,
+    ).eval()
+
+
+def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, num_layers: int = 2, seed: int = 0):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    config = UMT5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=num_layers,
+        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return UMT5EncoderModel(config).eval()
+
+
+def wan_scheduler(flow_shift: float = 3.0):
+    """Wan 2.1's scheduler: UniPC multistep on flow-matching sigmas (a stateful multistep solver)."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                   num_train_timesteps=1000, flow_shift=flow_shift)
+
+
+def tiny_wan_pipeline(*, num_layers: int = 4, text_length: int = 16, seed: int = 0, words=(),
+                      experts: int = 1, boundary_ratio: float = 0.875):
+    """A random WanPipeline small enough for CPU tests: 32x32 pixels, 9 frames, 48 video tokens.
+    experts=2 builds Wan 2.2 A14B's layout: a high-noise `transformer` and a low-noise
+    `transformer_2` (other weights), switched at `boundary_ratio`."""
+    from diffusers import WanPipeline
+
+    tokenizer = build_word_tokenizer(list(BASIC_WORDS) + list(words), model_max_length=text_length)
+    text_encoder = tiny_umt5_encoder(len(tokenizer), seed=seed)
+    transformer = tiny_wan_transformer(num_layers=num_layers, seed=seed + 1)
+    transformer_2 = tiny_wan_transformer(num_layers=num_layers, seed=seed + 3) if experts == 2 else None
+    if experts not in (1, 2):
+        raise ValueError(f"Wan pipelines have 1 or 2 experts, not {experts}")
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_wan_vae(seed=seed + 2),
+        transformer=transformer,
+        transformer_2=transformer_2,
+        scheduler=wan_scheduler(),
+        boundary_ratio=boundary_ratio if experts == 2 else None,
+    )
+
+
 BUNDLED_CONFIGS = ("cogvideox-5b", "cogvideox-2b")
 
 

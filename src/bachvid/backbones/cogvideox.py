@@ -99,6 +99,12 @@ class CogVideoXBackbone:
         return self.transformer.config.max_text_seq_length
 
     @property
+    def joint_text_length(self) -> int:
+        """Text tokens ahead of the video tokens in the self-attention sequence, which plans and
+        identity records index past: all of them, since CogVideoX attends over [text ; video]."""
+        return self.text_length
+
+    @property
     def inner_dim(self) -> int:
         """Width of attention keys/values: heads x head dim."""
         config = self.transformer.config

@@ -1,0 +1,155 @@
+"""Wan through the same method: BachVid off is stock WanPipeline, recording does not change the
+identity, a doubled copy of the identity's own self-attention keys changes nothing (and wrong
+copies do), and the identity modes give the same shots, on tiny random Wan pipelines (float32).
+Wan's self-attention has no text tokens, its masks come from cross-attention, and its CFG
+branches are separate forwards: these tests cover each of those paths."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_story
+
+from bachvid.config import BachVidConfig
+from bachvid.identity import CachedIdentity
+from bachvid.plan import Injection, StepPlan, full_copy_injection
+from bachvid.tiny import tiny_wan_pipeline
+
+NUM_LAYERS = 3
+
+
+def build(experts):
+    return tiny_wan_pipeline(num_layers=NUM_LAYERS, experts=experts)
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["wan2.1", "wan2.2-two-experts"])
+def experts(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def wan_pipe(experts):
+    from bachvid.pipeline import BachVidPipeline
+
+    return BachVidPipeline(build(experts))
+
+
+@pytest.fixture(scope="module")
+def stock_pipe(experts):
+    stock = build(experts)
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+@pytest.fixture
+def wan_settings():
+    from bachvid.pipeline import GenerationSettings
+
+    return GenerationSettings(seed=0, num_inference_steps=6, num_frames=9, height=32, width=32, guidance_scale=6.0)
+
+
+def stock_latents(stock, prompt, seed, settings, output_type="latent"):
+    """Stock WanPipeline (its own attention processors), built with the same weights."""
+    return stock(prompt, num_frames=settings.num_frames, height=settings.height, width=settings.width,
+                 num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                 generator=torch.Generator().manual_seed(seed), max_sequence_length=16,
+                 output_type=output_type).frames
+
+
+def test_wan_is_picked_and_shaped(wan_pipe, wan_settings, experts):
+    backbone = wan_pipe.backbone
+    assert backbone.name == "wan" and backbone.joint_text_length == 0 and backbone.text_length == 16
+    assert backbone.token_grid(9, 32, 32) == (3, 4, 4) and backbone.num_layers == NUM_LAYERS
+    assert len(backbone.experts) == experts
+    if experts == 2:  # the tiny two-expert run really switches expert within 6 steps
+        wan_pipe.pipe.scheduler.set_timesteps(wan_settings.num_inference_steps)
+        used = {id(backbone.expert_at(t)) for t in wan_pipe.pipe.scheduler.timesteps}
+        assert len(used) == 2
+
+
+def test_switched_off_equals_stock_wan(wan_pipe, stock_pipe, wan_settings):
+    story = make_story(actions=("stands still", "jumps"))
+    results = list(wan_pipe.generate(story, wan_settings, BachVidConfig(enabled=False), progress=False))
+    for result in results:
+        latents = stock_latents(stock_pipe, result.prompt, result.seed, wan_settings)
+        assert (result.latents - latents).abs().max() <= 1e-5
+    frames = stock_latents(stock_pipe, results[0].prompt, results[0].seed, wan_settings, "np")[0]
+    assert np.abs(results[0].frames.astype(int) - np.round(frames * 255).astype(int)).max() <= 1
+
+
+def test_recording_the_identity_does_not_change_it(wan_pipe, stock_pipe, wan_settings):
+    story = make_story(actions=("stands still",))
+    identity = wan_pipe.generate_identity(story, wan_settings, BachVidConfig(), progress=False)
+    latents = stock_latents(stock_pipe, identity.prompt, wan_settings.seed, wan_settings)
+    assert (identity.latents - latents).abs().max() <= 1e-5
+    assert identity.record.nbytes > 0 and identity.mask.shape == (3, 4, 4)
+    # Separate CFG forwards: the record keeps each branch apart, one row each.
+    keys = list(identity.record._kv)
+    assert keys and all(len(k) == 3 and k[2] in (0, 1) for k in keys)
+    assert {k[2] for k in keys} == {0, 1}
+
+
+def test_doubled_identity_keys_reproduce_the_identity(wan_pipe, wan_settings):
+    """Softmax over keys that each appear twice equals softmax over the originals; Wan's
+    self-attention has no text keys, so a full copy is a copy of the video keys at their positions."""
+    backbone = wan_pipe.backbone
+    spans = wan_pipe.spans("a green meadow", "a red robot", "jumps")
+    layers = frozenset(range(backbone.num_layers))
+    frames, h, w = backbone.token_grid(wan_settings.num_frames, wan_settings.height, wan_settings.width)
+    tokens = frames * h * w
+
+    record = CachedIdentity(text_length=0)
+    identity = wan_pipe.denoise(spans, 7, wan_settings, lambda s: StepPlan(step=s, keep_key_value=layers),
+                                target=record)
+
+    def replay(injection):
+        return wan_pipe.denoise(spans, 7, wan_settings,
+                                lambda s: StepPlan(step=s, inject_layers=layers, injections=(injection,)),
+                                source=record)
+
+    copy = full_copy_injection(tokens, 0)
+    assert (replay(copy).latents - identity.latents).abs().max() <= 1e-4
+    # The check can fail: copies at shuffled positions (the RoPE re-positioning is really applied) ...
+    moved = Injection(copy.queries, copy.sources, copy.positions.flip(0))
+    assert (replay(moved).latents - identity.latents).abs().max() > 1e-3
+    # ... and copies of half of the keys only reweight attention toward them.
+    half = Injection(copy.queries, copy.sources[: tokens // 2], copy.positions[: tokens // 2])
+    assert (replay(half).latents - identity.latents).abs().max() > 1e-3
+
+
+def test_from_pretrained_picks_wan_from_the_folder(tmp_path):
+    from bachvid.pipeline import BachVidPipeline
+
+    tiny_wan_pipeline(num_layers=2).save_pretrained(tmp_path)
+    pipe = BachVidPipeline.from_pretrained(tmp_path)
+    assert pipe.backbone.name == "wan" and type(pipe.pipe).__name__ == "WanPipeline"
+    assert pipe.backbone.num_layers == 2 and pipe.backbone.text_length == 16
+    index = tmp_path / "model_index.json"
+    import json
+
+    index.write_text(json.dumps({**json.loads(index.read_text()), "_class_name": "WanImageToVideoPipeline"}))
+    with pytest.raises(ValueError, match="WanPipeline"):
+        BachVidPipeline.from_pretrained(tmp_path)
+
+
+def story_results(pipe, settings, mode, group, config=None, story=None):
+    story = story or make_story(actions=("stands still", "walks to the left", "jumps"))
+    return list(pipe.generate(story, settings, config or BachVidConfig(), identity_mode=mode, group=group,
+                              progress=False))
+
+
+def test_modes_equal_the_cache(wan_pipe, wan_settings, experts):
+    """cache, replay and lockstep schedule the same computation (the identity's branches feed the
+    shots' same branches in every mode), and BachVid did something."""
+    cached = story_results(wan_pipe, wan_settings, "cache", 1)
+    runs = [("replay", 1), ("lockstep", 2)] + ([("replay", 2), ("lockstep", 1)] if experts == 1 else [])
+    for mode, group in runs:
+        other = story_results(wan_pipe, wan_settings, mode, group)
+        assert [r.role for r in other] == ["identity", "shot", "shot"]
+        for a, b in zip(cached, other):
+            assert a.prompt == b.prompt and a.seed == b.seed
+            assert (a.latents - b.latents).abs().max() <= 1e-5, (mode, group, a.role, a.index)
+            assert (a.mask == b.mask).all()
+            assert a.stats.get("foreground_pairs") == b.stats.get("foreground_pairs")
+    plain = story_results(wan_pipe, wan_settings, "cache", 1, BachVidConfig(enabled=False))
+    assert max((p.latents - c.latents).abs().max() for p, c in zip(plain[1:], cached[1:])) > 1e-3
+    assert (plain[0].latents - cached[0].latents).abs().max() <= 1e-5  # the identity itself is untouched
