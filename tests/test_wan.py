@@ -234,3 +234,15 @@ def test_replayed_identity_runs_only_the_blocks_shots_read(wan_pipe, wan_setting
     # (a hook sees a block's input before the identity's rows leave it), 1 row into the last block:
     # the identity's rows left before block 1 (all it keeps is layer 0's)
     assert max(rows[0]) == 2 and max(rows[NUM_LAYERS - 1]) == 1
+
+
+def test_a_saved_identity_replays_on_wan(wan_pipe, wan_settings, tmp_path):
+    """A saved identity (its latents before each step) gives the shots made in one go."""
+    story = make_story(actions=("stands still", "jumps"))
+    path = tmp_path / "robot.bvid"
+    wan_pipe.save_identity(story, path, wan_settings, BachVidConfig(), progress=False)
+    one_go = story_results(wan_pipe, wan_settings, "cache", 1, story=story)
+    loaded = wan_pipe.load_identity(path, wan_settings, BachVidConfig())
+    later = list(wan_pipe.generate(story, wan_settings, BachVidConfig(), identity=loaded, progress=False))
+    for a, b in zip(one_go, later):
+        assert (a.latents - b.latents).abs().max() <= 1e-5, (a.role, a.index)

@@ -6,8 +6,8 @@ self-attention holds video tokens only (Wan) hands over text_length 0 there, and
 video-to-text cross-attention as a `TextAttentionCall`, where masks are read. The batch holds
 one or more videos, each as `branches` consecutive rows (CFG: [uncond, cond]); `videos` lists
 their states in batch order. A backbone that runs the CFG branches as separate forwards (Wan) sets
-`branch` for each: its calls hold one row per video, of that branch. For every video the controller applies RoPE, keeps what an
-identity record must keep, builds the extra key groups of the plan's injections, runs the
+`branch` for each: its calls hold one row per video, of that branch. For every video the
+controller applies RoPE, keeps what an identity record must keep, builds the extra key groups of the plan's injections, runs the
 injected attention, reads masks and matches, and merges outputs. An identity denoised or
 replayed in the same batch feeds its `LiveIdentity` before the shots of the same call read it.
 It knows nothing about which model it runs in.

@@ -217,7 +217,8 @@ class WanBackbone:
         device = self.pipe._execution_device
         return torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
 
-    def initial_noise(self, generator: torch.Generator, num_frames: int, height: int, width: int, dtype=None) -> torch.Tensor:
+    def initial_noise(self, generator: torch.Generator, num_frames: int, height: int, width: int,
+                      dtype=None) -> torch.Tensor:
         """The initial latents stock WanPipeline draws from `generator`: always float32, as stock
         Wan keeps its latents (`dtype` is accepted for the common interface and ignored)."""
         return self.pipe.prepare_latents(1, self.transformer.config.in_channels, height, width,
