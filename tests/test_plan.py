@@ -105,3 +105,23 @@ def test_background_merge_adds_same_position_background_pairs_only_when_asked():
     assert merge(background_merge=0.5, shared_background=False).current.tolist() == [1]
     with pytest.raises(ValueError, match="background_merge"):
         BachVidConfig(background_merge=1.5)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_background_merge_follows_the_matches_device_and_dtype(device, dtype):
+    """Masks stay on the host while matches (and their float16 similarities) may live on the GPU:
+    the merge's indices and weights follow the matches, whatever background_merge adds (the first
+    GPU run of background_merge died in torch.cat mixing a CPU background with CUDA matches)."""
+    identity_fg, current_fg = masks()
+    matches = Matches(index=torch.tensor([0, 0, 1, 2, 0, 0], device=device),
+                      similarity=torch.full((6,), 0.9, dtype=dtype, device=device))
+    maker = PlanMaker(BachVidConfig(background_merge=1.0), LAYERS, 10, TEXT)
+    merge = maker.shot_plans(identity_fg, current_fg, matches)(1).merge
+    assert merge.current.tolist() == [2, 3, 0, 4, 5]  # matched foreground, then background in both
+    for tensor in (merge.current, merge.identity, merge.weight):
+        assert tensor.device.type == device
+    assert merge.weight.dtype == dtype

@@ -219,9 +219,12 @@ class PlanMaker:
         if current.numel() and self.config.foreground_injection:
             injections.append(foreground_injection(current_fg, current, identity, self.text_length, bias))
         injections = tuple(injections)
-        background = torch.zeros(0, dtype=torch.long)
+        # Matches may live on the GPU while masks stay on the host: merge indices and weights
+        # follow the matches (device and dtype), so the token merge never mixes devices.
+        background = torch.zeros(0, dtype=torch.long, device=current.device)
         if self.config.shared_background and self.config.background_merge > 0:
-            background = (~identity_fg.reshape(-1) & ~current_fg.reshape(-1)).nonzero(as_tuple=True)[0]
+            both = ~identity_fg.reshape(-1) & ~current_fg.reshape(-1)
+            background = both.to(current.device).nonzero(as_tuple=True)[0]
 
         def plan(step: int) -> StepPlan:
             if step not in s.inject:
@@ -229,7 +232,8 @@ class PlanMaker:
             weight = s.merge_weights[step]
             merge = None
             if weight > 0 and (current.numel() or background.numel()):
-                bg_weight = torch.full((background.numel(),), weight * self.config.background_merge)
+                bg_weight = torch.full((background.numel(),), weight * self.config.background_merge,
+                                       dtype=similarity.dtype, device=similarity.device)
                 merge = TokenMerge(current=torch.cat([current, background]), identity=torch.cat([identity, background]),
                                    weight=torch.cat([weight * similarity.clamp(0, 1), bg_weight]))
             return StepPlan(step=step, inject_layers=self.layers.vital, injections=injections,
