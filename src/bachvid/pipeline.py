@@ -47,14 +47,16 @@ class GenerationSettings:
     height: int = 480
     width: int = 720
     guidance_scale: float = 6.0
+    shot_seeds: str = "own"  # shots' noise when a story names none: "own" (seed + 1 + i) or "identity"
 
     def for_story(self, story, **explicit) -> "GenerationSettings":
         """The one precedence rule of the API and the CLI: these (model) defaults < the story's own
-        options (seed, frames, size) < explicit values (None: not given)."""
+        options (seed, frames, size, shot_seeds) < explicit values (None: not given)."""
         changes = {
             name: value
             for name, value in (("seed", story.seed), ("num_frames", story.num_frames),
-                                ("height", story.height), ("width", story.width))
+                                ("height", story.height), ("width", story.width),
+                                ("shot_seeds", story.shot_seeds))
             if value is not None
         }
         unknown = set(explicit) - {f.name for f in fields(self)}
@@ -160,6 +162,7 @@ class BachVidPipeline:
             height=int(self._defaults.get("height", model["height"])),
             width=int(self._defaults.get("width", model["width"])),
             guidance_scale=float(self._defaults.get("guidance_scale", 6.0)),
+            shot_seeds=str(self._defaults.get("shot_seeds", "own")),
         )
 
     def default_config(self, **changes) -> BachVidConfig:
@@ -211,6 +214,7 @@ class BachVidPipeline:
                           f"got {settings.num_inference_steps}")
         if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
             errors.append(f"guidance must be a finite number >= 0, got {settings.guidance_scale}")
+        errors += b.settings_errors(settings) if hasattr(b, "settings_errors") else []  # the backbone's own rules
         if not isinstance(settings.seed, int) or not 0 <= settings.seed <= 2**64 - 1 - max(0, num_shots):
             errors.append(f"seed must lie in 0..2**64-1 with room for the shots' seeds (seed + {num_shots}), "
                           f"got {settings.seed}")
@@ -353,7 +357,8 @@ class BachVidPipeline:
             dtype = self.pipe.transformer.dtype
             saved_settings = GenerationSettings(seed=int(meta["seed"]), num_inference_steps=steps,
                                                 num_frames=int(meta["frames"]), height=int(meta["height"]),
-                                                width=int(meta["width"]), guidance_scale=float(meta["guidance"]))
+                                                width=int(meta["width"]), guidance_scale=float(meta["guidance"]),
+                                                shot_seeds=self.default_settings().shot_seeds)
             return SavedIdentity(
                 background=str(meta["background"]), character=str(meta["character"]), action=str(meta["action"]),
                 prompt=str(meta["prompt"]), seed=int(meta["seed"]), latents=[tensors[n].to(dtype) for n in names],

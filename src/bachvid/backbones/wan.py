@@ -10,7 +10,11 @@ first; this backbone does the same and tells the controller which branch each fo
 (`Controller.branch`), so an identity's unconditional branch feeds its shots' unconditional one.
 Wan 2.2 A14B switches from `transformer` (high noise) to `transformer_2` (low noise) at
 `boundary_ratio`: both experts get bachvid's processors, and a step's records come from the
-expert that ran it (records are keyed by step, so they follow the expert in use).
+expert that ran it. Records are keyed by step and every video of a story runs the same
+timesteps, so a shot's step runs the expert its identity's same step ran: injected keys/values,
+kept outputs, masks and matches always pair an expert with itself (vital layers are layers of
+the expert in use; the same indices serve both experts, which have the same depth). The
+low-noise expert's guidance is `guidance_scale_2`, as in stock WanPipeline.
 """
 
 from __future__ import annotations
@@ -90,9 +94,14 @@ class WanBackbone:
 
     name = "wan"
     pipeline_classes = ("WanPipeline",)
+    separate_cfg_forwards = True
+    """CFG branches are separate transformer forwards (a timed step is two forwards with CFG)."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, guidance_scale_2: float | None = None):
         self.pipe = pipe
+        self.guidance_scale_2 = guidance_scale_2
+        """Wan 2.2's guidance for the low-noise expert (`transformer_2`), as stock WanPipeline's
+        `guidance_scale_2`; None: the run's guidance_scale. Only for two-expert pipelines."""
         self.controller: Controller | None = None
         self._original_processors: list | None = None
         if len({len(t.blocks) for t in self.experts}) != 1:
@@ -115,6 +124,15 @@ class WanBackbone:
             return self.transformer
         boundary = ratio * self.pipe.scheduler.config.num_train_timesteps
         return self.pipe.transformer if t >= boundary else self.pipe.transformer_2
+
+    def guidance_at(self, t, guidance_scale: float) -> float:
+        """The guidance stock WanPipeline applies at timestep t: `guidance_scale_2` (None: the same)
+        on the low-noise expert's steps, else `guidance_scale`."""
+        ratio = self.pipe.config.boundary_ratio
+        if ratio is None or self.guidance_scale_2 is None:
+            return guidance_scale
+        boundary = ratio * self.pipe.scheduler.config.num_train_timesteps
+        return guidance_scale if t >= boundary else self.guidance_scale_2
 
     @property
     def num_layers(self) -> int:
@@ -168,6 +186,25 @@ class WanBackbone:
     @property
     def max_inference_steps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    def settings_errors(self, settings) -> list[str]:
+        """What Wan refuses beyond the common checks: a frame count stock WanPipeline would round
+        (it needs 4k + 1 frames: the VAE keeps the first frame alone and packs each 4 after it into
+        one latent frame), and a `guidance_scale_2` it would refuse or could not use."""
+        errors = []
+        frames, temporal = settings.num_frames, self.pipe.vae_scale_factor_temporal
+        if isinstance(frames, int) and frames >= 1 and (frames - 1) % temporal:
+            below = (frames - 1) // temporal * temporal + 1
+            errors.append(f"frames must be {temporal}k+1 for Wan (its VAE packs {temporal} frames into one latent "
+                          f"frame after the first), got {frames}; use {below} or {below + temporal}")
+        scale_2 = self.guidance_scale_2
+        if scale_2 is not None:
+            if self.pipe.config.boundary_ratio is None:
+                errors.append("guidance_scale_2 is for Wan 2.2's low-noise expert; this pipeline has no "
+                              "boundary_ratio (one expert)")
+            elif not isinstance(scale_2, (int, float)) or not np.isfinite(scale_2) or scale_2 < 0:
+                errors.append(f"guidance_scale_2 must be a finite number >= 0, got {scale_2}")
+        return errors
 
     def frames_drawn(self, num_frames: int) -> int:
         """The frame count stock WanPipeline runs for `num_frames` (it rounds to 4k + 1)."""
@@ -287,7 +324,7 @@ class WanBackbone:
                 pred = preds[CONDITIONAL][row : row + 1]
                 if do_cfg:
                     uncond = preds[UNCONDITIONAL][row : row + 1]
-                    pred = uncond + guidance_scale * (pred - uncond)
+                    pred = uncond + self.guidance_at(t, guidance_scale) * (pred - uncond)
                 latents[j] = schedulers[j].step(pred, t, latents[j], return_dict=False)[0]
             if on_step_end is not None:
                 on_step_end(i, latents)
