@@ -317,32 +317,11 @@ def _generate(args) -> int:
             story, identity_note = _with_saved_identity(story, saved)
             notes += [identity_note] if identity_note else []
         settings = defaults.for_story(story, **flags)  # one rule with the API: defaults < story < flags
-        bad = pipe.settings_errors(settings, len(story.shots))
-        if bad:
-            errors += [f"{story.name}: {message}" for message in bad]
-            continue
-        try:
-            if saved is not None:
-                pipe.check_saved_identity(saved, story, settings, config)
-            mode = pipe.identity_mode("replay" if saved is not None else args.identity_mode, settings, config) \
-                if config.enabled else None
-        except (MemoryError, ValueError) as error:  # the cache would not fit; the saved identity does not serve
-            errors.append(f"{story.name}: {error}")
-            continue
-        recipe = {"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
-                  "story": _story_texts(story)}
-        if saved is not None:  # the saved character decides the pixels
-            recipe["identity"] = {"content_hash": saved.content_hash}
-        job = _Job(story, settings, config, out / story.name, _json_ready(recipe), mode=mode, group=args.group,
-                   saved=saved)
-        try:
-            job.previous = None if args.force else _read_manifest(job.folder / "manifest.json")
-        except ValueError as error:
-            errors.append(error)
-            continue
-        if reason := _mismatch(job):
-            errors.append(reason)
-        jobs.append(job)
+        job, problems = prepare_job(pipe, story, settings, config, out, identity_mode=args.identity_mode,
+                                    group=args.group, saved=saved, force=args.force)
+        errors += problems
+        if job is not None:
+            jobs.append(job)
     if errors:
         return _fail(errors)
     for line in notes:
@@ -355,6 +334,34 @@ def _generate(args) -> int:
         for job in jobs:
             _make_story(pipe, job, header, fps, args.force, bar)
     return 0
+
+
+def prepare_job(pipe, story: Story, settings, config, out: Path, *, identity_mode: str = "auto",
+                group: int | None = None, saved=None, force: bool = False) -> tuple[_Job | None, list]:
+    """One story's job for `_make_story` (the CLI's and the studio's: same folder, recipe and
+    manifest), and the errors that stop it (a job with errors is not to be made)."""
+    bad = pipe.settings_errors(settings, len(story.shots))
+    if bad:
+        return None, [f"{story.name}: {message}" for message in bad]
+    try:
+        if saved is not None:
+            pipe.check_saved_identity(saved, story, settings, config)
+        mode = pipe.identity_mode("replay" if saved is not None else identity_mode, settings, config) \
+            if config.enabled else None
+    except (MemoryError, ValueError) as error:  # the cache would not fit; the saved identity does not serve
+        return None, [f"{story.name}: {error}"]
+    recipe = {"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
+              "story": _story_texts(story)}
+    if saved is not None:  # the saved character decides the pixels
+        recipe["identity"] = {"content_hash": saved.content_hash}
+    job = _Job(story, settings, config, Path(out) / story.name, _json_ready(recipe), mode=mode, group=group,
+               saved=saved)
+    try:
+        job.previous = None if force else _read_manifest(job.folder / "manifest.json")
+    except ValueError as error:
+        return None, [error]
+    reason = _mismatch(job)
+    return job, [reason] if reason else []
 
 
 def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> None:
@@ -563,7 +570,8 @@ SUBCOMMANDS = (add_generate, add_identity, add_toy, importlib.import_module("bac
                importlib.import_module("bachvid.bench").add_bench,
                importlib.import_module("bachvid.bench_attention").add_bench_attention,
                importlib.import_module("bachvid.toy.analyze").add_analyze,
-               importlib.import_module("bachvid.toy.evaluate_cli").add_evaluate)
+               importlib.import_module("bachvid.toy.evaluate_cli").add_evaluate,
+               importlib.import_module("bachvid.studio.command").add_studio)  # gradio only when it runs
 
 
 def build_parser() -> argparse.ArgumentParser:
