@@ -9,6 +9,10 @@ same per-step costs, the step counts of 50 steps).
 
     bachvid bench                                   # the default model, on this machine
     bachvid bench --random-weights cogvideox-5b     # full CogVideoX-5B config, random bf16 weights (GPU)
+    bachvid bench --random-weights wan2.1-t2v-1.3b  # Wan2.1-T2V-1.3B at 81x480x832, random bf16 weights (GPU)
+
+Wan runs its CFG branches as two forwards per step; they are timed as one (a step's cost), so
+the phases and ratios read the same on both backbones.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from dataclasses import asdict
 from .config import parse_knob
 
 MODES = ("vanilla", "cache", "replay", "lockstep")
+RANDOM_ARCHITECTURES = ("cogvideox-5b", "cogvideox-2b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b")
 
 
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time and memory of BachVid's identity modes against vanilla generation")
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
-    p.add_argument("--random-weights", choices=("cogvideox-5b", "cogvideox-2b"), default=None,
+    p.add_argument("--random-weights", choices=RANDOM_ARCHITECTURES, default=None,
                    help="build this real architecture with random weights instead of loading one (no download)")
     p.add_argument("--layers", type=int, default=None, help="with --random-weights: fewer layers (CPU smoke runs)")
     p.add_argument("--heads", type=int, default=None, help="with --random-weights: fewer heads (CPU smoke runs)")
@@ -66,10 +71,12 @@ def add_bench(sub) -> None:
 # Measuring ------------------------------------------------------------------------------------
 
 class ForwardClock:
-    """Times every forward of a module (CUDA-synchronised) and keeps its batch size."""
+    """Times every forward of a module, or of each of several (Wan 2.2's experts), CUDA-synchronised,
+    and keeps its batch size."""
 
     def __init__(self, module, device):
-        self.module, self.cuda = module, device.type == "cuda"
+        self.modules = list(module) if isinstance(module, (list, tuple)) else [module]
+        self.cuda = device.type == "cuda"
         self.records: list[tuple[int, float]] = []
         self.peaks: list[int] = []  # CUDA peak allocated during each forward (0 on a CPU)
         self.overall = 0  # the peak over the whole block, between forwards too
@@ -100,9 +107,21 @@ class ForwardClock:
                 self.peaks.append(torch.cuda.max_memory_allocated())
                 self.overall = max(self.overall, self.peaks[-1])
 
-        self._handles = [self.module.register_forward_pre_hook(before, with_kwargs=True),
-                         self.module.register_forward_hook(after, with_kwargs=True)]
+        self._handles = [handle for module in self.modules
+                         for handle in (module.register_forward_pre_hook(before, with_kwargs=True),
+                                        module.register_forward_hook(after, with_kwargs=True))]
         return self
+
+    def steps(self, per_step: int) -> tuple[list[tuple[int, float]], list[int]]:
+        """Records and peaks with every `per_step` consecutive forwards as one (a backbone running
+        its CFG branches as separate forwards makes two per step): batch of the first, summed
+        seconds, the larger peak."""
+        if per_step == 1:
+            return self.records, self.peaks
+        records = [(self.records[i][0], sum(s for _, s in self.records[i:i + per_step]))
+                   for i in range(0, len(self.records), per_step)]
+        peaks = [max(self.peaks[i:i + per_step]) for i in range(0, len(self.peaks), per_step)]
+        return records, peaks
 
     def __exit__(self, *exc):
         for handle in self._handles:
@@ -199,15 +218,20 @@ def _build(args):
     device = _device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.random_weights:
-        from .tiny import random_cogvideox_pipeline
-
         dtype = dtype or (torch.bfloat16 if device != "cpu" else torch.float32)
-        pipe = random_cogvideox_pipeline(args.random_weights, dtype=dtype, device=device, num_layers=args.layers,
-                                         num_heads=args.heads)
+        if args.random_weights.startswith("wan"):
+            from .backbones.wan import random_wan_pipeline as random_pipeline
+
+            defaults = {"num_inference_steps": 50, "guidance_scale": 5.0}  # WanPipeline's defaults
+        else:
+            from .tiny import random_cogvideox_pipeline as random_pipeline
+
+            defaults = {"num_inference_steps": 50, "guidance_scale": 6.0}
+        pipe = random_pipeline(args.random_weights, dtype=dtype, device=device, num_layers=args.layers,
+                               num_heads=args.heads)
         name = f"{args.random_weights} (random {str(dtype).removeprefix('torch.')} weights"
         name += f", {args.layers} layers" if args.layers else ""
         name += f", {args.heads} heads)" if args.heads else ")"
-        defaults = {"num_inference_steps": 50, "guidance_scale": 6.0}
         return BachVidPipeline(pipe, model_name=name, defaults=defaults)
     return BachVidPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
 
@@ -278,36 +302,39 @@ def run_bench(args) -> int:
             continue
         _free(device)
         profiling = args.profile and (mode, mode_group) == modes[-1]
-        with torch.inference_mode(), PeakMemory(device) as memory, ForwardClock(pipe.pipe.transformer, device) as clock, \
+        experts = getattr(pipe.backbone, "experts", [pipe.pipe.transformer])
+        with torch.inference_mode(), PeakMemory(device) as memory, ForwardClock(experts, device) as clock, \
                 _profiler(args.profile if profiling else None, device):
             start = time.perf_counter()
             results = list(pipe.generate(story, settings, run_config, identity_mode=identity_mode, group=group,
                                          progress=False, output_type=output_type))
             seconds = time.perf_counter() - start
         peak = max(memory.peak, clock.overall)  # the clock resets CUDA's counter at every forward
+        separate = getattr(pipe.backbone, "separate_cfg_forwards", False) and settings.guidance_scale > 1.0
+        records, step_peaks = clock.steps(2 if separate else 1)
         labels = forward_labels(mode, settings.num_inference_steps, maker_schedule.prerun_steps,
                                 maker_schedule.inject, args.shots, group, _read_steps(maker_schedule),
                                 _stride(pipe, story, settings, run_config))
-        if len(labels) != len(clock.records):
-            raise RuntimeError(f"{mode}: expected {len(labels)} forwards, timed {len(clock.records)}")
+        if len(labels) != len(records):
+            raise RuntimeError(f"{mode}: expected {len(labels)} forwards, timed {len(records)}")
         row = {"seconds": seconds, "seconds_per_video": seconds / len(results), "peak_bytes": peak,
                "group": group, "forwards": len(labels),
                "identity_bytes": results[0].stats.get("identity_bytes", 0),
-               "per_step": _per_label(labels, [s for _, s in clock.records], clock.peaks)}
+               "per_step": _per_label(labels, [s for _, s in records], step_peaks)}
         if args.extrapolate:
             target = _schedule(pipe, settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate}),
                                config)
             target_settings = settings.__class__(**{**asdict(settings), "num_inference_steps": args.extrapolate})
             target_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots,
                                            group, _read_steps(target), _stride(pipe, story, target_settings, run_config))
-            row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in clock.records], target_labels)
+            row["extrapolated_seconds"] = extrapolated_seconds(labels, [s for _, s in records], target_labels)
             if args.coarse and mode != "vanilla":
                 coarse = run_config.replace(prerun_stride=args.coarse)
                 stride = _stride(pipe, story, target_settings, coarse)
                 coarse_labels = forward_labels(mode, args.extrapolate, target.prerun_steps, target.inject, args.shots,
                                                group, _read_steps(target), stride)
                 row["coarse_stride"] = stride
-                row["extrapolated_seconds_coarse"] = extrapolated_seconds(labels, [s for _, s in clock.records],
+                row["extrapolated_seconds_coarse"] = extrapolated_seconds(labels, [s for _, s in records],
                                                                           coarse_labels)
         rows[name] = row
         print(f"{name}: {seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
@@ -354,7 +381,8 @@ def _warm_up(pipe, story, settings, config) -> None:
 def _schedule(pipe, settings, config):
     from .plan import PlanMaker
 
-    return PlanMaker(config, pipe.layers(config), settings.num_inference_steps, pipe.backbone.text_length).schedule
+    return PlanMaker(config, pipe.layers(config), settings.num_inference_steps,
+                     pipe.backbone.joint_text_length).schedule
 
 
 def _stride(pipe, story, settings, config) -> int:

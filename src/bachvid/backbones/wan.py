@@ -416,3 +416,72 @@ class WanBackbone:
         std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         video = vae.decode(latents / std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+
+
+# Random full-size Wan pipelines (bench) ---------------------------------------------------------
+
+RANDOM_WAN = {
+    # name: (bundled transformer config, experts)
+    "wan2.1-t2v-1.3b": ("wan2.1-t2v-1.3b", 1),
+    "wan2.1-t2v-14b": ("wan2.1-t2v-14b", 1),
+    "wan2.2-t2v-a14b": ("wan2.1-t2v-14b", 2),  # two experts of the 14B shape, switched at boundary_ratio 0.875
+}
+
+
+def bundled_wan_config(name: str) -> dict:
+    """A Wan config shipped with bachvid (configs/NAME.json: transformers of Wan2.1-T2V-1.3B, -14B and
+    Wan2.2-TI2V-5B, the Wan 2.1 VAE), as diffusers' Wan-AI/*-Diffusers folders have them."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files("bachvid").joinpath("configs", f"{name}.json").read_text())
+
+
+def random_wan_pipeline(name: str = "wan2.1-t2v-1.3b", *, dtype=torch.bfloat16, device="cpu", num_layers=None,
+                        num_heads=None, seed: int = 0):
+    """A real Wan architecture with random weights, built on `device` in `dtype`: times and fills
+    memory like the real weights (Wan2.1-T2V-1.3B: 30 layers of 12 x 128) without a download.
+
+    The transformer(s) come from the bundled configs (num_layers / num_heads shrink them for CPU
+    smoke runs), the VAE is Wan 2.1's; the text encoder is a one-layer umT5 of the real output
+    width (4096) and the real 512-token context, since text encoding is a negligible part of a
+    video's cost. wan2.2-t2v-a14b: two 14B-shaped experts (other weights) at boundary_ratio 0.875."""
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+
+    from ..tiny import BASIC_WORDS, build_word_tokenizer, wan_scheduler
+
+    if name not in RANDOM_WAN:
+        raise ValueError(f"no random Wan {name!r}; known: {', '.join(RANDOM_WAN)}")
+    config_name, experts = RANDOM_WAN[name]
+    config = bundled_wan_config(config_name)
+    if num_layers is not None:
+        config["num_layers"] = num_layers
+    if num_heads is not None:
+        config["num_attention_heads"] = num_heads
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformers = [WanTransformer3DModel.from_config(config).eval() for _ in range(experts)]
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.device(device):
+        vae = AutoencoderKLWan.from_config(bundled_wan_config("wan2.1-vae")).eval()  # float32, as Wan's examples
+    for transformer in transformers:  # as from_pretrained(torch_dtype=...) keeps them: norms, time embedder in fp32
+        keep = transformer._keep_in_fp32_modules or []
+        for param_name, param in transformer.named_parameters():
+            if any(part in keep for part in param_name.split(".")):
+                param.data = param.data.float()
+    tokenizer = build_word_tokenizer(BASIC_WORDS, model_max_length=DEFAULT_TEXT_LENGTH)
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=config["text_dim"], d_kv=64, d_ff=1024, num_layers=1, num_heads=8,
+        relative_attention_num_buckets=32, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)).eval()
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.to(device, dtype), vae=vae,
+        transformer=transformers[0], transformer_2=transformers[1] if experts == 2 else None,
+        scheduler=wan_scheduler(), boundary_ratio=0.875 if experts == 2 else None)
