@@ -135,3 +135,62 @@ def test_contact_sheet_has_a_row_per_video_and_keeps_aspect(tmp_path):
     assert not (image[26 + 2 * 72:, 320 + 64:320 + 128] == 255).all()  # the wide video is twice as wide
     with pytest.raises(ValueError):
         outputs.contact_sheet(tmp_path / "e.png", [])
+
+
+def test_a_contact_sheet_of_sheet_frames_is_the_same_png(tmp_path):
+    videos = [("identity", frames(n=9)), ("shot-01", frames(n=5, seed=1))]
+    outputs.contact_sheet(tmp_path / "full.png", videos)
+    outputs.contact_sheet(tmp_path / "kept.png", [(label, outputs.sheet_frames(v)) for label, v in videos])
+    assert (tmp_path / "full.png").read_bytes() == (tmp_path / "kept.png").read_bytes()
+    assert np.array_equal(outputs.sheet_frames(videos[0][1]), videos[0][1][[0, 4, 8]])
+
+
+def test_before_replace_sees_the_finished_file_before_it_has_its_name(tmp_path):
+    seen = []
+
+    def before(tmp):
+        seen.append((tmp.read_bytes(), (tmp_path / "v.txt").exists()))
+
+    outputs.write_atomic(tmp_path / "v.txt", lambda tmp: tmp.write_text("video"), before_replace=before)
+    assert seen == [(b"video", False)] and (tmp_path / "v.txt").read_text() == "video"
+
+    def dies(tmp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_atomic(tmp_path / "v.txt", lambda tmp: tmp.write_text("new"), before_replace=dies)
+    assert (tmp_path / "v.txt").read_text() == "video" and [p.name for p in tmp_path.iterdir()] == ["v.txt"]
+
+
+def test_an_entry_round_trips_and_describes_only_its_own_video_and_recipe(tmp_path):
+    video = frames(n=5)
+    outputs.save_video(tmp_path / "shot-01.mp4", video, before_replace=lambda tmp: outputs.save_entry(
+        tmp_path / "entries" / "shot-01.npz", {"prompt": "p", "seed": np.int64(3)}, {"steps": 2},
+        outputs.file_sha256(tmp), video))
+    entry = outputs.read_entry(tmp_path / "entries" / "shot-01.npz")
+    assert entry.entry == {"prompt": "p", "seed": 3} and entry.recipe == {"steps": 2}
+    assert np.array_equal(entry.sheet, video[[0, 2, 4]]) and entry.sheet.dtype == np.uint8  # lossless
+    assert entry.describes(tmp_path / "shot-01.mp4", {"steps": 2})
+    assert not entry.describes(tmp_path / "shot-01.mp4", {"steps": 3})  # another recipe
+    outputs.save_video(tmp_path / "shot-01.mp4", frames(n=5, seed=9))  # another video under the name
+    assert not entry.describes(tmp_path / "shot-01.mp4", {"steps": 2})
+    assert not entry.describes(tmp_path / "missing.mp4", {"steps": 2})
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", None])
+def test_a_missing_or_damaged_entry_reads_as_none(tmp_path, content):
+    path = tmp_path / "e.npz"
+    if content is not None:
+        path.write_bytes(content)
+    assert outputs.read_entry(path) is None
+    np.savez(path, meta=np.array("{}"), sheet=frames(n=3))  # readable, but not an entry
+    assert outputs.read_entry(path) is None
+
+
+def test_stale_temporaries_are_found_in_entries_too(tmp_path):
+    (tmp_path / "entries").mkdir()
+    left = tmp_path / "entries" / ".shot-01-ab12cd34.npz"
+    left.write_bytes(b"partial")
+    (tmp_path / "entries" / "shot-01.npz").write_bytes(b"kept")
+    assert outputs.remove_stale_temporaries(tmp_path) == [left]
+    assert (tmp_path / "entries" / "shot-01.npz").exists()

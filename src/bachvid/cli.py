@@ -202,6 +202,10 @@ class _Job:
     def video(self, name: str) -> Path:
         return self.folder / f"{name}.mp4"
 
+    def entry(self, name: str) -> Path:
+        """The video's entry (outputs.save_entry): what the manifest and contact sheet need of it."""
+        return self.folder / "entries" / f"{name}.npz"
+
 
 def _story_texts(story: Story) -> dict:
     return {"character": story.character, "shared_background": story.shared_background, "shot_seeds": story.shot_seeds,
@@ -371,8 +375,20 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
     story, folder = job.story, job.folder
     for path in outputs.remove_stale_temporaries(folder):
         bar.write(f"{story.name}: removed {path.name}, left by an interrupted run")
-    todo = [n for n in job.names if force or not job.video(n).is_file()]
-    old_videos = (job.previous or {}).get("videos", {})
+    # A video is done when its MP4 is there with the entry written for it (same recipe, same
+    # bytes); an MP4 with no entry at all is from a folder made before entries existed.
+    entries = {} if force else {n: outputs.read_entry(job.entry(n)) for n in job.names}
+
+    def done(name: str) -> bool:
+        if not job.video(name).is_file():
+            return False
+        if entries.get(name) is not None:
+            return entries[name].describes(job.video(name), job.recipe)
+        return not job.entry(name).exists()
+
+    todo = [n for n in job.names if force or not done(n)]
+    old_videos = {**(job.previous or {}).get("videos", {}),
+                  **{n: entry.entry for n, entry in entries.items() if entry is not None and n not in todo}}
     if not todo and (job.previous or {}).get("finished") and (folder / "contact-sheet.png").is_file():
         bar.write(f"{story.name}: skipped (all {len(job.names)} videos exist; --force remakes them)")
         bar.update(len(job.names))
@@ -398,18 +414,26 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
             files.append(f"masks/{name}-mask.mp4")
         else:
             mask_file.unlink(missing_ok=True)  # from an earlier run with masks
-        outputs.save_video(job.video(name), result.frames, fps)  # last: the MP4 marks the video as done
         height, width = result.frames.shape[1:3]
-        manifest["videos"][name] = {
+        entry = _json_ready({
             "prompt": result.prompt, "seed": result.seed, "seconds": round(result.seconds, 3),
             "frames": len(result.frames), "size": [height, width], "fps": fps,
             "display_scale": outputs.display_scale(height, width), "files": [f"{name}.mp4", *files],
-            **({"stats": result.stats} if getattr(result, "stats", None) else {})}
+            **({"stats": result.stats} if getattr(result, "stats", None) else {})})
+        # last, the MP4 marks the video as done; just before it appears, its entry (manifest
+        # entry, recipe, the MP4's hash, sheet frames): a kill between the two loses nothing
+        outputs.save_video(job.video(name), result.frames, fps, before_replace=lambda tmp: outputs.save_entry(
+            job.entry(name), entry, job.recipe, outputs.file_sha256(tmp), result.frames))
+        manifest["videos"][name] = entry
         outputs.write_manifest(folder / "manifest.json", manifest)
         rows[name] = (f"{name}: {result.prompt}", result.frames)
 
     def kept(name: str, shot) -> None:
         entry = manifest["videos"].get(name, {})
+        if entries.get(name) is not None:  # the model's frames, as an uninterrupted run shows them
+            rows[name] = (f"{name}: {entry['prompt']}", entries[name].sheet)
+            bar.update(1)
+            return
         size = entry.get("size") or [job.settings.height, job.settings.width]
         try:
             frames = outputs.read_video(job.video(name), size=tuple(size))

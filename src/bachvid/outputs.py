@@ -13,28 +13,34 @@ block stays inside one model pixel). `display_scale` gives the factor, and
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 import textwrap
+import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+ENTRIES = "entries"  # a story folder's per-video records (save_entry), beside the videos
 MIN_DISPLAY_SIZE = 256  # short side, in pixels, below which videos and previews are enlarged
 MASK_COLOUR = (255, 0, 0)
 OUTLINE_COLOUR = (255, 255, 0)
 
 
-def write_atomic(path, write: Callable[[Path], None]) -> Path:
+def write_atomic(path, write: Callable[[Path], None], before_replace: Callable[[Path], None] | None = None) -> Path:
     """Call write(tmp) on a temporary path next to `path`, then move it into place.
 
-    On any exception (Ctrl-C included) the temporary file is removed and an older `path` is
-    kept as it was."""
+    before_replace(tmp), if given, runs once the temporary file is complete and on disk, just
+    before it takes the real name (to record what is about to appear). On any exception (Ctrl-C
+    included) the temporary file is removed and an older `path` is kept as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
@@ -45,6 +51,8 @@ def write_atomic(path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as handle:  # on disk before it gets the real name
             os.fsync(handle.fileno())
         os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600 files; outputs are for sharing
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -56,10 +64,10 @@ _TEMPORARY = re.compile(r"^\..+-[a-z0-9_]{8}\.[A-Za-z0-9]+$")  # what write_atom
 
 
 def remove_stale_temporaries(folder) -> list[Path]:
-    """Remove the temporary files a killed run left in `folder` and its masks/ (a SIGKILL skips
-    write_atomic's cleanup). Called before a story's folder is written again; returns what went."""
+    """Remove the temporary files a killed run left in `folder`, its masks/ and entries/ (a SIGKILL
+    skips write_atomic's cleanup). Called before a story's folder is written again; returns what went."""
     removed = []
-    for place in (Path(folder), Path(folder) / "masks"):
+    for place in (Path(folder), Path(folder) / "masks", Path(folder) / ENTRIES):
         if not place.is_dir():
             continue
         for path in place.iterdir():
@@ -103,12 +111,14 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def save_video(path, frames, fps: int = 8) -> Path:
-    """H.264 MP4 (yuv420p, PyAV), enlarged by display_scale; read it back with read_video."""
+def save_video(path, frames, fps: int = 8, before_replace: Callable[[Path], None] | None = None) -> Path:
+    """H.264 MP4 (yuv420p, PyAV), enlarged by display_scale; read it back with read_video.
+    before_replace: see write_atomic (save_entry uses it to describe the file before it appears)."""
     frames = _check_frames(frames)
     stored = _even(enlarge(frames, display_scale(*frames.shape[1:3])))
     return write_atomic(path, lambda tmp: iio.imwrite(
-        tmp, stored, extension=".mp4", plugin="pyav", codec="libx264", fps=fps, out_pixel_format="yuv420p"))
+        tmp, stored, extension=".mp4", plugin="pyav", codec="libx264", fps=fps, out_pixel_format="yuv420p"),
+        before_replace=before_replace)
 
 
 def save_gif(path, frames, fps: int = 8) -> Path:
@@ -183,19 +193,27 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def sheet_frames(frames) -> np.ndarray:
+    """The frames a contact sheet shows of a video: first, middle and last (3, H, W, 3).
+    Taking them again from their own result changes nothing: sheet_frames(sheet_frames(v)) ==
+    sheet_frames(v)."""
+    frames = _check_frames(frames)
+    return frames[[0, len(frames) // 2, len(frames) - 1]]
+
+
 def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160) -> Path:
-    """A PNG with one row per video (identity first): label, then first, middle and last frame,
-    `cell` pixels high, enlarged nearest-neighbour so tiny videos stay legible."""
+    """A PNG with one row per video (identity first): label, then its first, middle and last
+    frame (sheet_frames: a video's sheet_frames alone give the same row), `cell` pixels high,
+    enlarged nearest-neighbour so tiny videos stay legible."""
     if not videos:
         raise ValueError("a contact sheet needs at least one video")
     font, pad, label_width, header = _font(14), 8, 320, 26
     picks = []
     for label, frames in videos:
-        frames = _check_frames(frames)
+        frames = sheet_frames(frames)
         h, w = frames.shape[1:3]
         size = (max(1, round(w * cell / h)), cell)
-        picks.append((label, [Image.fromarray(frames[i]).resize(size, Image.NEAREST)
-                              for i in (0, len(frames) // 2, len(frames) - 1)]))
+        picks.append((label, [Image.fromarray(frame).resize(size, Image.NEAREST) for frame in frames]))
     column = max(image.width for _, images in picks for image in images) + pad
     sheet = Image.new("RGB", (label_width + 3 * column, header + len(picks) * (cell + pad)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -207,6 +225,56 @@ def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160) -
         for i, image in enumerate(images):
             sheet.paste(image, (label_width + i * column, y))
     return write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """What a story folder keeps of one video besides its files: its manifest entry, the recipe
+    it was made from, the SHA-256 of the MP4 it describes, and its contact-sheet frames as the
+    model made them (sheet_frames; lossless, unlike the MP4)."""
+
+    entry: dict
+    recipe: dict
+    video_sha256: str
+    sheet: np.ndarray  # uint8 (3, H, W, 3)
+
+    def describes(self, video, recipe: dict) -> bool:
+        """True when `video` (an MP4's path) is the file this entry was written for, from `recipe`."""
+        return self.recipe == recipe and Path(video).is_file() and file_sha256(video) == self.video_sha256
+
+
+def save_entry(path, entry: dict, recipe: dict, video_sha256: str, frames) -> Path:
+    """Write a video's VideoEntry (an .npz of plain arrays, no pickle), atomically.
+
+    Written just before the video's MP4 takes its name (save_video's before_replace), so a run
+    killed at any moment leaves either no MP4, or an MP4 and the entry that describes it: the
+    manifest and contact sheet of a re-run are rebuilt from it exactly."""
+    meta = json.dumps({"entry": entry, "recipe": recipe, "video_sha256": video_sha256},
+                      ensure_ascii=False, default=json_value)
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(meta), sheet=sheet_frames(frames))
+    return write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def read_entry(path) -> VideoEntry | None:
+    """The VideoEntry at `path`, or None when it is missing or unreadable (then it describes nothing)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta, sheet = json.loads(str(data["meta"])), data["sheet"]
+        entry = VideoEntry(meta["entry"], meta["recipe"], meta["video_sha256"], sheet)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
+    if sheet.dtype != np.uint8 or sheet.ndim != 4 or len(sheet) != 3 or not isinstance(entry.entry, dict):
+        return None
+    return entry
 
 
 def write_manifest(path, data: dict) -> Path:
