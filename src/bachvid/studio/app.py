@@ -1,0 +1,213 @@
+"""The studio's page: layout and wiring (the work is in `callbacks`, `runner`, `library`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: a local studio
+import gradio as gr  # noqa: E402
+
+from . import callbacks  # noqa: E402
+from .runner import Studio  # noqa: E402
+from .stories import add_shot, form_text, move_shot, remove_shot  # noqa: E402
+
+EXAMPLE = ("a green meadow", "a red robot", "stands still", [["walks to the left", ""], ["jumps", ""]])
+SHOT_HEADERS = ["action", "background (empty: the identity's)"]
+
+CSS = """
+#videos video, #baseline video, #masks video { image-rendering: pixelated; }
+#story-errors { color: #b00020; font-family: monospace; white-space: pre-wrap; }
+"""
+
+
+def build(studio: Studio) -> gr.Blocks:
+    """The studio's page for one model."""
+    pipe = studio.pipe
+    defaults = pipe.default_settings()
+    config = pipe.default_config()
+    cancels: dict[str, threading.Event] = {}  # session -> its running generation's cancel flag
+    note = getattr(pipe, "model_note", None)
+
+    with gr.Blocks(title="bachvid studio") as demo:
+        gr.Markdown(f"# bachvid studio\nModel: **{pipe.model_name}**" + (f" ({note})" if note else "")
+                    + ". Write a story: the first line makes the identity video, every further line is a "
+                      "shot that keeps its character (and background, unless it switches).")
+        with gr.Row():
+            with gr.Column(scale=3):
+                name = gr.Textbox(label="Story name (its folder)", value="story-000", elem_id="story-name")
+                with gr.Accordion("Write with the form (it fills in the story text below)", open=True):
+                    with gr.Row():
+                        background = gr.Textbox(label="Background", value=EXAMPLE[0], elem_id="form-background")
+                        character = gr.Textbox(label="Character", value=EXAMPLE[1], elem_id="form-character")
+                        identity = gr.Textbox(label="Identity action (the first video)", value=EXAMPLE[2],
+                                              elem_id="form-identity")
+                    shots = gr.Dataframe(value=EXAMPLE[3], headers=SHOT_HEADERS, column_count=(2, "fixed"),
+                                         label="Shots (click a row to move or remove it)", interactive=True,
+                                         type="array", elem_id="form-shots")
+                    selected = gr.State(None)
+                    with gr.Row():
+                        add_btn = gr.Button("Add shot", size="sm")
+                        up_btn = gr.Button("Move up", size="sm")
+                        down_btn = gr.Button("Move down", size="sm")
+                        remove_btn = gr.Button("Remove", size="sm")
+                story = gr.Textbox(label="Story (text form, as in a .txt story file: background # character # "
+                                         "action per line; paste one here)", lines=5, elem_id="story-text",
+                                   value=form_text(*EXAMPLE))
+                errors = gr.Markdown(elem_id="story-errors")
+            with gr.Column(scale=2):
+                with gr.Accordion("Settings (the model's defaults)", open=True):
+                    with gr.Row():
+                        seed = gr.Number(defaults.seed, label="Seed", precision=0, minimum=0,
+                                         info="identity's noise; shot i uses seed + 1 + i")
+                        steps = gr.Number(defaults.num_inference_steps, label="Steps", precision=0, minimum=1,
+                                          info="denoising steps: fewer is faster and rougher", elem_id="steps")
+                        frames = gr.Number(defaults.num_frames, label="Frames", precision=0, minimum=1,
+                                           info="frames per video")
+                    with gr.Row():
+                        height = gr.Number(defaults.height, label="Height", precision=0, minimum=1,
+                                           info="pixels; a multiple of the model's patch size")
+                        width = gr.Number(defaults.width, label="Width", precision=0, minimum=1, info="pixels")
+                        guidance = gr.Number(defaults.guidance_scale, label="Guidance", minimum=0,
+                                             info="classifier-free guidance: how closely the text is followed")
+                    shared = gr.Checkbox(config.shared_background, label="Shared background",
+                                         info="inject the identity's background; off: only the character carries over")
+                    merge = gr.Checkbox(config.token_merge, label="Token merge",
+                                        info="blend matched character tokens toward the identity's")
+                    vital = gr.Textbox(",".join(map(str, config.vital_layers)) if config.vital_layers else "",
+                                       label="Vital layers",
+                                       info="blocks where the identity's keys and values are injected, e.g. 0-4 "
+                                            "(empty: the model's default)")
+                    mode = gr.Dropdown(["auto", "cache", "replay", "lockstep"], value="auto", label="Identity mode",
+                                       info="how shots read the identity; all give the same videos")
+                    want_baseline = gr.Checkbox(False, label="Vanilla baseline too",
+                                                info="the same story and seeds without BachVid, to compare")
+                with gr.Accordion("Saved characters", open=False, elem_id="characters"):
+                    use_character = gr.Dropdown(["", *callbacks.character_names(studio)], value="",
+                                                label="Give the shots a saved character",
+                                                info="its identity replaces the story's first line")
+                    character_gallery = gr.Gallery(callbacks.character_gallery(studio), label="Library",
+                                                   columns=4, height=180, elem_id="character-gallery")
+                    with gr.Row():
+                        character_name = gr.Textbox(label="Save this story's identity as", placeholder="robot")
+                        save_btn = gr.Button("Save character")
+                    character_message = gr.Markdown()
+        with gr.Row():
+            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            download = gr.DownloadButton("Download zip", value=None, interactive=False, elem_id="download")
+        status = gr.Markdown(elem_id="status")
+        videos = gr.Gallery(label="Identity and shots (BachVid)", columns=4, height="auto", elem_id="videos")
+        masks = gr.Gallery(label="Foreground masks (red)", columns=4, height="auto", elem_id="masks")
+        baseline = gr.Gallery(label="Vanilla baseline (same seeds, no BachVid)", columns=4, height="auto",
+                              elem_id="baseline")
+        sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="sheet")
+
+        # the form writes the story text; the text is checked as it changes -------------------------
+        form = [background, character, identity, shots]
+        for part in form:
+            part.change(form_text, form, story, queue=False, show_progress="hidden")
+        for part in (story, name):
+            part.change(lambda text, title: callbacks.check_story(studio, text, title), [story, name], errors,
+                        queue=False, show_progress="hidden")
+
+        def pick(evt: gr.SelectData):
+            return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+
+        shots.select(pick, None, selected, queue=False)
+        add_btn.click(lambda rows: add_shot(rows), shots, shots, queue=False)
+        remove_btn.click(lambda rows, i: (remove_shot(rows, i), None), [shots, selected], [shots, selected],
+                         queue=False)
+        up_btn.click(lambda rows, i: move_shot(rows, i, -1), [shots, selected], [shots, selected], queue=False)
+        down_btn.click(lambda rows, i: move_shot(rows, i, +1), [shots, selected], [shots, selected], queue=False)
+
+        # generation: one at a time for this model (the queue shows the others their place) ------------
+        inputs = [story, name, seed, steps, frames, height, width, guidance, shared, merge, vital, mode,
+                  want_baseline, use_character]
+        outputs = [status, errors, videos, masks, baseline, sheet, download]
+
+        def shown(result: dict):
+            return (result["status"], result["errors"], result["videos"], result["masks"], result["baseline"],
+                    result["sheet"], gr.DownloadButton(value=result["zip"], interactive=bool(result["zip"])))
+
+        def run(text, title, seed_, steps_, frames_, height_, width_, guidance_, shared_, merge_, vital_, mode_,
+                want_baseline_, character_, request: gr.Request):
+            session = request.session_hash or "local"
+            cancel = cancels[session] = threading.Event()
+            values = dict(seed=seed_, num_inference_steps=steps_, num_frames=frames_, height=height_, width=width_,
+                          guidance_scale=guidance_)
+            knobs = dict(shared_background=shared_, token_merge=merge_, vital_layers=vital_, identity_mode=mode_)
+            try:
+                for result in callbacks.generate(studio, session, text, title, values, knobs, want_baseline_,
+                                                 character_ or None, cancel):
+                    yield shown(result)
+            finally:
+                cancel.set()
+                if cancels.get(session) is cancel:
+                    del cancels[session]
+
+        generate_btn.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="model",
+                           show_progress="minimal")
+
+        def stop(request: gr.Request):
+            cancel = cancels.get(request.session_hash or "local")
+            if cancel is not None:
+                cancel.set()
+                return "**Cancelling** at the next denoising step..."
+            return gr.update()
+
+        cancel_btn.click(stop, None, status, queue=False)
+
+        def save(text, title, character_name_, seed_, steps_, frames_, height_, width_, guidance_, shared_,
+                 merge_, vital_):
+            values = dict(seed=seed_, num_inference_steps=steps_, num_frames=frames_, height=height_, width=width_,
+                          guidance_scale=guidance_)
+            knobs = dict(shared_background=shared_, token_merge=merge_, vital_layers=vital_)
+            message = callbacks.save_character(studio, text, title, character_name_, values, knobs)
+            return (message, callbacks.character_gallery(studio),
+                    gr.Dropdown(choices=["", *callbacks.character_names(studio)]))
+
+        save_btn.click(save, [story, name, character_name, seed, steps, frames, height, width, guidance, shared,
+                              merge, vital], [character_message, character_gallery, use_character],
+                       concurrency_limit=1, concurrency_id="model")
+
+        def choose(name_):
+            return callbacks.character_story(studio, name_) if name_ else gr.update()
+
+        use_character.change(choose, use_character, story, queue=False)
+        demo.load(lambda: (callbacks.character_gallery(studio),
+                           gr.Dropdown(choices=["", *callbacks.character_names(studio)])),
+                  None, [character_gallery, use_character], queue=False)
+    return demo
+
+
+def serve(args, started: float | None = None) -> int:
+    """Load the model, build the page and serve it until interrupted."""
+    from .. import cli
+
+    started = started or time.perf_counter()
+    try:
+        pipe = cli._load_pipeline(args)
+    except (OSError, ValueError) as error:
+        print(f"error: cannot load the model: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    studio = Studio(pipe, out, Path(args.characters).resolve() if args.characters else None,
+                    command=getattr(args, "command_line", None))
+    demo = build(studio)
+    demo.queue(default_concurrency_limit=1)
+    port = args.port or None
+    demo.launch(server_name=args.host, server_port=port, prevent_thread_lock=True, show_error=True, quiet=True,
+                allowed_paths=[str(out), str(studio.library.folder)], ssr_mode=False, css=CSS)
+    print(f"bachvid studio: {demo.local_url} (model {pipe.model_name}; stories in {out}; "
+          f"started in {time.perf_counter() - started:.1f} s)", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+    return 0
