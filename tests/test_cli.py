@@ -333,3 +333,74 @@ def test_temporaries_left_by_a_kill_are_removed_on_the_next_run(tmp_path, fake, 
     assert run(tmp_path) == 0
     assert not any(path.exists() for path in left) and (robot / ".keep-me").exists()
     assert "removed .manifest-ab12cd_z.json, left by an interrupted run" in capsys.readouterr().out
+
+
+def _no_model(args):
+    pytest.fail("the model was loaded for an --out that cannot be written")
+
+
+@pytest.mark.parametrize("where", ["read-only folder", "under /proc", "a file in the way"])
+def test_an_out_that_cannot_be_written_fails_before_the_model_loads(tmp_path, monkeypatch, capsys, where):
+    import os
+
+    monkeypatch.setattr(cli, "_load_pipeline", _no_model)
+    if where == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes in read-only folders; /proc stands in for it")
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        out, shown = locked / "out", locked
+    elif where == "under /proc":
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        out, shown = "/proc/self/bachvid-out", "/proc/self"  # not writable, not even for root
+    else:
+        (tmp_path / "taken").write_text("")
+        out, shown = tmp_path / "taken" / "out", tmp_path / "taken"
+    (tmp_path / "s.txt").write_text(STORY)
+    assert cli.main(["generate", str(tmp_path / "s.txt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: ") and str(shown) in err and "Traceback" not in err
+    assert ("is a file" if where == "a file in the way" else "cannot write in") in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_read_only_story_folder_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    (tmp_path / "out" / "story-001").mkdir(parents=True)
+    import tempfile
+
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).endswith("story-001"):
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(cli, "_load_pipeline", _no_model)
+    assert run(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write in {tmp_path / 'out' / 'story-001'} (Permission denied)" in err
+
+
+def test_identity_save_to_an_unwritable_place_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_pipeline", _no_model)
+    (tmp_path / "s.txt").write_text(STORY)
+    assert cli.main(["identity", "save", str(tmp_path / "s.txt"), "--out", "/proc/self/robot.bvid"]) == 2
+    assert "error: --out /proc/self/robot.bvid: cannot write in /proc/self" in capsys.readouterr().err
+
+
+def test_the_first_words_come_before_the_slow_imports(tmp_path):
+    """`bachvid generate` says what it is loading before importing torch (seconds on a small machine)."""
+    probe = ("import sys; from bachvid import cli\n"
+             "class Stop(Exception): pass\n"
+             "def stop(name, *a, **k):\n"
+             "    if name == 'torch': raise Stop\n"
+             "    return real(name, *a, **k)\n"
+             "import builtins; real = builtins.__import__; builtins.__import__ = stop\n"
+             "try: cli.main(sys.argv[1:])\n"
+             "except Stop: print('torch import reached', file=sys.stderr)\n")
+    (tmp_path / "s.txt").write_text(STORY)
+    done = subprocess.run([sys.executable, "-c", probe, "generate", str(tmp_path / "s.txt"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.stderr.splitlines() == ["loading the built-in toy model ...", "torch import reached"]

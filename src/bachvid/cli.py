@@ -138,8 +138,33 @@ def _device(requested: str | None) -> str:
     return "cpu"
 
 
+def _unwritable(out: Path, folders=(), flag: str | None = None) -> str | None:
+    """Why the folder `out` cannot take files (a file in the way, a read-only or forbidden folder),
+    or None. Tried for real (a probe file made and removed) in out or its nearest existing parent,
+    and in each of `folders` that exists: permissions alone do not tell (root, read-only mounts).
+    flag: how the message names it (default: --out OUT)."""
+    import os
+    import tempfile
+
+    place = out
+    while not place.exists() and place.parent != place:
+        place = place.parent  # where the folder would be made
+    if not place.is_dir():
+        return f"{flag or f'--out {out}'}: {place} is a file, not a folder"
+    for folder in [place, *(f for f in folders if f.is_dir())]:
+        try:
+            fd, name = tempfile.mkstemp(prefix=".bachvid-probe-", dir=folder)
+        except OSError as error:
+            return f"{flag or f'--out {out}'}: cannot write in {folder} ({error.strerror or error})"
+        os.close(fd)
+        os.unlink(name)
+    return None
+
+
 def _load_pipeline(args):
     """Load the model named on the command line (a factory, so tests can swap in a small one)."""
+    # the first thing a user sees: importing torch and diffusers alone takes seconds
+    print(f"loading {args.model or 'the built-in toy model'} ...", file=sys.stderr, flush=True)
     import torch
 
     from .pipeline import BachVidPipeline
@@ -284,6 +309,9 @@ def _generate(args) -> int:
         stories = load_stories(args.story_file)
     except StoryError as error:
         return _fail([error])
+    out = Path(args.out)
+    if reason := _unwritable(out, [out / story.name for story in stories]):  # before the model's seconds
+        return _fail([reason])
     try:
         pipe = _load_pipeline(args)
     except (OSError, ValueError) as error:  # FileNotFoundError: no such model
@@ -299,9 +327,6 @@ def _generate(args) -> int:
         return _fail(errors)
 
     config = pipe.default_config(enabled=not args.no_bachvid, shared_background=not args.no_shared_background)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return _fail([f"--out {out} is a file, not a folder"])
     flags = {name: getattr(args, name) for name in SETTING_FLAGS}
     saved = None
     if args.identity is not None:
@@ -523,6 +548,8 @@ def run_identity_save(args) -> int:
         return _fail([f"--out {out} is a folder; give a file name such as {out / (story.name + '.bvid')}"])
     if out.exists() and not args.force:
         return _fail([f"{out} exists; --force overwrites it"])
+    if reason := _unwritable(out.parent, flag=f"--out {out}"):
+        return _fail([reason])
     try:
         pipe = _load_pipeline(args)
     except (OSError, ValueError) as error:
