@@ -1,4 +1,4 @@
-"""What a BachVid run will cost before it runs: from a CogVideoX transformer config alone.
+"""What a BachVid run will cost before it runs: from a CogVideoX or Wan transformer config alone.
 
 Weights, activations, what each identity mode keeps, the extra attention injection adds and
 the time of a story (identity + n shots) relative to plain generation of the same videos. No
@@ -30,8 +30,16 @@ from .config import BachVidConfig, step_index
 
 GIB = 2**30
 CONFIG_DIR = Path(__file__).parent / "configs"
-BUNDLED = {"cogvideox-5b": "cogvideox-5b.json", "cogvideox-2b": "cogvideox-2b.json"}
+BUNDLED = {"cogvideox-5b": "cogvideox-5b.json", "cogvideox-2b": "cogvideox-2b.json",
+           "wan2.1-t2v-1.3b": "wan2.1-t2v-1.3b.json", "wan2.1-t2v-14b": "wan2.1-t2v-14b.json",
+           "wan2.2-t2v-a14b": "wan2.1-t2v-14b.json", "wan2.2-ti2v-5b": "wan2.2-ti2v-5b.json"}
 BUNDLED_VAE = "cogvideox-vae.json"
+WAN_VAE = {  # what plan needs of each bundled Wan's VAE (diffusers' AutoencoderKLWan config keys)
+    "wan2.1-t2v-1.3b": "wan2.1-vae.json", "wan2.1-t2v-14b": "wan2.1-vae.json", "wan2.2-t2v-a14b": "wan2.1-vae.json",
+    "wan2.2-ti2v-5b": {"z_dim": 48, "scale_factor_spatial": 16, "scale_factor_temporal": 4},  # Wan 2.2's VAE
+}
+WAN_EXPERTS = {"wan2.2-t2v-a14b": 2}  # Wan 2.2 A14B: two 14B experts, both resident
+WAN_SIZES = {8: (81, 480, 832), 16: (121, 704, 1280)}  # WanPipeline's defaults; TI2V-5B's 720p example
 MODES = ("cache", "lockstep", "replay")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GATED_ACTIVATIONS = ("geglu", "swiglu")  # diffusers FeedForward: in-projection twice as wide
@@ -48,6 +56,7 @@ class Tokens:
     text: int
     grid: tuple[int, int, int]  # (token frames, tokens high, tokens wide)
     latent_elements: int  # one video's latent (channels x latent frames x h/8 x w/8)
+    joint: bool = True  # text tokens in self-attention (CogVideoX); Wan's text lives in cross-attention
 
     @property
     def video(self) -> int:
@@ -55,12 +64,17 @@ class Tokens:
 
     @property
     def total(self) -> int:
-        return self.text + self.video
+        """Tokens of self-attention: [text ; video] (CogVideoX), or video only (Wan)."""
+        return (self.text if self.joint else 0) + self.video
 
 
 @dataclass(frozen=True)
 class Transformer:
     """The shape facts of a diffusers `CogVideoXTransformer3DModel` that cost anything."""
+
+    separate_cfg = False  # CFG branches are rows of one forward
+    experts = 1
+    default_guidance = 6.0  # CogVideoXPipeline's
 
     layers: int
     heads: int
@@ -91,7 +105,7 @@ class Transformer:
         the VAE's, whose block count sets the spatial compression."""
         name = config.get("_class_name", "CogVideoXTransformer3DModel")
         if name != "CogVideoXTransformer3DModel":
-            raise BudgetError(f"plan knows CogVideoX transformers only, this config is a {name}")
+            raise BudgetError(f"plan knows CogVideoX and Wan transformers only, this config is a {name}")
         get = config.get
         try:
             spatial = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 8
@@ -221,6 +235,172 @@ class Transformer:
 
     def unit_bytes(self, tokens: Tokens, dtype_bytes: int) -> int:
         return tokens.total * self.dim * dtype_bytes
+
+
+@dataclass(frozen=True)
+class WanTransformer:
+    """The shape facts of a diffusers `WanTransformer3DModel` (Wan 2.1 / 2.2) that cost anything.
+
+    Wan differs from CogVideoX where it costs: self-attention (`attn1`) runs over video tokens
+    only, text enters through cross-attention (`attn2`, video queries x 512 umT5 tokens); a unit is
+    a row's video hidden states; CFG runs as two forwards per step, so a call has one row per
+    video; Wan 2.2 A14B keeps two experts resident (parameters and weights count both; a forward
+    runs one)."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    in_channels: int
+    out_channels: int
+    text_embed_dim: int
+    freq_dim: int
+    ffn_dim: int
+    patch: tuple[int, int, int]
+    cross_attn_norm: bool
+    image_dim: int | None
+    added_kv_proj_dim: int | None
+    pos_embed_seq_len: int | None
+    text_length: int = 512  # WanPipeline's max_sequence_length
+    sample_frames: int = 81
+    sample_height: int = 60  # latent pixels (x spatial_compression for the video)
+    sample_width: int = 104
+    temporal_compression: int = 4
+    spatial_compression: int = 8
+    experts: int = 1
+
+    rope = True
+    learned_positions = False
+    separate_cfg = True
+    default_guidance = 5.0  # WanPipeline's
+
+    @classmethod
+    def from_config(cls, config: dict, vae: dict | None = None, experts: int = 1) -> "WanTransformer":
+        """From a transformer `config.json` (missing keys take diffusers' defaults) and optionally the
+        VAE's (`scale_factor_spatial`: 8 for Wan 2.1's VAE, 16 for Wan 2.2's)."""
+        get = config.get
+        try:
+            patch = tuple(int(p) for p in get("patch_size", (1, 2, 2)))
+            if len(patch) != 3:
+                raise ValueError(f"patch_size {list(patch)} is not 3D")
+            spatial = int((vae or {}).get("scale_factor_spatial") or 8)
+            temporal = int((vae or {}).get("scale_factor_temporal") or 4)
+            frames, height, width = WAN_SIZES.get(spatial, WAN_SIZES[8])
+            return cls(
+                layers=int(get("num_layers", 40)), heads=int(get("num_attention_heads", 40)),
+                head_dim=int(get("attention_head_dim", 128)), in_channels=int(get("in_channels", 16)),
+                out_channels=int(get("out_channels") or get("in_channels", 16)),
+                text_embed_dim=int(get("text_dim", 4096)), freq_dim=int(get("freq_dim", 256)),
+                ffn_dim=int(get("ffn_dim", 13824)), patch=patch, cross_attn_norm=bool(get("cross_attn_norm", True)),
+                image_dim=get("image_dim"), added_kv_proj_dim=get("added_kv_proj_dim"),
+                pos_embed_seq_len=get("pos_embed_seq_len"), sample_frames=frames,
+                sample_height=height // spatial, sample_width=width // spatial, temporal_compression=temporal,
+                spatial_compression=spatial, experts=experts,
+            )
+        except (TypeError, ValueError) as error:
+            raise BudgetError(f"not a usable Wan transformer config: {error}") from None
+
+    @property
+    def dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def patch_volume(self) -> int:
+        return self.patch[0] * self.patch[1] * self.patch[2]
+
+    def expert_parameter_count(self) -> int:
+        """Every parameter of one diffusers WanTransformer3DModel, summed module by module."""
+        d, f = self.dim, self.ffn_dim
+
+        def linear(i: int, o: int, bias: bool = True) -> int:
+            return i * o + (o if bias else 0)
+
+        attention = 4 * linear(d, d) + 2 * d  # q, k, v, out; RMSNorm of q and of k (across heads)
+        cross = attention
+        if self.added_kv_proj_dim is not None:  # I2V: image keys and values in attn2
+            cross += 2 * linear(self.added_kv_proj_dim, d) + d
+        block = (attention + cross + (2 * d if self.cross_attn_norm else 0)  # norm2 (affine); norm1/3 are not
+                 + linear(d, f) + linear(f, d)  # feed-forward (gelu-approximate)
+                 + 6 * d)  # scale_shift_table
+        image = 0
+        if self.image_dim is not None:  # WanImageEmbedding: norms, a 1x feed-forward, optional positions
+            i = self.image_dim
+            image = 2 * i + linear(i, i) + linear(i, d) + 2 * d + (self.pos_embed_seq_len or 0) * i
+        return (self.in_channels * self.patch_volume * d + d  # patch embedding (Conv3d)
+                + linear(self.freq_dim, d) + linear(d, d)  # time embedder
+                + linear(d, 6 * d)  # time projection
+                + linear(self.text_embed_dim, d) + linear(d, d)  # text embedder
+                + image
+                + self.layers * block
+                + linear(d, self.patch_volume * self.out_channels)  # proj_out (norm_out has no weights)
+                + 2 * d)  # scale_shift_table of the output
+
+    def parameter_count(self) -> int:
+        """All experts' parameters (Wan 2.2 A14B keeps both resident)."""
+        return self.experts * self.expert_parameter_count()
+
+    def position_table_elements(self) -> int:
+        return 0  # 3D RoPE: its cos/sin tables are step state (fp32), not weights
+
+    def tokens(self, frames: int, height: int, width: int) -> Tokens:
+        """Token grid as WanPipeline builds it: 4k+1 frames -> k+1 latent frames, spatial /(VAE x patch)."""
+        _, p_h, p_w = self.patch
+        step = self.spatial_compression * max(p_h, p_w)
+        multiple = math.lcm(step, 16)
+        if height % multiple or width % multiple:
+            raise BudgetError(f"height and width must be multiples of {multiple} for this model, got {height}x{width}")
+        t = self.temporal_compression
+        if (frames - 1) % t:
+            below = (frames - 1) // t * t + 1
+            raise BudgetError(f"frames must be {t}k+1 for Wan, got {frames}; use {below} or {below + t}")
+        latent_frames = (frames - 1) // t + 1
+        latent_pixels = (height // self.spatial_compression) * (width // self.spatial_compression)
+        grid = (latent_frames // self.patch[0], height // self.spatial_compression // p_h,
+                width // self.spatial_compression // p_w)
+        return Tokens(self.text_length, grid, self.out_channels * latent_frames * latent_pixels, joint=False)
+
+    # FLOPs (multiply-adds x 2), per row --------------------------------------------------------
+    def block_flops(self, tokens: Tokens) -> "BlockFlops":
+        n, t, d = tokens.video, tokens.text, self.dim
+        return BlockFlops(projections=8 * n * d * d + 4 * n * d * d + 4 * t * d * d,  # attn1 q k v o; attn2 q o, k v
+                          attention=4 * n * n * d + 4 * n * t * d,  # self-attention; video x text
+                          feed_forward=4 * n * d * self.ffn_dim)
+
+    def embed_flops(self, tokens: Tokens) -> int:
+        patches = 2 * tokens.video * self.in_channels * self.patch_volume * self.dim
+        return patches + 2 * tokens.text * (self.text_embed_dim + self.dim) * self.dim
+
+    def forward_flops(self, tokens: Tokens) -> int:
+        head = 2 * tokens.video * self.dim * self.patch_volume * self.out_channels
+        return self.embed_flops(tokens) + self.layers * self.block_flops(tokens).total + head
+
+    def prefix_fraction(self, blocks: int, tokens: Tokens) -> float:
+        if blocks <= 0:
+            return 0.0
+        return (self.embed_flops(tokens) + blocks * self.block_flops(tokens).total) / self.forward_flops(tokens)
+
+    # Activations -------------------------------------------------------------------------------
+    ATTENTION_UNITS = 12.2
+    """Per row, the attention part of a block under BachVid's processor: residual stream, normed
+    input, q/k/v, the rotated q and k and fp32 RoPE temporaries (Wan applies its fp32 tables to
+    bf16 halves), the output. Counted tensor by tensor on a bf16 forward (tests/test_budget.py)."""
+    FEED_FORWARD_BASE = 4.2
+    """Per row, the feed-forward part besides its two ffn_dim-wide tensors (in-projection and GELU):
+    residual stream, normed input and Wan's fp32 norm and gating temporaries. Counted likewise."""
+
+    def activation_units(self, tokens: Tokens, rows: int, dtype_bytes: int, injected: bool = False,
+                         extra_key_share: float = 0.0) -> float:
+        """Peak live activations of one transformer call, in units (one row's video hidden states):
+        the larger of the feed-forward's (4.2 + 2 ffn_dim/dim per row: 15.9 for 1.3B, 9.6 for 14B)
+        and attention's (12.2 per row); injection (split SDPA) adds one row's own and extra keys
+        and values at a time. The RoPE tables are step state."""
+        feed_forward = rows * (self.FEED_FORWARD_BASE + 2 * self.ffn_dim / self.dim)
+        attention = rows * self.ATTENTION_UNITS
+        if injected:
+            attention += 2 * (1 + extra_key_share)
+        return max(feed_forward, attention)
+
+    def unit_bytes(self, tokens: Tokens, dtype_bytes: int) -> int:
+        return tokens.video * self.dim * dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -397,7 +577,7 @@ class Budget:
         return data
 
 
-def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = None,
+def estimate(model: Transformer | WanTransformer, work: Workload, config: BachVidConfig | None = None,
              name: str = "cogvideox") -> Budget:
     """The budget of one story (time: see `_story_forwards`).
 
@@ -417,6 +597,7 @@ def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = 
     schedule = Schedule.of(config, model.layers, work.steps)
     tokens = model.tokens(work.frames, work.height, work.width)
     b, rows = work.dtype_bytes, work.branches
+    call = 1 if model.separate_cfg else rows  # rows a video adds to one transformer call
     g = work.group_size
     unit = model.unit_bytes(tokens, b)
     params = model.parameter_count()
@@ -437,8 +618,8 @@ def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = 
     run_extra_fwd = len(schedule.vital) * run_extra * per_layer
     matching = 2 * nv * nv * model.dim * len(schedule.match) / forward
 
-    def activations(call_rows: int, injected: bool) -> int:
-        return round(model.activation_units(tokens, call_rows, b, injected, extra_key_share) * unit)
+    def activations(videos: int, injected: bool) -> int:
+        return round(model.activation_units(tokens, videos * call, b, injected, extra_key_share) * unit)
 
     # What an identity keeps.
     kv_entry = rows * 2 * n * model.dim * b  # keys (before RoPE) and values, per step and layer
@@ -462,26 +643,26 @@ def estimate(model: Transformer, work: Workload, config: BachVidConfig | None = 
 
     forwards = _story_forwards(model, tokens, schedule, work, prerun_extra_fwd, run_extra_fwd, matching)
     vanilla_forwards = (1 + work.shots) * work.steps
-    vanilla_step = weights + activations(rows, False) + state
+    vanilla_step = weights + activations(1, False) + state
     vanilla = ModeCost("vanilla", 0, vanilla_step, 0, vanilla_forwards, 1.0)
     modes = {}
     for mode in MODES:
         if mode == "cache":
-            call = activations(g * rows, True)
+            peak_call = activations(g, True)
         elif mode == "replay" or g == 1:
             # The live identity's rows run apart inside each block (modes.run_story): the block
             # peaks at one part's rows, while the identity's layer (keys, values, output) and the
             # other part's hidden states wait.
-            call = activations(max(g, 1) * rows, True) + (3 + g) * rows * unit
+            peak_call = activations(max(g, 1), True) + (3 + g) * call * unit
         else:  # one batch: the identity's rows ride beside the group's
-            call = activations(g * rows + rows, True)
-        step = weights + kept[mode] + state + max(activations(rows, False), call)
+            peak_call = activations(g + 1, True)
+        step = weights + kept[mode] + state + max(activations(1, False), peak_call)
         match = step + matching_set()
         modes[mode] = ModeCost(mode, kept[mode], step, match, forwards[mode], forwards[mode] / vanilla_forwards)
 
     return Budget(
         model=name, workload=work, schedule=schedule, parameters=params, weight_bytes=weights, tokens=tokens,
-        activation_bytes=activations(rows, False), step_state_bytes=state,
+        activation_bytes=activations(1, False), step_state_bytes=state,
         block_flops=model.block_flops(tokens), forward_flops=forward,
         vital_fraction=model.prefix_fraction(max(schedule.vital) + 1, tokens),
         prerun_pairs_ratio=1 + prerun_extra / n**2, run_pairs_ratio=1 + run_extra / n**2,
@@ -555,8 +736,14 @@ def _read_json(path: Path) -> dict:
 
 
 def load_model(name_or_path: str) -> ModelSource:
-    """A bundled name (cogvideox-5b, cogvideox-2b), a transformer config.json, or a model folder
-    (diffusers pipeline folder with transformer/config.json, or a transformer folder)."""
+    """A bundled name (cogvideox-5b, cogvideox-2b, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-t2v-a14b,
+    wan2.2-ti2v-5b), a transformer config.json, or a model folder (diffusers pipeline folder with
+    transformer/config.json, or a transformer folder)."""
+    if name_or_path in WAN_VAE:
+        vae = WAN_VAE[name_or_path]
+        vae = _read_json(CONFIG_DIR / vae) if isinstance(vae, str) else vae
+        return ModelSource(name_or_path, WanTransformer.from_config(
+            _read_json(CONFIG_DIR / BUNDLED[name_or_path]), vae, WAN_EXPERTS.get(name_or_path, 1)), {})
     if name_or_path in BUNDLED:
         return ModelSource(name_or_path, Transformer.from_config(_read_json(CONFIG_DIR / BUNDLED[name_or_path]),
                                                                  _read_json(CONFIG_DIR / BUNDLED_VAE)), {})
@@ -575,6 +762,11 @@ def load_model(name_or_path: str) -> ModelSource:
     vae = _read_json(root / "vae" / "config.json") if (root / "vae" / "config.json").is_file() else None
     defaults = _read_json(root / "bachvid.json") if (root / "bachvid.json").is_file() else {}
     config = _read_json(config_file)
+    if config.get("_class_name") == "WanTransformer3DModel":
+        # Wan 2.2 A14B folders hold a second expert (transformer_2) beside the first
+        index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
+        experts = 2 if isinstance(index.get("transformer_2"), list) and index["transformer_2"][0] else 1
+        return ModelSource(str(name_or_path), WanTransformer.from_config(config, vae, experts), defaults)
     if "num_layers" not in config or "num_attention_heads" not in config:
         raise BudgetError(f"{config_file} is not a CogVideoX transformer config (no num_layers / num_attention_heads)")
     return ModelSource(str(name_or_path), Transformer.from_config(config, vae), defaults)

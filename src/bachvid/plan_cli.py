@@ -26,13 +26,14 @@ def add_plan(sub) -> None:
                     "plain generation for an identity video and its shots, from a transformer config only. "
                     "Frames, size, steps and guidance default to the model's (its bachvid.json, else its config).")
     p.add_argument("--model-config", default="cogvideox-5b", metavar="NAME|PATH",
-                   help="cogvideox-5b or cogvideox-2b (bundled), a transformer config.json, or a model folder "
-                        "(default: cogvideox-5b)")
+                   help="bundled: cogvideox-5b, cogvideox-2b, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-t2v-a14b, "
+                        "wan2.2-ti2v-5b; or a transformer config.json, or a model folder (default: cogvideox-5b)")
     p.add_argument("--frames", type=_positive)
     p.add_argument("--height", type=_positive)
     p.add_argument("--width", type=_positive)
     p.add_argument("--steps", type=_positive, help="denoising steps (default 50)")
-    p.add_argument("--guidance", type=float, help="guidance scale; > 1 doubles the rows (CFG) (default 6)")
+    p.add_argument("--guidance", type=float,
+                   help="guidance scale; > 1 doubles the rows (CFG) (default: the pipeline's, 6 CogVideoX, 5 Wan)")
     p.add_argument("--shots", type=_positive, default=3, help="shots after the identity video (default 3)")
     p.add_argument("--group", type=_positive, help="shots denoised in one batch (default: all)")
     p.add_argument("--mode", choices=("all", "cache", "lockstep", "replay"), default="all")
@@ -57,7 +58,7 @@ def run(args) -> int:
             height=int(pick(args.height, "height", model.sample_height * model.spatial_compression)),
             width=int(pick(args.width, "width", model.sample_width * model.spatial_compression)),
             steps=int(pick(args.steps, "num_inference_steps", 50)),
-            guidance=float(pick(args.guidance, "guidance_scale", 6.0)),
+            guidance=float(pick(args.guidance, "guidance_scale", model.default_guidance)),
             dtype_bytes=budget.DTYPE_BYTES[args.dtype], shots=args.shots, group=args.group)
         result = budget.estimate(model, work, source.bachvid_config(), name=source.name)
     except budget.BudgetError as error:
@@ -94,11 +95,18 @@ def render(b, modes, dtype: str) -> str:
     """The budget as a table a person reads."""
     w, s, t = b.workload, b.schedule, b.tokens
     fv = 100 * b.vital_fraction
+    grid = " x ".join(map(str, t.grid))
+    if t.joint:
+        rows = f"{w.branches} rows per video"
+        tokens = f"{t.text} text + {t.video:,} video ({grid}) = {t.total:,}"
+    else:  # Wan: CFG as separate forwards; text in cross-attention only
+        rows = f"{w.branches} forward{'s' if w.branches > 1 else ''} per step"
+        tokens = f"{t.video:,} video ({grid}) in self-attention; {t.text} text in cross-attention"
     lines = [
         f"bachvid plan: {b.model}, {w.frames} frames {w.height}x{w.width}, {w.steps} steps, guidance {w.guidance:g} "
-        f"({w.branches} rows per video), {dtype}",
+        f"({rows}), {dtype}",
         f"  parameters   {_count(b.parameters)} ({b.parameters:,})",
-        f"  tokens       {t.text} text + {t.video:,} video ({' x '.join(map(str, t.grid))}) = {t.total:,}",
+        f"  tokens       {tokens}",
         f"  schedule     vital layers {_layers(s.vital)} ({len(s.vital)}, {fv:.1f}% of a forward); inject steps "
         f"{s.inject.start}-{s.inject.stop - 1}; pre-run {s.prerun_steps} steps; mask/match at step "
         f"{s.mask_step}/{s.match_step}; merge on {len(s.merge_steps)} steps",
