@@ -161,7 +161,7 @@ class BachVidPipeline:
             num_frames=int(self._defaults.get("num_frames", model["num_frames"])),
             height=int(self._defaults.get("height", model["height"])),
             width=int(self._defaults.get("width", model["width"])),
-            guidance_scale=float(self._defaults.get("guidance_scale", 6.0)),
+            guidance_scale=float(self._defaults.get("guidance_scale", model.get("guidance_scale", 6.0))),
             shot_seeds=str(self._defaults.get("shot_seeds", "own")),
         )
 

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from .. import cli
-from .runner import Progress, Studio, videos_of, zip_story
+from .runner import Studio, videos_of, zip_story
 from .stories import story_errors
 
 SETTINGS = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
