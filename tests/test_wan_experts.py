@@ -198,3 +198,12 @@ def test_frame_counts_stock_wan_would_round_are_refused(wan_settings):
     with pytest.raises(ValueError, match="4k\\+1"):
         next(pipe.generate(make_story(actions=("jumps",)), replace(wan_settings, num_frames=10), progress=False))
     assert any("multiple of 16" in e for e in pipe.settings_errors(replace(wan_settings, height=40)))
+
+
+def test_default_settings_are_wan_pipelines():
+    """Without a bachvid.json, a Wan model runs at WanPipeline's defaults: 81 x 480 x 832, guidance 5."""
+    from bachvid.pipeline import BachVidPipeline
+
+    settings = BachVidPipeline(tiny_wan_pipeline(num_layers=2)).default_settings()
+    assert (settings.num_frames, settings.height, settings.width, settings.guidance_scale) == (81, 480, 832, 5.0)
+    assert settings.num_inference_steps == 50

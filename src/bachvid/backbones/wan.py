@@ -172,8 +172,8 @@ class WanBackbone:
         return Layers(frozenset(vital), frozenset(middle), frozenset(middle))
 
     def default_settings(self) -> dict:
-        """WanPipeline's own defaults: 81 frames at 480 x 832."""
-        return {"num_frames": 81, "height": 480, "width": 832}
+        """WanPipeline's own defaults: 81 frames at 480 x 832, guidance 5."""
+        return {"num_frames": 81, "height": 480, "width": 832, "guidance_scale": 5.0}
 
     @property
     def size_multiple(self) -> int:
