@@ -204,7 +204,7 @@ class StoryRun:
     def video(self, role: str, index: int | None) -> Video:
         story, settings = self.story, self.settings
         shot = story.identity if index is None else story.shots[index]
-        seed = settings.seed if index is None else story.shot_seed(index, settings.seed)
+        seed = settings.seed if index is None else story.shot_seed(index, settings.seed, settings.shot_seeds)
         return self.video_of(role, index, shot.background, story.character, shot.action, seed)
 
     def video_of(self, role: str, index: int | None, background: str, character: str, action: str,

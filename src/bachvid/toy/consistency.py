@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, pro
     """Summary rows (vanilla, bachvid, their ratio) over every shot of `stories`; `settings`
     (GenerationSettings) default to the model's."""
     config = config or pipe.default_config()
-    base = settings or pipe.default_settings()
+    base = settings or replace(pipe.default_settings(), shot_seeds="own")  # vanilla: each shot its own seed
     rows = {"vanilla": [], "bachvid": []}
     identity_ious, videos, labels = [], [], []
     for story in stories:

@@ -49,7 +49,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +207,9 @@ class Bench:
         from .oracle import plain_key
 
         self.pipe, self.out, self.batch, self.log = pipe, Path(out), batch, log
-        self.base = settings or pipe.default_settings()
+        # Conditions name their shots' seeds themselves; "own" here keeps the model's default
+        # (the toy model's is the identity's seed) out of the own-seed conditions.
+        self.base = replace(settings or pipe.default_settings(), shot_seeds="own")
         self.config = config or pipe.default_config()
         if getattr(self.config, "prerun_stride", 1) != 1:
             raise ValueError("the benchmark runs every pre-run step (prerun_stride=1); this config asks for "
@@ -740,8 +742,6 @@ def run(args) -> int:
         pipe.pipe.set_progress_bar_config(disable=True)
         settings = pipe.default_settings()
         if args.steps:
-            from dataclasses import replace
-
             settings = replace(settings, num_inference_steps=args.steps)
         Bench(pipe, out, settings, pipe.default_config(), batch=args.batch,
               log=lambda m: print(m, flush=True)).run(stories, conditions)
