@@ -12,7 +12,7 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | --- | --- |
 | vanilla-own | BachVid off, every shot its own seed (story.shot_seed) |
 | vanilla-idseed | BachVid off, every shot the identity's seed ("use the same prompt and seed") |
-| bachvid | BachVid with the model's defaults (pipe.default_config()) |
+| bachvid | BachVid with the model's config (pipe.default_config()), every shot its own seed |
 | oracle-both | BachVid, masks and matches from the toy world's truth (`oracle.TruthReadings`) |
 | no-merge | BachVid, token merge off |
 | no-bg | BachVid, background injection off (shared_background=False) |
@@ -96,7 +96,7 @@ class Condition:
 CONDITIONS = {c.name: c for c in (
     Condition("vanilla-own", "vanilla, own seed per shot", bachvid=False, seeds="own"),
     Condition("vanilla-idseed", "vanilla, the identity's seed", bachvid=False, seeds="identity"),
-    Condition("bachvid", "BachVid (model defaults)"),
+    Condition("bachvid", "BachVid (model's config), own seed per shot"),
     Condition("oracle-both", "BachVid, oracle masks + matches", oracle_masks=True, oracle_matches=True),
     Condition("no-merge", "BachVid, token merge off", changes={"token_merge": False}),
     Condition("no-bg", "BachVid, background injection off", changes={"shared_background": False}),
@@ -105,7 +105,7 @@ CONDITIONS = {c.name: c for c in (
     Condition("oracle-matches", "BachVid, oracle matches", oracle_matches=True),
     Condition("paper-merge", "BachVid, the paper's token merge (background_merge 0)",
               changes={"background_merge": 0.0}),
-    Condition("bachvid-idseed", "BachVid, shots on the identity's seed", seeds="identity"),
+    Condition("bachvid-idseed", "BachVid, shots on the identity's seed (the toy model's default)", seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
           ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed"))
