@@ -212,7 +212,7 @@ def test_results_command_writes_everything_resumes_and_matches_the_pipeline(tmp_
     assert set(summary["conditions"]) == set(CONDITIONS.split(","))
     assert summary["conditions"]["bachvid"]["metrics"]["histogram_distance"]["n"] == 2
     assert summary["conditions"]["oracle-both"]["attention_readings"]["shot_mask_iou"] is not None
-    assert "BachVid (model defaults)" in (out / "table.md").read_text()
+    assert "BachVid (model's config), own seed per shot" in (out / "table.md").read_text()
 
     # Resume: nothing is made again.
     calls = []
