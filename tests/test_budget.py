@@ -338,8 +338,9 @@ def test_plan_reads_a_model_folder_and_its_bachvid_defaults(capsys, tmp_path):
     (lambda tmp: tmp / "missing.json", "no model config"),
     (lambda tmp: tmp, "no transformer/config.json"),
     (lambda tmp: _write(tmp / "bad.json", "{not json"), "not valid JSON"),
-    (lambda tmp: _write(tmp / "hy.json", json.dumps({"_class_name": "HunyuanVideoTransformer3DModel", "num_layers": 30,
-                                                       "num_attention_heads": 12})), "CogVideoX and Wan transformers only"),
+    (lambda tmp: _write(tmp / "hy.json", json.dumps({"_class_name": "HunyuanVideoTransformer3DModel",
+                                                      "num_layers": 30, "num_attention_heads": 12})),
+     "CogVideoX and Wan transformers only"),
     (lambda tmp: _write(tmp / "vae.json", json.dumps({"latent_channels": 16})), "not a CogVideoX transformer"),
 ], ids=["missing", "empty-folder", "not-json", "other-model", "not-a-transformer"])
 def test_bad_config_is_a_clean_error(capsys, tmp_path, make, message):
