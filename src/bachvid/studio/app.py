@@ -24,18 +24,32 @@ CSS = """
 """
 
 
+def model_text(studio: Studio) -> str:
+    pipe = studio.pipe
+    note = getattr(pipe, "model_note", None)
+    return f"Model: **{pipe.model_name}**" + (f" ({note})" if note else "")
+
+
+def layers_text(config) -> str:
+    layers = getattr(config, "vital_layers", None)
+    return ",".join(map(str, layers)) if layers else ""
+
+
 def build(studio: Studio) -> gr.Blocks:
     """The studio's page for one model."""
-    pipe = studio.pipe
-    defaults = pipe.default_settings()
-    config = pipe.default_config()
+    if studio.ready:
+        defaults, config = studio.pipe.default_settings(), studio.pipe.default_config()
+    else:  # the page is served while the model loads; the page's load event fills these in
+        defaults = config = None
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's cancel flag
-    note = getattr(pipe, "model_note", None)
+
+    def default(what, name):
+        return getattr(what, name) if what is not None else None
 
     with gr.Blocks(title="bachvid studio") as demo:
-        gr.Markdown(f"# bachvid studio\nModel: **{pipe.model_name}**" + (f" ({note})" if note else "")
-                    + ". Write a story: the first line makes the identity video, every further line is a "
-                      "shot that keeps its character (and background, unless it switches).")
+        gr.Markdown("# bachvid studio\nWrite a story: the first line makes the identity video, every further "
+                    "line is a shot that keeps its character (and background, unless it switches).")
+        model_line = gr.Markdown(model_text(studio) if studio.ready else "Model: *loading...*", elem_id="model")
         with gr.Row():
             with gr.Column(scale=3):
                 name = gr.Textbox(label="Story name (its folder)", value="story-000", elem_id="story-name")
@@ -61,23 +75,23 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=2):
                 with gr.Accordion("Settings (the model's defaults)", open=True):
                     with gr.Row():
-                        seed = gr.Number(defaults.seed, label="Seed", precision=0, minimum=0,
+                        seed = gr.Number(default(defaults, 'seed'), label="Seed", precision=0,
                                          info="identity's noise; shot i uses seed + 1 + i")
-                        steps = gr.Number(defaults.num_inference_steps, label="Steps", precision=0, minimum=1,
+                        steps = gr.Number(default(defaults, 'num_inference_steps'), label="Steps", precision=0,
                                           info="denoising steps: fewer is faster and rougher", elem_id="steps")
-                        frames = gr.Number(defaults.num_frames, label="Frames", precision=0, minimum=1,
+                        frames = gr.Number(default(defaults, 'num_frames'), label="Frames", precision=0,
                                            info="frames per video")
                     with gr.Row():
-                        height = gr.Number(defaults.height, label="Height", precision=0, minimum=1,
+                        height = gr.Number(default(defaults, 'height'), label="Height", precision=0,
                                            info="pixels; a multiple of the model's patch size")
-                        width = gr.Number(defaults.width, label="Width", precision=0, minimum=1, info="pixels")
-                        guidance = gr.Number(defaults.guidance_scale, label="Guidance", minimum=0,
+                        width = gr.Number(default(defaults, 'width'), label="Width", precision=0, info="pixels")
+                        guidance = gr.Number(default(defaults, 'guidance_scale'), label="Guidance",
                                              info="classifier-free guidance: how closely the text is followed")
-                    shared = gr.Checkbox(config.shared_background, label="Shared background",
+                    shared = gr.Checkbox(default(config, 'shared_background') is not False, label="Shared background",
                                          info="inject the identity's background; off: only the character carries over")
-                    merge = gr.Checkbox(config.token_merge, label="Token merge",
+                    merge = gr.Checkbox(default(config, 'token_merge') is not False, label="Token merge",
                                         info="blend matched character tokens toward the identity's")
-                    vital = gr.Textbox(",".join(map(str, config.vital_layers)) if config.vital_layers else "",
+                    vital = gr.Textbox(layers_text(config),
                                        label="Vital layers",
                                        info="blocks where the identity's keys and values are injected, e.g. 0-4 "
                                             "(empty: the model's default)")
@@ -103,7 +117,7 @@ def build(studio: Studio) -> gr.Blocks:
         videos = gr.Gallery(label="Identity and shots (BachVid)", columns=4, height="auto", elem_id="videos")
         masks = gr.Gallery(label="Foreground masks (red)", columns=4, height="auto", elem_id="masks")
         baseline = gr.Gallery(label="Vanilla baseline (same seeds, no BachVid)", columns=4, height="auto",
-                              elem_id="baseline")
+                              elem_id="baseline", visible=False)
         sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="sheet")
 
         # the form writes the story text; the text is checked as it changes -------------------------
@@ -130,7 +144,7 @@ def build(studio: Studio) -> gr.Blocks:
         outputs = [status, errors, videos, masks, baseline, sheet, download]
 
         def shown(result: dict):
-            return (result["status"], result["errors"], result["videos"], result["masks"], result["baseline"],
+            return (result["status"], result["errors"], result["videos"], result["masks"], gr.Gallery(value=result["baseline"], visible=bool(result["baseline"])),
                     result["sheet"], gr.DownloadButton(value=result["zip"], interactive=bool(result["zip"])))
 
         def run(text, title, seed_, steps_, frames_, height_, width_, guidance_, shared_, merge_, vital_, mode_,
@@ -181,30 +195,51 @@ def build(studio: Studio) -> gr.Blocks:
         demo.load(lambda: (callbacks.character_gallery(studio),
                            gr.Dropdown(choices=["", *callbacks.character_names(studio)])),
                   None, [character_gallery, use_character], queue=False)
+
+        numbers = [seed, steps, frames, height, width, guidance]
+
+        def fill(*values):
+            """Once the model is there: its name, and its defaults in the settings left empty."""
+            pipe = studio.pipe  # waits while it loads
+            settings = pipe.default_settings()
+            names = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
+            # an empty number reaches the server as 0 (or None): invalid but for the seed, so the default
+            filled = [getattr(settings, n) if not v else v for n, v in zip(names, values[:6])]
+            vital_ = values[6] if values[6] else layers_text(pipe.default_config())
+            return (model_text(studio), *filled, vital_)
+
+        if not studio.ready:
+            demo.load(fill, [*numbers, vital], [model_line, *numbers, vital], queue=False)
     return demo
 
 
 def serve(args, started: float | None = None) -> int:
-    """Load the model, build the page and serve it until interrupted."""
+    """Serve the page at once, load the model meanwhile (the page fills in its defaults when it is
+    loaded), and serve until interrupted."""
+    from concurrent.futures import Future
+
     from .. import cli
 
     started = started or time.perf_counter()
-    try:
-        pipe = cli._load_pipeline(args)
-    except (OSError, ValueError) as error:
-        print(f"error: cannot load the model: {error}", file=sys.stderr)
-        return 2
     out = Path(args.out).resolve()
-    studio = Studio(pipe, out, Path(args.characters).resolve() if args.characters else None,
+    loading: Future = Future()
+    studio = Studio(loading, out, Path(args.characters).resolve() if args.characters else None,
                     command=getattr(args, "command_line", None))
     demo = build(studio)
     demo.queue(default_concurrency_limit=1)
-    port = args.port or None
-    demo.launch(server_name=args.host, server_port=port, prevent_thread_lock=True, show_error=True, quiet=True,
-                allowed_paths=[str(out), str(studio.library.folder)], ssr_mode=False, css=CSS)
-    print(f"bachvid studio: {demo.local_url} (model {pipe.model_name}; stories in {out}; "
-          f"started in {time.perf_counter() - started:.1f} s)", flush=True)
+    demo.launch(server_name=args.host, server_port=args.port or None, prevent_thread_lock=True, show_error=True,
+                quiet=True, allowed_paths=[str(out), str(studio.library.folder)], ssr_mode=False, css=CSS)
+    print(f"bachvid studio: {demo.local_url} (served {time.perf_counter() - started:.1f} s after start; "
+          f"loading the model; stories go to {out})", flush=True)
     try:
+        try:
+            pipe = cli._load_pipeline(args)
+        except (OSError, ValueError) as error:
+            loading.set_exception(error)
+            print(f"error: cannot load the model: {error}", file=sys.stderr)
+            return 2
+        loading.set_result(pipe)
+        print(f"model {pipe.model_name} ready ({time.perf_counter() - started:.1f} s after start)", flush=True)
         demo.block_thread()
     except KeyboardInterrupt:
         pass

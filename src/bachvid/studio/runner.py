@@ -114,13 +114,31 @@ class Studio:
     """The model and where things go; one generation (or identity save) at a time."""
 
     def __init__(self, pipe, out, characters=None, command: list[str] | None = None):
+        """pipe: a BachVidPipeline, or a Future of one (the page is served while the model loads)."""
         from .library import CharacterLibrary
 
-        self.pipe, self.out = pipe, Path(out)
+        self._pipe, self.out, self.command = pipe, Path(out), command
         self.library = CharacterLibrary(Path(characters) if characters else self.out / "characters")
         self.lock = threading.Lock()  # gradio's queue runs one at a time; this holds outside it too
-        self.header = {"model": {"name": pipe.model_name, "note": getattr(pipe, "model_note", None)},
-                       "versions": cli._versions(), "platform": platform.platform(), "command": command}
+        self._header = None
+
+    @property
+    def ready(self) -> bool:
+        return not hasattr(self._pipe, "result") or self._pipe.done()
+
+    @property
+    def pipe(self):
+        """The model (waits for it while it loads)."""
+        return self._pipe.result() if hasattr(self._pipe, "result") else self._pipe
+
+    @property
+    def header(self) -> dict:
+        """The manifest's model, versions, platform and command, as `bachvid generate` writes them."""
+        if self._header is None:
+            pipe = self.pipe
+            self._header = {"model": {"name": pipe.model_name, "note": getattr(pipe, "model_note", None)},
+                            "versions": cli._versions(), "platform": platform.platform(), "command": self.command}
+        return self._header
 
     def session_folder(self, session: str) -> Path:
         """A browser session's own folder: `bachvid generate --out` this folder resumes its stories."""
