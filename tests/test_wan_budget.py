@@ -185,6 +185,13 @@ def test_plan_json_for_wan_14b(capsys):
     assert data["vanilla"]["peak_bytes"] < modes["replay"]["peak_bytes"] < 80 * 2**30  # fits one H100
 
 
+def test_plan_for_wan_2_2_a14b_names_its_experts(capsys):
+    assert cli.main(["plan", "--model-config", "wan2.2-t2v-a14b"]) == 0
+    assert "28.58 B (28,576,983,168): 2 experts of 14.29 B, one runs per step" in capsys.readouterr().out
+    assert cli.main(["plan", "--model-config", "wan2.2-t2v-a14b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["experts"] == 2
+
+
 def test_plan_refuses_frames_wan_would_round(capsys):
     assert cli.main(["plan", "--model-config", "wan2.1-t2v-1.3b", "--frames", "80"]) == 2
     assert "4k+1" in capsys.readouterr().err

@@ -563,6 +563,7 @@ class Budget:
     matching_forwards: float  # point matching, once per shot, in forwards (its FLOPs)
     vanilla: ModeCost
     modes: dict[str, ModeCost] = field(default_factory=dict)
+    experts: int = 1  # resident transformers (Wan 2.2 A14B: 2; parameters count both, a forward runs one)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -667,7 +668,7 @@ def estimate(model: Transformer | WanTransformer, work: Workload, config: BachVi
         vital_fraction=model.prefix_fraction(max(schedule.vital) + 1, tokens),
         prerun_pairs_ratio=1 + prerun_extra / n**2, run_pairs_ratio=1 + run_extra / n**2,
         prerun_step_ratio=1 + prerun_extra_fwd, injected_step_ratio=1 + run_extra_fwd,
-        matching_forwards=matching, vanilla=vanilla, modes=modes,
+        matching_forwards=matching, vanilla=vanilla, modes=modes, experts=model.experts,
     )
 
 

@@ -105,7 +105,8 @@ def render(b, modes, dtype: str) -> str:
     lines = [
         f"bachvid plan: {b.model}, {w.frames} frames {w.height}x{w.width}, {w.steps} steps, guidance {w.guidance:g} "
         f"({rows}), {dtype}",
-        f"  parameters   {_count(b.parameters)} ({b.parameters:,})",
+        f"  parameters   {_count(b.parameters)} ({b.parameters:,})"
+        + (f": {b.experts} experts of {_count(b.parameters // b.experts)}, one runs per step" if b.experts > 1 else ""),
         f"  tokens       {tokens}",
         f"  schedule     vital layers {_layers(s.vital)} ({len(s.vital)}, {fv:.1f}% of a forward); inject steps "
         f"{s.inject.start}-{s.inject.stop - 1}; pre-run {s.prerun_steps} steps; mask/match at step "
