@@ -194,3 +194,13 @@ def test_stale_temporaries_are_found_in_entries_too(tmp_path):
     (tmp_path / "entries" / "shot-01.npz").write_bytes(b"kept")
     assert outputs.remove_stale_temporaries(tmp_path) == [left]
     assert (tmp_path / "entries" / "shot-01.npz").exists()
+
+
+def test_a_contact_sheet_row_may_hold_several_videos_and_chosen_frames(tmp_path):
+    story = np.stack([frames(n=17, seed=s) for s in range(3)])  # identity and two shots, side by side
+    outputs.contact_sheet(tmp_path / "grid.png", [("one story", story), ("another", story[:2])], cell=64,
+                          frames=(0, 16, 99))  # 99: past the end, left out
+    image = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
+    assert image.shape == (26 + 2 * (64 + 8), 320 + 6 * (64 + 8), 3)  # 3 videos x 2 frames; rows of 6 and 4
+    assert np.array_equal(image[26:26 + 64:2, 320 + 5 * 72:320 + 5 * 72 + 64:2], story[2, 16])
+    assert (image[26 + 72:, 320 + 4 * 72:] == 255).all()  # the shorter row leaves the rest white

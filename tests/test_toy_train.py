@@ -100,7 +100,11 @@ def test_continuing_a_model_with_ema_and_scoring_it(tmp_path):
     pipe, defaults, _ = quality.load(out)
     assert len(state["ema"]) == len(list(pipe.transformer.parameters())) + len(list(pipe.text_encoder.parameters()))
     report = quality.measure(pipe, defaults, samples=2, steps=1, batch=2, out=tmp_path / "q", log=lambda m: None)
-    assert report["samples"] == 2 and 0 <= report["action"] <= 1 and (tmp_path / "q" / "sheet.png").is_file()
+    records = [json.loads(line) for line in (tmp_path / "q" / "samples.jsonl").read_text().splitlines()]
+    assert report["samples"] == len(records) == 2
+    assert report["action"] == sum(r["action"] == r["combo"][2] for r in records) / 2  # read from the scored samples
+    from PIL import Image
+    assert Image.open(tmp_path / "q" / "sheet.png").size[1] == 26 + 2 * (128 + 8)  # a row per video
     again = quality.measure(pipe, defaults, samples=2, steps=1, batch=2, out=tmp_path / "q", log=lambda m: None)
     assert "seconds_per_video_batched" not in again and again["action"] == report["action"]  # resumed, not redone
     refs = quality.references(pipe, samples=2)

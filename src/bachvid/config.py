@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from .prompt import FOREGROUND_SPANS
+
 
 @dataclass(frozen=True)
 class BachVidConfig:
@@ -85,8 +87,8 @@ class BachVidConfig:
             raise ValueError("inject_end must not come before inject_start")
         if not self.merge_decay_start <= self.merge_decay_end:
             raise ValueError("merge_decay_start must not come after merge_decay_end")
-        if self.mask_foreground not in ("after_background", "character"):
-            raise ValueError("mask_foreground must be 'after_background' or 'character'")
+        if self.mask_foreground not in FOREGROUND_SPANS:
+            raise ValueError(f"mask_foreground must be {' or '.join(map(repr, FOREGROUND_SPANS))}")
         if self.mask_open_kernel < 1 or self.mask_open_kernel % 2 == 0:
             raise ValueError("mask_open_kernel must be an odd number >= 1")
         if not math.isfinite(self.injected_logit_bias):
@@ -108,6 +110,12 @@ class BachVidConfig:
 def step_index(fraction: float, num_steps: int) -> int:
     """The denoising step a schedule fraction stands for."""
     return min(num_steps, max(0, round(fraction * num_steps)))
+
+
+def read_step(fraction: float, num_steps: int) -> int:
+    """The step at which a reading scheduled at `fraction` (tau_mask, tau_match) happens: its
+    step_index, at most the last step (a reading needs a step to happen in)."""
+    return min(step_index(fraction, num_steps), num_steps - 1)
 
 
 def parse_knob(text: str) -> tuple[str, object]:

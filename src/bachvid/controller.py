@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .attention import KeyGroup, injected_attention
 from .identity import IdentityRecord
-from .mask import MaskReader
+from .mask import TextAttentionReader
 from .match import MatchAccumulator
 from .plan import PLAIN, Injection, StepPlan, TokenMerge
 
@@ -66,7 +66,7 @@ class VideoState:
     plan: StepPlan = PLAIN
     source: IdentityRecord | None = None  # identity answering the plan's injections, merges and matches
     target: object | None = None  # identity record this video feeds (CachedIdentity or LiveIdentity)
-    mask_reader: MaskReader | None = None
+    mask_reader: TextAttentionReader | None = None  # MaskReader, or a research recorder
     matcher: MatchAccumulator | None = None
     probe: Callable[..., None] | None = None
     """Research hook: probe(step, layer, query, key, groups) sees the conditional row's rotated
@@ -120,7 +120,7 @@ class Controller:
             for i, video in enumerate(self.videos):
                 if call.layer in video.plan.read_mask:
                     cond = self._rows(i).stop - 1
-                    video.mask_reader.add(call.layer, call.query[cond], call.key[cond])
+                    video.mask_reader.add(call.layer, call.query[cond], call.key[cond], step=video.plan.step)
         return F.scaled_dot_product_attention(call.query, call.key, call.value)
 
     def attend(self, call: AttentionCall) -> torch.Tensor:
@@ -165,7 +165,7 @@ class Controller:
             # Masks are read where video queries meet text keys: here when the call holds text
             # tokens, else in the backbone's `TextAttentionCall`.
             if layer in plan.read_mask and t and self._conditional:
-                video.mask_reader.add(layer, query[cond, :, t:], key[cond, :, :t])
+                video.mask_reader.add(layer, query[cond, :, t:], key[cond, :, :t], step=plan.step)
             if layer in plan.read_match and self._conditional:
                 identity = video.source.output(plan.step, layer, **self._branch_kw)[-1]
                 video.matcher.add(layer, _features(video_out[cond]), _features(identity))

@@ -7,6 +7,8 @@ needed, computed in query chunks, so the full (text + video)^2 matrix is never b
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
@@ -48,8 +50,19 @@ def open_mask(mask: torch.Tensor, kernel: int) -> torch.Tensor:
     return opened[:, 0] > 0.5
 
 
+class TextAttentionReader(Protocol):
+    """What the controller hands the attention of video queries to text keys at each mask layer
+    (a plan's read_mask) of the conditional branch: the method's MaskReader, or a research
+    harness's recorder. Give one to `BachVidPipeline.denoise(mask_reader=...)` or a VideoState."""
+
+    def add(self, layer: int, video_queries: torch.Tensor, text_keys: torch.Tensor, *, step: int) -> None:
+        """video_queries: (H, Nv, D) as attention sees them (RoPE applied); text_keys: (H, T, D);
+        step: the denoising step of the plan being carried out."""
+
+
 class MaskReader:
-    """Accumulates background/foreground attention over the mask layers of one step."""
+    """Accumulates background/foreground attention over the mask layers of one step (a
+    TextAttentionReader)."""
 
     def __init__(self, background: torch.Tensor, foreground: torch.Tensor, real_length: int, chunk_size: int):
         self.background, self.foreground = background, foreground
@@ -58,7 +71,7 @@ class MaskReader:
         self.fg_sum: torch.Tensor | None = None
         self.layers: list[int] = []
 
-    def add(self, layer: int, video_queries: torch.Tensor, text_keys: torch.Tensor) -> None:
+    def add(self, layer: int, video_queries: torch.Tensor, text_keys: torch.Tensor, *, step: int | None = None) -> None:
         bg, fg = text_attention_scores(
             video_queries, text_keys, self.real_length,
             self.background.to(video_queries.device), self.foreground.to(video_queries.device),

@@ -201,24 +201,33 @@ def sheet_frames(frames) -> np.ndarray:
     return frames[[0, len(frames) // 2, len(frames) - 1]]
 
 
-def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160) -> Path:
-    """A PNG with one row per video (identity first): label, then its first, middle and last
-    frame (sheet_frames: a video's sheet_frames alone give the same row), `cell` pixels high,
-    enlarged nearest-neighbour so tiny videos stay legible."""
+def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160, frames=None) -> Path:
+    """A PNG with one row per entry of `videos` (identity first): its label, then frames of its
+    video, `cell` pixels high, enlarged nearest-neighbour so tiny videos stay legible.
+
+    A row's array is one video (F, H, W, 3) or several side by side (V, F, H, W, 3). Each video
+    shows its first, middle and last frame (sheet_frames: a video's sheet_frames alone give the
+    same row), or with `frames` those frame indices (past the end: left out)."""
     if not videos:
         raise ValueError("a contact sheet needs at least one video")
     font, pad, label_width, header = _font(14), 8, 320, 26
     picks = []
-    for label, frames in videos:
-        frames = sheet_frames(frames)
-        h, w = frames.shape[1:3]
-        size = (max(1, round(w * cell / h)), cell)
-        picks.append((label, [Image.fromarray(frame).resize(size, Image.NEAREST) for frame in frames]))
+    for label, clips in videos:
+        clips = np.asarray(clips)
+        images = []
+        for clip in clips if clips.ndim == 5 else clips[None]:
+            clip = sheet_frames(clip) if frames is None else _check_frames(clip)[[f for f in frames if f < len(clip)]]
+            h, w = clip.shape[1:3]
+            size = (max(1, round(w * cell / h)), cell)
+            images += [Image.fromarray(frame).resize(size, Image.NEAREST) for frame in clip]
+        picks.append((label, images))
+    titles = ("first", "middle", "last") if frames is None else tuple(f"frame {f}" for f in frames)
     column = max(image.width for _, images in picks for image in images) + pad
-    sheet = Image.new("RGB", (label_width + 3 * column, header + len(picks) * (cell + pad)), "white")
+    columns = max(len(images) for _, images in picks)
+    sheet = Image.new("RGB", (label_width + columns * column, header + len(picks) * (cell + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, title in enumerate(("first", "middle", "last")):
-        draw.text((label_width + i * column, 6), title, fill="gray", font=font)
+    for i in range(columns):
+        draw.text((label_width + i * column, 6), titles[i % len(titles)], fill="gray", font=font)
     for r, (label, images) in enumerate(picks):
         y = header + r * (cell + pad)
         draw.multiline_text((6, y), textwrap.fill(label, 44), fill="black", font=font, spacing=3)

@@ -30,7 +30,7 @@ import torch
 from .backbones import BatchVideo, backbone_for
 from .config import BachVidConfig
 from .controller import Controller, VideoState
-from .mask import MaskReader
+from .mask import TextAttentionReader
 from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, identity_config, identity_expectation,
                     run_story, vanilla_videos)
 from .plan import Layers
@@ -479,7 +479,7 @@ class BachVidPipeline:
                               time.perf_counter() - start, None, stats, latents)
 
     def denoise(self, prompt: PromptSpans, seed: int, settings: GenerationSettings, plan_for, *,
-                source=None, target=None, mask_reader: MaskReader | None = None, run_steps: int | None = None,
+                source=None, target=None, mask_reader: TextAttentionReader | None = None, run_steps: int | None = None,
                 progress: bool = False) -> "RunOutput":
         """One video under explicit per-step plans, reading from `source` and keeping into `target`:
         the building block of the method, open for tests and experiments."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import BachVidConfig, step_index
+from .config import BachVidConfig, read_step, step_index
 from .match import Matches
 
 
@@ -98,9 +98,7 @@ class Schedule:
 
     @classmethod
     def of(cls, config: BachVidConfig, num_steps: int) -> "Schedule":
-        last = num_steps - 1
-        mask_step = min(step_index(config.tau_mask, num_steps), last)
-        match_step = min(step_index(config.tau_match, num_steps), last)
+        mask_step, match_step = read_step(config.tau_mask, num_steps), read_step(config.tau_match, num_steps)
         inject = range(step_index(config.inject_start, num_steps), step_index(config.inject_end, num_steps))
         start, d0, d1 = (step_index(f, num_steps) for f in
                          (config.merge_start, config.merge_decay_start, config.merge_decay_end))

@@ -28,6 +28,10 @@ class PromptTooLong(ValueError):
         )
 
 
+FOREGROUND_SPANS = ("after_background", "character")
+"""The text spans a foreground mask may stand on (BachVidConfig.mask_foreground, PromptSpans.foreground)."""
+
+
 @dataclass(frozen=True)
 class PromptSpans:
     """Token indices (into the padded text sequence) of each prompt part.
@@ -43,12 +47,13 @@ class PromptSpans:
     real_length: int
 
     def foreground(self, which: str = "after_background") -> tuple[int, ...]:
-        """Foreground tokens: everything after the background (CharaConsist) or the character alone."""
+        """Foreground tokens (one of FOREGROUND_SPANS): everything after the background
+        (CharaConsist) or the character alone."""
         if which == "after_background":
             return self.character + self.action
         if which == "character":
             return self.character
-        raise ValueError(f"unknown foreground span {which!r}: use 'after_background' or 'character'")
+        raise ValueError(f"unknown foreground span {which!r}: use {' or '.join(map(repr, FOREGROUND_SPANS))}")
 
 
 def token_spans(tokenizer, background: str, character: str, action: str, max_length: int) -> PromptSpans:

@@ -42,7 +42,7 @@ import argparse
 import json
 from pathlib import Path
 
-SPANS = ("after_background", "character")
+from ..prompt import FOREGROUND_SPANS as SPANS  # every span a mask may stand on
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 2) for i in range(10))  # steps 0, 3, ..., 27 of 30
 MATCH_TABLES = ("match_accuracy", "match_kept", "match_kept_accuracy")
 
@@ -76,21 +76,19 @@ def held_out_pairs(count: int, seed: int = 0) -> list[dict]:
 # Recording one plain generation ------------------------------------------------------------------
 
 class AttentionRecorder:
-    """Stands in for the controller's MaskReader: keeps the background/foreground scores of every
-    (foreground span, step, layer) apart instead of averaging them."""
+    """A mask.TextAttentionReader in place of the method's MaskReader: keeps the background/
+    foreground scores of every (foreground span, step, layer) apart instead of averaging them."""
 
     def __init__(self, spans):
         import torch
 
-        self.step = -1  # set by the plan of each step
         self.real_length = spans.real_length
         self.words = {span: (torch.tensor(spans.background), torch.tensor(spans.foreground(span))) for span in SPANS}
         self.scores: dict[str, dict[int, dict[int, tuple]]] = {span: {} for span in SPANS}
 
-    def add(self, layer, video_queries, text_keys):
+    def add(self, layer, video_queries, text_keys, *, step):
         from ..mask import text_attention_scores
 
-        step = self.step
         for span, (background, foreground) in self.words.items():
             self.scores[span].setdefault(step, {})[layer] = text_attention_scores(
                 video_queries, text_keys, self.real_length, background, foreground)
@@ -124,7 +122,6 @@ def record(pipe, combo, seed: int, steps, settings, outputs: bool = True) -> dic
     steps = set(steps)
 
     def plan(step: int) -> StepPlan:
-        recorder.step = step
         if step not in steps:
             return PLAIN
         return StepPlan(step=step, read_mask=layers, keep_output=layers if outputs else frozenset())
@@ -245,9 +242,10 @@ def greedy_layers(score, single: dict[int, float]) -> tuple[list[int], float]:
 # The analysis ----------------------------------------------------------------------------------------
 
 def candidate_steps(fractions, num_steps: int) -> list[int]:
-    from ..config import step_index
+    """The steps at which readings scheduled at `fractions` happen (as tau_mask / tau_match would)."""
+    from ..config import read_step
 
-    return sorted({min(step_index(f, num_steps), num_steps - 1) for f in fractions})
+    return sorted({read_step(f, num_steps) for f in fractions})
 
 
 def collect(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, settings=None,
@@ -269,7 +267,8 @@ def collect(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
 def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, settings=None, kernel: int = 3,
             threshold: float = 0.5, matches: bool = True, progress: bool = False, collected: dict | None = None) -> dict:
     """The whole analysis as a JSON-ready report (see the module docstring)."""
-    from ..config import BachVidConfig, step_index
+    from ..config import BachVidConfig
+    from ..plan import Schedule
 
     data = collected or collect(pipe, videos, seed, fractions, settings, matches, progress)
     pairs, steps, settings = data["pairs"], data["steps"], data["settings"]
@@ -284,9 +283,10 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
             chosen, value = greedy_layers(lambda c: mask_iou(runs, span, s, c, kernel), masks[span][s])
             if value > best_mask["iou"]:
                 best_mask = {"iou": value, "span": span, "step": s, "layers": chosen}
-    defaults = pipe.layers(BachVidConfig())
-    default_mask_step = min(step_index(BachVidConfig().tau_mask, n), n - 1)
-    default_match_step = min(step_index(BachVidConfig().tau_match, n), n - 1)
+    default_config = BachVidConfig()  # the method's defaults, before any calibration
+    defaults, schedule = pipe.layers(default_config), Schedule.of(default_config, n)
+    default_mask_step, default_match_step = schedule.mask_step, schedule.match_step
+    default_span = default_config.mask_foreground
     report = {
         "videos": len(runs), "stories": len(pairs), "steps": n, "candidate_steps": steps, "layers": layers,
         "seed": seed, "guidance": settings.guidance_scale, "kernel": kernel, "match_threshold": threshold,
@@ -294,8 +294,8 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
                           "shot": list(p["shot"]["combo"]), "shot_seed": p["shot"]["seed"]} for p in pairs],
         "mask_iou": {span: _json_table(t) for span, t in masks.items()},
         "best_mask": best_mask,
-        "default_mask": {"span": "after_background", "step": default_mask_step, "layers": sorted(defaults.mask),
-                         "iou": mask_iou(runs, "after_background", default_mask_step, sorted(defaults.mask), kernel)
+        "default_mask": {"span": default_span, "step": default_mask_step, "layers": sorted(defaults.mask),
+                         "iou": mask_iou(runs, default_span, default_mask_step, sorted(defaults.mask), kernel)
                          if default_mask_step in steps else None},
     }
     config = {"mask_layers": best_mask["layers"], "tau_mask": round(best_mask["step"] / n, 4),

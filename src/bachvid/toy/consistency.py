@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import BachVidConfig, parse_knob
+from ..outputs import contact_sheet
+from ..prompt import FOREGROUND_SPANS
 from ..story import Shot, Story
 from . import world
 from .evaluate import iou, score_clip
-from .quality import contact_sheet
 
 SHOT_ACTIONS = ("left", "jump", "closer")
 
@@ -100,7 +101,9 @@ def measure(pipe, stories: list[Story], config: BachVidConfig | None = None, pro
                                         for k in summary["vanilla"]}
     summary["shots"] = len(rows["bachvid"])
     if sheet is not None:
-        contact_sheet(np.stack(videos), sheet, columns=1 + 2 * len(SHOT_ACTIONS), frames=(0, 16), labels=labels)
+        per_story = 1 + 2 * len(SHOT_ACTIONS)  # identity, then each action vanilla and BachVid
+        contact_sheet(sheet, [(" | ".join(labels[i:i + per_story]), np.stack(videos[i:i + per_story]))
+                              for i in range(0, len(videos), per_story)], cell=128, frames=(0, 16))
     return summary
 
 
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stories", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-shared-background", action="store_true")
-    parser.add_argument("--mask-foreground", choices=("after_background", "character"), default=None,
+    parser.add_argument("--mask-foreground", choices=FOREGROUND_SPANS, default=None,
                         help="which words make the foreground mask (default: the config's)")
     parser.add_argument("--vital-layers", type=int, default=None, metavar="N",
                         help="inject into the first N layers (default: the model's / the backbone's choice)")

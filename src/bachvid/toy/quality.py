@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..outputs import contact_sheet
 from ..prompt import compose_prompt
 from . import world
 from .evaluate import iou, score_clip
 
 BARS = {"background": 0.9, "character": 0.9, "action": 0.8}
-FRAMES, SIZE = 17, 64
+FRAMES, SIZE = world.FRAMES, world.SIZE  # the toy world's clips (17 x 64 x 64), which the model learnt
 
 
 def held_out_prompts(samples: int, seed: int = 0):
@@ -66,6 +67,12 @@ def load(model=None):
     settings = bachvid.default_settings()
     defaults = {"num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
     return bachvid.pipe, defaults, folder
+
+
+def steps_and_guidance(defaults: dict, steps: int | None = None, guidance: float | None = None) -> tuple[int, float]:
+    """The steps and guidance to run: the given ones, else the model's defaults (`load`)."""
+    return (int(steps or defaults["num_inference_steps"]),
+            float(guidance if guidance is not None else defaults["guidance_scale"]))
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
@@ -111,10 +118,13 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
     """Generate and score `samples` held-out videos; with `out`, append each record to out/samples.jsonl
     and skip the ones already there (resume). `pipe` is a stock CogVideoXPipeline (or a BachVidPipeline,
     whose stock pipeline is used)."""
+    if defaults is None:  # a BachVidPipeline knows its own; a stock one needs `load`'s
+        if not hasattr(pipe, "default_settings"):
+            raise TypeError("measure: give the model's defaults (quality.load returns them) with a stock pipeline")
+        settings = pipe.default_settings()
+        defaults = {"num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
     pipe = getattr(pipe, "pipe", pipe)
-    defaults = defaults or {}
-    steps = int(steps or defaults.get("num_inference_steps", 30))
-    guidance = float(guidance if guidance is not None else defaults.get("guidance_scale", 6.0))
+    steps, guidance = steps_and_guidance(defaults, steps, guidance)
     items = held_out_prompts(samples, seed)
     records: list[dict] = []
     videos: list[np.ndarray] = []
@@ -148,8 +158,7 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
     if made:
         report["seconds_per_video_batched"] = (time.perf_counter() - start) / made
     if out is not None and videos:
-        contact_sheet(np.stack(videos[:16]), out / "sheet.png",
-                      labels=[" ".join(r["combo"]) for r in records[:16]])
+        contact_sheet(out / "sheet.png", [(" ".join(r["combo"]), v) for r, v in zip(records[:16], videos)], cell=128)
     return report
 
 
@@ -178,29 +187,11 @@ def time_one_video(model=None, steps: int | None = None, guidance: float | None 
     start = time.perf_counter()
     pipe, defaults, _ = load(model)
     loaded = time.perf_counter()
-    steps = int(steps or defaults.get("num_inference_steps", 30))
-    guidance = float(guidance if guidance is not None else defaults.get("guidance_scale", 6.0))
+    steps, guidance = steps_and_guidance(defaults, steps, guidance)
     generate(pipe, [compose_prompt(*world.texts("meadow", "robot", "jump"))], [0], steps, guidance)
     done = time.perf_counter()
     return {"load_seconds": round(loaded - start, 2), "generate_seconds": round(done - loaded, 2), "steps": steps,
             "guidance": guidance, "threads": torch.get_num_threads()}
-
-
-def contact_sheet(videos: np.ndarray, path: Path, columns: int = 4, frames=(0, 8, 16), labels=None) -> None:
-    """A PNG: first, middle and last frame of each video, `columns` videos per row, enlarged 2x."""
-    from PIL import Image, ImageDraw
-
-    frames = [f for f in frames if f < videos.shape[1]]
-    tiles = [np.pad(np.concatenate([v[f] for f in frames], axis=1), ((12, 2), (2, 2), (0, 0)), constant_values=255)
-             for v in videos]
-    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)
-    rows = [np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)]
-    image = Image.fromarray(np.concatenate(rows, axis=0))
-    draw = ImageDraw.Draw(image)
-    tile_h, tile_w = tiles[0].shape[:2]
-    for i, label in enumerate(labels or []):
-        draw.text(((i % columns) * tile_w + 3, (i // columns) * tile_h), label, fill=(0, 0, 0))
-    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
 
 
 def main(argv=None) -> int:
@@ -225,8 +216,7 @@ def main(argv=None) -> int:
     if args.time:
         report["timing"] = time_one_video(args.model, args.steps, args.guidance)
     pipe, defaults, folder = load(args.model)
-    steps = int(args.steps or defaults.get("num_inference_steps", 30))
-    guidance = float(args.guidance if args.guidance is not None else defaults.get("guidance_scale", 6.0))
+    steps, guidance = steps_and_guidance(defaults, args.steps, args.guidance)
     out = Path(args.out) if args.out else Path("runs/quality") / (
         f"{folder.resolve().name}-n{args.samples}-s{args.seed}-{steps}-{guidance:g}")
     report["model"] = str(folder)

@@ -616,25 +616,23 @@ def plot(summary: dict, path: Path) -> None:
 def sheet(out: Path, stories: list[BenchStory], count: int, path: Path) -> bool:
     """identity | vanilla identity's seed shots | BachVid shots, one row per story (first `count`
     stories with both conditions made)."""
-    from .quality import contact_sheet
+    from ..outputs import contact_sheet
 
-    videos, labels, columns = [], [], None
+    rows = []
     for bs in stories:
         ident = _load_frames(out, bs.name, "identity")
         same = _load_frames(out, bs.name, "vanilla-idseed")
         ours = _load_frames(out, bs.name, "bachvid")
         if ident is None or same is None or ours is None:
             continue
-        columns = 1 + len(same) + len(ours)
-        videos += [ident, *same, *ours]
         bg = "shared" if bs.shared else "switched"
-        labels += [f"{bs.name} {bs.character} {bs.background} ({bg})"]
-        labels += [f"same seed: {a}" for a in bs.actions] + [f"BachVid: {a}" for a in bs.actions]
-        if len(videos) // columns >= count:
+        rows.append((f"{bs.name} {bs.character} {bs.background} ({bg}): identity | same seed: "
+                     f"{', '.join(bs.actions)} | BachVid: {', '.join(bs.actions)}", np.stack([ident, *same, *ours])))
+        if len(rows) >= count:
             break
-    if not videos:
+    if not rows:
         return False
-    contact_sheet(np.stack(videos), path, columns=columns, frames=(0, 8, 16), labels=labels)
+    contact_sheet(path, rows, cell=128)
     return True
 
 
