@@ -25,6 +25,7 @@ def background_distance(result, identity):
     return diff[background].mean().item()
 
 
+@pytest.mark.slow  # about 2.5 minutes on 2 cores: 12-step identity and three shots per variant
 def test_background_injection_brings_background_latents_closer(toy):
     pipe, settings = toy
     story = Story(name="t", character="a red robot", identity=Shot("a green meadow", "stands still"),
@@ -60,14 +61,16 @@ def test_consistency_report_has_both_rows_ratios_masks_and_a_sheet(toy, tmp_path
     quick = settings.__class__(**{**settings.__dict__, "num_inference_steps": 4})
     summary = measure(pipe, toy_stories(1, seed=5), sheet=tmp_path / "sheet.png", settings=quick)
     assert summary["shots"] == 3
-    assert 0 <= summary["bachvid"]["mask_iou"] <= 1 and 0 <= summary["bachvid"]["identity_mask_iou"] <= 1
+    # attention-read masks cover the evaluator's pixel character (0.53 and 0.61 measured), not chance
+    assert summary["bachvid"]["mask_iou"] > 0.35 and summary["bachvid"]["identity_mask_iou"] > 0.35
     assert "mask_iou" not in summary["vanilla"]  # vanilla shots read no mask
     ratio = summary["ratio bachvid/vanilla"]
-    assert set(ratio) == set(summary["vanilla"]) and ratio["seconds"] > 0
+    assert set(ratio) == set(summary["vanilla"])
     assert ratio["background_error"] == pytest.approx(
         summary["bachvid"]["background_error"] / summary["vanilla"]["background_error"])
     from PIL import Image
-    assert Image.open(tmp_path / "sheet.png").size[0] > 7 * 64
+    # one row for the story: identity, then each action vanilla and BachVid, frames 0 and 16, 128 px cells
+    assert Image.open(tmp_path / "sheet.png").size == (320 + 7 * 2 * (128 + 8), 26 + 128 + 8)
 
 
 def test_knobs_from_the_command_line():
