@@ -163,7 +163,7 @@ def tiny_cogvideox_pipeline(*, rope: bool = True, num_layers: int = 4, text_leng
 
 
 def tiny_wan_transformer(*, num_layers: int = 4, heads: int = 2, head_dim: int = 12, in_channels: int = 4,
-                         text_dim: int = 32, seed: int = 0):
+                         text_dim: int = 32, ffn_mult: int = 2, freq_dim: int = 32, seed: int = 0):
     """Wan transformer (attn1: video self-attention with 3D RoPE, attn2: cross-attention to text).
     head_dim 12 splits into RoPE parts of 4 (frames), 4 (height), 4 (width), as Wan splits 128."""
     from diffusers import WanTransformer3DModel
@@ -176,8 +176,8 @@ def tiny_wan_transformer(*, num_layers: int = 4, heads: int = 2, head_dim: int =
         in_channels=in_channels,
         out_channels=in_channels,
         text_dim=text_dim,
-        freq_dim=32,
-        ffn_dim=2 * heads * head_dim,
+        freq_dim=freq_dim,
+        ffn_dim=ffn_mult * heads * head_dim,
         num_layers=num_layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
@@ -185,15 +185,16 @@ def tiny_wan_transformer(*, num_layers: int = 4, heads: int = 2, head_dim: int =
     ).eval()
 
 
-def tiny_wan_vae(latent_channels: int = 4, base_dim: int = 4, seed: int = 0):
-    """Wan VAE: x4 in space (2 down blocks), x4 in time; 4k+1 frames <-> k+1 latent frames."""
+def tiny_wan_vae(latent_channels: int = 4, base_dim: int = 4, dim_mult=(1, 1, 1), seed: int = 0):
+    """Wan VAE: x4 in space (2 down blocks), x4 in time; 4k+1 frames <-> k+1 latent frames.
+    Its stages are base_dim x dim_mult channels wide."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
     return AutoencoderKLWan(
         base_dim=base_dim,
         z_dim=latent_channels,
-        dim_mult=[1, 1, 1],
+        dim_mult=list(dim_mult),
         num_res_blocks=1,
         temperal_downsample=[True, True],
         latents_mean=[0.0] * latent_channels,

@@ -9,6 +9,13 @@ Stages, each resumable from its checkpoint under --work:
 4. export       a diffusers folder (model_index.json, safetensors in fp16) + bachvid.json defaults.
 Deterministic from --seed; --minutes bounds each training stage's wall time.
 
+--backbone wan runs the same recipe for a diffusers WanPipeline: a tiny AutoencoderKLWan (x4 space,
+x4 time, causal; 17 frames -> 5 latent frames), latents normalised per channel (the VAE's
+latents_mean / latents_std, as Wan's own VAE stores them), a WanTransformer3DModel (patch 1x2x2:
+8 x 8 tokens per latent frame at 64 px, as the toy CogVideoX) and a small umT5 encoder trained
+jointly by flow matching (the velocity noise - x0 at sigmas drawn as UniPC's flow_shift 3 draws them),
+exported as a WanPipeline folder with the UniPC flow scheduler (see docs/TOY_MODEL.md, "Wan").
+
 --world v2 trains on the 96 px world (12 x 12 tokens per latent frame) and --scale v2 sizes the
 model for it; --device cuda with bf16 autocast, --workers N render clips in N processes and
 --schedule time lets the learning rates follow the time budget (scripts/train_toy_v2_gpu.sh).
@@ -29,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ..prompt import PART_SEPARATOR, compose_prompt
-from ..tiny import build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_vae
+from ..tiny import (build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_umt5_encoder,
+                    tiny_vae, tiny_wan_transformer, tiny_wan_vae, wan_scheduler)
 from . import world
 
 TEXT_LENGTH = 24
@@ -45,6 +53,40 @@ def model_sizes(scale: str) -> dict:
     if scale == "v2":
         return dict(vae=(32, 64, 64), layers=12, heads=6, head_dim=32, text_dim=64)
     return dict(vae=VAE_CHANNELS, layers=8, heads=4, head_dim=32, text_dim=64)
+
+
+def is_wan(args) -> bool:
+    return getattr(args, "backbone", "cogvideox") == "wan"
+
+
+WAN_FLOW_SHIFT = 3.0  # the UniPC flow scheduler's shift (Wan 2.1's default): training draws sigmas the same way
+
+
+def wan_vae(sizes: dict, seed: int = 0):
+    """The toy Wan VAE: AutoencoderKLWan with stages sizes["vae"] wide, x4 space, x4 time."""
+    channels = sizes["vae"]
+    return tiny_wan_vae(latent_channels=LATENT_CHANNELS, base_dim=channels[0],
+                        dim_mult=[c // channels[0] for c in channels], seed=seed)
+
+
+def wan_transformer(sizes: dict, seed: int = 0):
+    """The toy Wan transformer: WanTransformer3DModel, patch 1 x 2 x 2 (8 x 8 tokens per latent frame at
+    64 px), feed-forward 4x wide (as CogVideoX's), Wan's 256-wide timestep features."""
+    return tiny_wan_transformer(num_layers=sizes["layers"], heads=sizes["heads"], head_dim=sizes["head_dim"],
+                                in_channels=LATENT_CHANNELS, text_dim=sizes["text_dim"], ffn_mult=4, freq_dim=256,
+                                seed=seed)
+
+
+def wan_text(text_encoder, ids: torch.Tensor) -> torch.Tensor:
+    """Prompt embeddings as WanPipeline makes them: umT5 with the attention mask, zeros past the prompt."""
+    mask = (ids != 0).long()  # <pad> is 0 (tiny.build_word_tokenizer)
+    return text_encoder(ids, attention_mask=mask).last_hidden_state * mask[..., None]
+
+
+def wan_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Flow-matching noise levels, uniform then shifted as the UniPC flow scheduler shifts its sigmas."""
+    u = torch.rand(batch, generator=generator)
+    return WAN_FLOW_SHIFT * u / (1 + (WAN_FLOW_SHIFT - 1) * u)
 
 
 def world_of(args) -> world.WorldSpec:
@@ -109,8 +151,11 @@ def log(path: Path, message: str) -> None:
 def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
     spec, device = world_of(args), device_of(args)
     renderer = renderer or Renderer()
-    vae = tiny_vae(latent_channels=LATENT_CHANNELS, block_out_channels=sizes["vae"], seed=args.seed).train()
-    vae.config.sample_height = vae.config.sample_width = spec.size
+    if is_wan(args):
+        vae = wan_vae(sizes, seed=args.seed).train()
+    else:
+        vae = tiny_vae(latent_channels=LATENT_CHANNELS, block_out_channels=sizes["vae"], seed=args.seed).train()
+        vae.config.sample_height = vae.config.sample_width = spec.size
     vae.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
@@ -158,11 +203,12 @@ def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
 # Stage 2 ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_latents(args, work: Path, vae, renderer: Renderer | None = None):
-    from diffusers import AutoencoderKLCogVideoX
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 
     spec, device = world_of(args), device_of(args)
     renderer = renderer or Renderer()
-    vae = (vae or AutoencoderKLCogVideoX.from_pretrained(work / "vae")).to(device).eval()
+    vae_class = AutoencoderKLWan if is_wan(args) else AutoencoderKLCogVideoX
+    vae = (vae or vae_class.from_pretrained(work / "vae")).to(device).eval()
     train_combos, _ = world.split_combinations()
     rng = np.random.default_rng(args.seed + 1)
     items = [(combo, int(rng.integers(1 << 30))) for combo in train_combos for _ in range(args.clips_per_combo)]
@@ -183,6 +229,17 @@ def encode_latents(args, work: Path, vae, renderer: Renderer | None = None):
         prompts += [compose_prompt(*world.texts(*combo)) for combo, _ in chunk]
     latents = torch.cat(latents)  # (N, C, F, h, w)
     render_note = f" ({len(items) / max(time.time() - start, 1e-9):.1f} clips/s)"
+    if is_wan(args):  # per-channel mean and std, kept in the VAE's config as Wan's VAE keeps them
+        if args.init_from:
+            mean, std = list(vae.config.latents_mean), list(vae.config.latents_std)
+        else:
+            mean = latents.mean(dim=(0, 2, 3, 4)).tolist()
+            std = latents.std(dim=(0, 2, 3, 4)).tolist()
+        torch.save({"latents": latents, "prompts": prompts, "latents_mean": mean, "latents_std": std,
+                    "world": spec.name, "backbone": "wan"}, work / "latents.pt")
+        log(work, f"encoded {len(prompts)} clips to {tuple(latents.shape[1:])} latents in {time.time() - start:.0f}s"
+                  f"{render_note}, latents std {min(std):.3f}..{max(std):.3f}")
+        return
     measured = float(1.0 / latents.std())
     scale = args.scaling_factor or measured
     if args.scaling_factor:
@@ -209,16 +266,27 @@ def rotary_embeddings(transformer, latent_frames: int, pixels: int, spatial: int
 def train_transformer(args, work: Path, sizes: dict):
     spec, device = world_of(args), device_of(args)
     data = torch.load(work / "latents.pt")
-    latents = data["latents"].permute(0, 2, 1, 3, 4) * data["scaling_factor"]  # (N, F, C, h, w)
+    wan = is_wan(args)
+    if wan != (data.get("backbone", "cogvideox") == "wan"):
+        raise SystemExit(f"{work / 'latents.pt'} was encoded for another backbone: run the 'latents' stage")
     prompts = data["prompts"]
     tokenizer = world_tokenizer()
-    text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], seed=args.seed).train()
-    transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
-                                   head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
-                                   text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
-                                   latent_size=latents.shape[-1], frames=spec.frames, seed=args.seed + 1).train()
-    scheduler = cogvideox_scheduler()
-    rope = rotary_embeddings(transformer, latents.shape[1], spec.size, 4, device)
+    if wan:  # (N, C, F, h, w), normalised per channel as WanPipeline's decode undoes it
+        shape = (1, -1, 1, 1, 1)
+        latents = (data["latents"] - torch.tensor(data["latents_mean"]).view(shape)) / torch.tensor(
+            data["latents_std"]).view(shape)
+        text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"], seed=args.seed).train()
+        transformer = wan_transformer(sizes, seed=args.seed + 1).train()
+        scheduler = rope = None
+    else:
+        latents = data["latents"].permute(0, 2, 1, 3, 4) * data["scaling_factor"]  # (N, F, C, h, w)
+        text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], seed=args.seed).train()
+        transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
+                                       head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
+                                       text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
+                                       latent_size=latents.shape[-1], frames=spec.frames, seed=args.seed + 1).train()
+        scheduler = cogvideox_scheduler()
+        rope = rotary_embeddings(transformer, latents.shape[1], spec.size, 4, device)
     unique = sorted(set(prompts)) + [""]
     ids = tokenizer(unique, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
@@ -226,7 +294,7 @@ def train_transformer(args, work: Path, sizes: dict):
     if args.phrase_dropout > 0:  # rows of ids for every prompt with any of its phrases left out
         variant_rows, ids = phrase_variants(unique[:-1], tokenizer)
     if args.init_from:
-        start_from_model(Path(args.init_from), transformer, text_encoder)
+        start_from_model(Path(args.init_from), transformer, text_encoder, wan)
         log(work, f"transformer: starting from the weights of {args.init_from}")
     transformer.to(device)
     text_encoder.to(device)
@@ -260,18 +328,31 @@ def train_transformer(args, work: Path, sizes: dict):
             dropped = torch.rand(args.batch_size, 3, generator=generator) < args.phrase_dropout
             token_rows = variant_rows[token_rows, (dropped * torch.tensor([1, 2, 4])).sum(1)]
         token_rows[torch.rand(args.batch_size, generator=generator) < 0.1] = len(ids) - 1  # CFG dropout
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
+        if wan:
+            sigma = wan_sigmas(args.batch_size, generator)
+        else:
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
         if device.type == "cpu":
             noise = torch.randn(x0.shape, generator=generator)
         else:  # drawn on the GPU: the CPU would be the bottleneck
             noise = torch.randn(x0.shape, generator=noise_generator, device=device)
-        t, token_rows = t.to(device), token_rows.to(device)
-        xt = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t)  # v = sqrt(a) eps - sqrt(1 - a) x0
+        token_rows = token_rows.to(device)
+        if wan:  # flow matching: x_t = (1 - s) x0 + s noise, the model predicts noise - x0 at timestep 1000 s
+            sigma = sigma.to(device)
+            s = sigma.view(-1, 1, 1, 1, 1)
+            xt, target, t = (1 - s) * x0 + s * noise, noise - x0, sigma * 1000
+        else:
+            t = t.to(device)
+            xt = scheduler.add_noise(x0, noise, t)
+            target = scheduler.get_velocity(x0, noise, t)  # v = sqrt(a) eps - sqrt(1 - a) x0
         with autocast(device):
-            text = text_encoder(ids[token_rows])[0]
-            pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=rope,
-                               return_dict=False)[0]
+            if wan:
+                text = wan_text(text_encoder, ids[token_rows])
+                pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, return_dict=False)[0]
+            else:
+                text = text_encoder(ids[token_rows])[0]
+                pred = transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=rope,
+                                   return_dict=False)[0]
         loss = F.mse_loss(pred.float(), target)
         lr = learning_rate(args, step, (time.time() - start) / budget if args.schedule == "time" else None)
         for group in optimizer.param_groups:
@@ -327,14 +408,15 @@ def phrase_variants(prompts: list[str], tokenizer) -> tuple[torch.Tensor, torch.
     return torch.tensor(rows), ids
 
 
-def start_from_model(folder: Path, transformer, text_encoder) -> None:
+def start_from_model(folder: Path, transformer, text_encoder, wan: bool = False) -> None:
     """Continue training an exported model: its transformer and text encoder weights (fp16 on disk)."""
-    from diffusers import CogVideoXTransformer3DModel
-    from transformers import T5EncoderModel
+    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+    from transformers import T5EncoderModel, UMT5EncoderModel
 
-    trained = CogVideoXTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float32)
+    trained = (WanTransformer3DModel if wan else CogVideoXTransformer3DModel).from_pretrained(
+        folder / "transformer", torch_dtype=torch.float32)
     transformer.load_state_dict(trained.state_dict())
-    encoder = T5EncoderModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    encoder = (UMT5EncoderModel if wan else T5EncoderModel).from_pretrained(folder / "text_encoder", dtype=torch.float32)
     text_encoder.load_state_dict(encoder.state_dict())
 
 
@@ -359,6 +441,8 @@ def save_transformer(path, transformer, text_encoder, optimizer, step, ema_param
 
 # Stage 4 ----------------------------------------------------------------------------------------
 def export(args, work: Path, sizes: dict, out: Path):
+    if is_wan(args):
+        return export_wan(args, work, sizes, out)
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
 
     spec = world_of(args)
@@ -390,6 +474,36 @@ def export(args, work: Path, sizes: dict, out: Path):
     log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
 
 
+def export_wan(args, work: Path, sizes: dict, out: Path):
+    """The Wan model: a WanPipeline folder (fp16 safetensors) + bachvid.json, as `export` writes CogVideoX's."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    spec = world_of(args)
+    data = torch.load(work / "latents.pt")
+    state = torch.load(work / "transformer.pt", map_location="cpu")
+    tokenizer = world_tokenizer()
+    text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"])
+    text_encoder.load_state_dict(state["text_encoder"])
+    transformer = wan_transformer(sizes)
+    transformer.load_state_dict(state["transformer"])
+    use_ema = state.get("ema") is not None and not args.no_ema
+    if use_ema:
+        with torch.no_grad():
+            for p, e in zip(list(transformer.parameters()) + list(text_encoder.parameters()), state["ema"]):
+                p.copy_(e)
+    vae = AutoencoderKLWan.from_pretrained(work / "vae")
+    vae.register_to_config(latents_mean=list(data["latents_mean"]), latents_std=list(data["latents_std"]))
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
+                       transformer=transformer.eval(), scheduler=wan_scheduler(WAN_FLOW_SHIFT))
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "bachvid.json").write_text(json.dumps(
+        {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
+         "trained_steps": state["step"] + base_steps(args), "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {}),
+         "world": spec.name, "num_frames": spec.frames, "height": spec.size, "width": spec.size, "backbone": "wan"},
+        indent=2))
+    log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
+
+
 def base_steps(args) -> int:
     """Transformer steps already in the --init-from model (0 when training from scratch)."""
     if not args.init_from:
@@ -398,14 +512,15 @@ def base_steps(args) -> int:
     return int(json.loads(defaults.read_text()).get("trained_steps", 0)) if defaults.is_file() else 0
 
 
-def take_vae(folder: Path, work: Path) -> float:
-    """Continuing a model keeps its VAE (copied to work/vae) and its latent scaling factor."""
-    from diffusers import AutoencoderKLCogVideoX
+def take_vae(folder: Path, work: Path, wan: bool = False) -> float | None:
+    """Continuing a model keeps its VAE (copied to work/vae) and its latent scaling factor (Wan: its
+    latents_mean / latents_std, which stay in the copied VAE's config; None)."""
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 
-    vae = AutoencoderKLCogVideoX.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    vae = (AutoencoderKLWan if wan else AutoencoderKLCogVideoX).from_pretrained(folder / "vae", torch_dtype=torch.float32)
     if not (work / "vae" / "config.json").is_file():
         vae.save_pretrained(work / "vae")
-    return float(vae.config.scaling_factor)
+    return None if wan else float(vae.config.scaling_factor)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -414,6 +529,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="vae,latents,transformer,export")
     parser.add_argument("--scale", choices=("full", "smoke", "v2"), default="full",
                         help="model size: full (the shipped v1 model), smoke (CI), v2 (for --world v2)")
+    parser.add_argument("--backbone", choices=("cogvideox", "wan"), default="cogvideox",
+                        help="the model to train: cogvideox (the shipped toy model) or wan (a WanPipeline; needs --out)")
     parser.add_argument("--world", choices=tuple(world.WORLDS), default="v1",
                         help="the toy world to train on (v1: 64 px, the shipped model; v2: 96 px with scenery)")
     parser.add_argument("--device", default="cpu", help="torch device (cuda: bf16 autocast)")
@@ -462,7 +579,7 @@ def run(args) -> int:
     renderer = Renderer(args.workers)  # fork the workers before CUDA starts
     if device_of(args).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    log(work, f"world {args.world}, scale {args.scale}, device {args.device}, workers {args.workers}, stages {args.stages}")
+    log(work, f"backbone {args.backbone}, world {args.world}, scale {args.scale}, device {args.device}, workers {args.workers}, stages {args.stages}")
     try:
         _run_stages(args, work, sizes, stages, renderer)
     finally:
@@ -477,12 +594,16 @@ def _run_stages(args, work: Path, sizes: dict, stages: list, renderer: Renderer)
     if args.init_from:
         if "vae" in stages:
             raise SystemExit("--init-from keeps the model's VAE: leave 'vae' out of --stages")
-        args.scaling_factor = args.scaling_factor or take_vae(Path(args.init_from), work)
+        args.scaling_factor = args.scaling_factor or take_vae(Path(args.init_from), work, is_wan(args))
+    if "vae" in stages and is_wan(args) and args.resume and (work / "vae" / "config.json").is_file():
+        log(work, "vae: kept from the finished VAE stage (resume)")  # the Wan recipe resumes in one command
+        stages = [stage for stage in stages if stage != "vae"]
     vae = train_vae(args, work, sizes, renderer) if "vae" in stages else None
     if "latents" in stages:
         expected = len(world.split_combinations()[0]) * args.clips_per_combo
         saved = torch.load(work / "latents.pt") if args.resume and vae is None and (work / "latents.pt").is_file() else {}
-        if saved and len(saved["prompts"]) == expected and saved.get("world", "v1") == args.world:
+        if (saved and len(saved["prompts"]) == expected and saved.get("world", "v1") == args.world
+                and saved.get("backbone", "cogvideox") == args.backbone):
             log(work, f"latents: {expected} clips already encoded (resume)")
         else:
             encode_latents(args, work, vae, renderer)
@@ -493,6 +614,8 @@ def _run_stages(args, work: Path, sizes: dict, stages: list, renderer: Renderer)
     if "export" in stages:
         if args.world != "v1" and not args.out:
             raise SystemExit("--world v2 needs --out: the package's toy model is the v1 model")
+        if is_wan(args) and not args.out:
+            raise SystemExit("--backbone wan needs --out: the package's default toy model is the CogVideoX one")
         export(args, work, sizes, Path(args.out) if args.out else DEFAULT_MODEL_DIR)
 
 

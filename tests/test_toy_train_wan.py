@@ -1,0 +1,87 @@
+"""`bachvid toy train --backbone wan`: the toy recipe for a WanPipeline runs end to end at smoke scale,
+its folder loads through BachVidPipeline and makes a story; CogVideoX's recipe is untouched."""
+
+import json
+
+import pytest
+import torch
+
+from bachvid.config import BachVidConfig
+from bachvid.pipeline import BachVidPipeline
+from bachvid.story import Shot, Story
+from bachvid.toy import train, world
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+SMOKE = ["--backbone", "wan", "--scale", "smoke", "--vae-steps", "2", "--vae-batch", "2", "--clips-per-combo", "1",
+         "--batch-size", "2", "--sample-steps", "2", "--minutes", "2", "--threads", "1", "--guidance", "5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy-wan")
+    assert train.main([*SMOKE, "--work", str(root / "work"), "--out", str(root / "model"), "--steps", "3"]) == 0
+    return root
+
+
+def test_wan_recipe_exports_a_wan_pipeline_folder(trained):
+    folder = trained / "model"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline"
+    assert index["vae"][1] == "AutoencoderKLWan" and index["transformer"][1] == "WanTransformer3DModel"
+    assert index["text_encoder"][1] == "UMT5EncoderModel" and index["scheduler"][1] == "UniPCMultistepScheduler"
+    defaults = json.loads((folder / "bachvid.json").read_text())
+    assert defaults["backbone"] == "wan" and defaults["guidance_scale"] == 5.0 and defaults["trained_steps"] == 3
+    assert (defaults["num_frames"], defaults["height"], defaults["width"]) == (world.FRAMES, world.SIZE, world.SIZE)
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    assert len(vae["latents_mean"]) == len(vae["latents_std"]) == train.LATENT_CHANNELS
+    assert vae["latents_std"] != [1.0] * train.LATENT_CHANNELS  # measured on the encoded clips
+    assert sum(p.stat().st_size for p in folder.rglob("*.safetensors")) <= 25 * 2**20
+    log = (trained / "work" / "train.log").read_text()
+    assert "backbone wan" in log and "exported to" in log
+
+
+def test_wan_toy_model_loads_and_makes_a_story(trained):
+    pipe = BachVidPipeline.from_pretrained(trained / "model")
+    assert pipe.backbone.name == "wan" and pipe.backbone.num_layers == train.model_sizes("smoke")["layers"]
+    settings = pipe.default_settings()
+    assert (settings.num_frames, settings.height, settings.width) == (world.FRAMES, world.SIZE, world.SIZE)
+    assert settings.guidance_scale == 5.0 and settings.num_inference_steps == 2
+    assert pipe.backbone.token_grid(world.FRAMES, world.SIZE, world.SIZE) == (5, 8, 8)  # as the toy CogVideoX
+    story = Story(name="s", character="a red robot", identity=Shot("a green meadow", "stands still"),
+                  shots=(Shot("a green meadow", "jumps"),))
+    result = pipe(story, progress=False)
+    assert len(result.shots) == 1
+    for video in (result.identity, *result.shots):
+        assert video.frames.shape == (world.FRAMES, world.SIZE, world.SIZE, 3)
+    plain = pipe.generate_identity(story, settings, BachVidConfig(enabled=False), progress=False)
+    assert plain.frames.shape == result.identity.frames.shape
+
+
+def test_wan_recipe_resumes_and_continues(trained, tmp_path):
+    """--resume keeps the finished VAE and latents and continues the transformer from its checkpoint;
+    --init-from continues an exported Wan model with its VAE and latent statistics."""
+    work = trained / "work"
+    assert train.main([*SMOKE, "--work", str(work), "--stages", "vae,latents,transformer", "--resume",
+                       "--steps", "5"]) == 0
+    log = (work / "train.log").read_text()
+    assert "vae: kept from the finished VAE stage (resume)" in log and "already encoded (resume)" in log
+    assert "transformer: resumed at step 3" in log and torch.load(work / "transformer.pt")["step"] == 5
+    out = tmp_path / "continued"
+    assert train.main([*SMOKE, "--work", str(tmp_path / "w2"), "--out", str(out), "--init-from",
+                       str(trained / "model"), "--stages", "latents,transformer,export", "--steps", "1"]) == 0
+    a, b = (json.loads((f / "vae" / "config.json").read_text()) for f in (trained / "model", out))
+    assert a["latents_std"] == b["latents_std"]
+    assert json.loads((out / "bachvid.json").read_text())["trained_steps"] == 4
+
+
+def test_a_wan_folder_needs_out(tmp_path):
+    with pytest.raises(SystemExit):
+        train.main([*SMOKE, "--work", str(tmp_path), "--stages", "export"])
