@@ -226,3 +226,25 @@ def test_bachvid_studio_starts_quickly_and_serves_the_page(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.slow
+def test_the_studio_takes_no_longer_than_the_cli_for_the_same_story(studio, tmp_path, monkeypatch, capsys):
+    """The same loaded model, the same two-shot story and steps: bachvid generate, then the studio."""
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: studio.pipe)
+    story_file = tmp_path / "two.txt"
+    story_file.write_text(TWO_SHOTS)
+    start = time.perf_counter()
+    assert cli.main(["generate", str(story_file), "--out", str(tmp_path / "cli"), "--steps", "6"]) == 0
+    cli_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    last = list(callbacks.generate(studio, "timed", TWO_SHOTS, "story-000", {"num_inference_steps": 6}, {}))[-1]
+    studio_seconds = time.perf_counter() - start
+    assert last["status"].startswith("**Done") and len(last["videos"]) == 3
+    print(f"two-shot story, 6 steps: CLI {cli_seconds:.1f} s, studio {studio_seconds:.1f} s")
+    assert studio_seconds <= 1.5 * cli_seconds
+    # and the same videos: the studio runs the CLI's job
+    from bachvid.outputs import read_video
+    for name in ("identity", "shot-01", "shot-02"):
+        assert (read_video(tmp_path / "cli" / "story-000" / f"{name}.mp4")
+                == read_video(studio.session_folder("timed") / "story-000" / f"{name}.mp4")).all()

@@ -3,7 +3,9 @@
 Starts `bachvid studio` on a free loopback port, writes a two-shot story, generates it with few
 steps, checks that the videos play and that the zip downloads with the story's files, and that
 an empty part shows the CLI's error beside the story. Screenshots go to the test's tmp folder:
-00-loading.png (the page as first served, the model still loading), 01-story.png (the written story), 02-generated.png (videos, masks, contact sheet),
+00-loading.png (the page as first served, the model still loading), 01-story.png (the written
+story), 01b-second-tab-queued.png (a second tab waiting its turn), 02-generated.png (videos,
+masks, contact sheet),
 03-error.png (the error beside the story). Skipped only when no chromium or playwright is
 installed (`.ci/run` installs both)."""
 
@@ -90,7 +92,21 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             page.screenshot(path=str(shots / "01-story.png"), full_page=True)
             assert page.locator("#story-errors").inner_text().strip() == ""
 
+            # a second tab (its own session) asks while the first one generates: it waits its turn
+            other = browser.new_page(viewport={"width": 1400, "height": 900})
+            other.goto(studio_url)
+            other.wait_for_function("!document.querySelector('#model')?.innerText.includes('loading')",
+                                    timeout=60_000)
+            other.locator("#story-text textarea").fill(STORY)
+            other.locator("#steps input").fill("2")
+            other.locator("#steps input").press("Tab")
+
             page.click("#generate")
+            page.wait_for_function("document.querySelector('#status')?.innerText.includes('identity')",
+                                   timeout=60_000)
+            other.click("#generate")
+            other.wait_for_function("document.body.innerText.toLowerCase().includes('queue')", timeout=20_000)
+            other.screenshot(path=str(shots / "01b-second-tab-queued.png"))
             page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=150_000)
             page.wait_for_function("document.querySelectorAll('#videos video').length >= 3", timeout=30_000)
             durations = _durations(page, "#videos video")
@@ -109,6 +125,14 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
                     "story-000/masks/identity-mask.mp4", "story-000/contact-sheet.png",
                     "story-000/manifest.json"} <= names, names
 
+            # the second tab got its turn, and its story went to its own session's folder
+            other.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')",
+                                    timeout=120_000)
+            mine, theirs = (p.locator("#status").inner_text().split(": ", 1)[1].strip() for p in (page, other))
+            assert mine != theirs and mine.endswith("/story-000") and theirs.endswith("/story-000")
+            assert page.locator("#videos video").count() == other.locator("#videos video").count() == 3
+            other.close()
+
             page.locator("#story-text textarea").fill(BROKEN)
             page.wait_for_function(
                 "document.querySelector('#story-errors')?.innerText.includes('story:2: the character is empty')",
@@ -118,3 +142,4 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
         finally:
             browser.close()
     print(f"browser session {time.perf_counter() - started:.1f} s; screenshots in {shots}")
+    assert time.perf_counter() - started < 150  # the whole test, studio start included, stays under 3 minutes

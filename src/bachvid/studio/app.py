@@ -19,8 +19,8 @@ EXAMPLE = ("a green meadow", "a red robot", "stands still", [["walks to the left
 SHOT_HEADERS = ["action", "background (empty: the identity's)"]
 
 CSS = """
-#videos video, #baseline video, #masks video { image-rendering: pixelated; }
-#story-errors { color: #b00020; font-family: monospace; white-space: pre-wrap; }
+#videos video, #baseline video, #masks video, #videos img, #sheet img { image-rendering: pixelated !important; }
+#story-errors, #story-errors * { color: #b00020 !important; font-family: monospace; white-space: pre-wrap; }
 """
 
 
@@ -144,8 +144,9 @@ def build(studio: Studio) -> gr.Blocks:
         outputs = [status, errors, videos, masks, baseline, sheet, download]
 
         def shown(result: dict):
-            return (result["status"], result["errors"], result["videos"], result["masks"], gr.Gallery(value=result["baseline"], visible=bool(result["baseline"])),
-                    result["sheet"], gr.DownloadButton(value=result["zip"], interactive=bool(result["zip"])))
+            return (result["status"], result["errors"], result["videos"], result["masks"],
+                    gr.Gallery(value=result["baseline"], visible=bool(result["baseline"])), result["sheet"],
+                    gr.DownloadButton(value=result["zip"], interactive=bool(result["zip"])))
 
         def run(text, title, seed_, steps_, frames_, height_, width_, guidance_, shared_, merge_, vital_, mode_,
                 want_baseline_, character_, request: gr.Request):

@@ -139,7 +139,8 @@ def generate(studio: Studio, session: str, text: str, name: str, settings: dict,
     finished = last is not None and last.finished
     zip_path = zip_story(main.folder) if any(main.video(n).is_file() for n in main.names) else None
     seconds = f" in {max(last.done.values()):.1f} s" if finished and last.done else ""
-    status = f"**Done{seconds}**: {main.folder}" if finished else f"**Stopped**: finished videos are kept in {main.folder}"
+    status = (f"**Done{seconds}**: {main.folder}" if finished
+              else f"**Stopped**: finished videos are kept in {main.folder}")
     if last is not None and last.error:
         status = f"**Stopped: {last.error}**"
     yield _result(status + note_text, main.folder, main.names, vanilla, zip_path)
