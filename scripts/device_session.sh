@@ -4,6 +4,7 @@
 #   bash scripts/device_session.sh bench   # issue 8: injected attention alone + bench of the modes
 #   bash scripts/device_session.sh train   # issue 7: train the world-v2 toy model (~4.5 min)
 #   bash scripts/device_session.sh profile # where an injected lockstep step spends its time (~2 min)
+#   bash scripts/device_session.sh wan     # issue 9: Wan2.1-T2V-1.3B's config, 81x480x832 (~5 min)
 #
 # The device image has PyTorch and transformers but not diffusers: carry `.gpu` holding the wheels
 # (.gpu/whl: diffusers, importlib_metadata, zipp) and a snapshot of the committed package
@@ -35,6 +36,12 @@ profile)
     timeout "${BENCH_S:-200}" python3 -m bachvid.bench --random-weights cogvideox-5b --steps 3 --shots 3 \
         --modes vanilla,lockstep:3 --profile "$OUT/profile.txt" --json "$OUT/profile-bench.json" > "$OUT/profile-bench.txt" 2>&1
     ;;
+wan)
+    # Wan2.1-T2V-1.3B's config, random bf16 weights, 81x480x832, guidance 5: lockstep and replay vs vanilla.
+    timeout "${BENCH_S:-300}" python3 -m bachvid.bench --random-weights wan2.1-t2v-1.3b --steps 3 --extrapolate 50 \
+        --shots 3 --modes "${MODES:-vanilla,lockstep:3,lockstep:1,replay:1}" \
+        --json "$OUT/bench-wan13.json" > "$OUT/bench-wan13.txt" 2>&1
+    ;;
 train)
     # The time limit follows MINUTES (training budget) plus ~70 s of start-up, latents and export.
     minutes=${MINUTES:-3.5}
@@ -46,7 +53,7 @@ train)
     ls -la "$OUT" >> "$OUT/train.txt"
     ;;
 *)
-    echo "usage: $0 bench|train|profile" >&2
+    echo "usage: $0 bench|train|profile|wan" >&2
     exit 2
     ;;
 esac
