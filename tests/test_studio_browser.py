@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.slow,
 STORY = ("a green meadow # a red robot # stands still\n"
          "a green meadow # a red robot # walks to the left\n"
          "a green meadow # a red robot # jumps\n")
+MODEL_READY = ("(document.querySelector('#model')?.innerText || '').includes('Model: ') && "
+               "!document.querySelector('#model').innerText.includes('loading')")
 BROKEN = "a green meadow # a red robot # stands still\na green meadow #  # jumps\n"
 
 
@@ -81,8 +83,7 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             page.wait_for_selector("#generate", timeout=30_000)
             page.screenshot(path=str(shots / "00-loading.png"))
             # the page is served while the model loads; then its defaults fill the settings
-            page.wait_for_function("document.querySelector('#model')?.innerText.includes('Model: ') && "
-                                   "!document.querySelector('#model').innerText.includes('loading')", timeout=60_000)
+            page.wait_for_function(MODEL_READY, timeout=60_000)
             assert page.locator("#steps input").input_value() == "30"  # the toy model's default
             # write the story in its text form, fewer steps
             page.locator("#story-text textarea").fill(STORY)
@@ -95,8 +96,7 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             # a second tab (its own session) asks while the first one generates: it waits its turn
             other = browser.new_page(viewport={"width": 1400, "height": 900})
             other.goto(studio_url)
-            other.wait_for_function("!document.querySelector('#model')?.innerText.includes('loading')",
-                                    timeout=60_000)
+            other.wait_for_function(MODEL_READY, timeout=60_000)
             other.locator("#story-text textarea").fill(STORY)
             other.locator("#steps input").fill("2")
             other.locator("#steps input").press("Tab")

@@ -114,11 +114,13 @@ def build(studio: Studio) -> gr.Blocks:
             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
             download = gr.DownloadButton("Download zip", value=None, interactive=False, elem_id="download")
         status = gr.Markdown(elem_id="status")
-        videos = gr.Gallery(label="Identity and shots (BachVid)", columns=4, height="auto", elem_id="videos")
-        masks = gr.Gallery(label="Foreground masks (red)", columns=4, height="auto", elem_id="masks")
-        baseline = gr.Gallery(label="Vanilla baseline (same seeds, no BachVid)", columns=4, height="auto",
-                              elem_id="baseline", visible=False)
-        sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="sheet")
+        with gr.Row():
+            videos = gr.Gallery(label="Identity and shots (BachVid)", columns=3, height=300, elem_id="videos")
+            masks = gr.Gallery(label="Foreground masks (red)", columns=3, height=300, elem_id="masks")
+        with gr.Row():
+            baseline = gr.Gallery(label="Vanilla baseline (same seeds, no BachVid)", columns=3, height=300,
+                                  elem_id="baseline", visible=False)
+            sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, height=300, elem_id="sheet")
 
         # the form writes the story text; the text is checked as it changes -------------------------
         form = [background, character, identity, shots]
