@@ -316,7 +316,7 @@ def _generate(args) -> int:
         pipe = _load_pipeline(args)
     except (OSError, ValueError) as error:  # FileNotFoundError: no such model
         return _fail([f"cannot load the model: {error}"])
-    note = getattr(pipe, "model_note", None)
+    note = pipe.model_note
     print(f"model: {pipe.model_name}" + (f" ({note})" if note else ""))
 
     if args.shot_seeds is not None:
@@ -358,7 +358,7 @@ def _generate(args) -> int:
 
     header = {"model": {"name": pipe.model_name, "note": note}, "versions": _versions(),
               "platform": platform.platform(), "command": getattr(args, "command_line", None)}
-    fps = getattr(pipe, "fps", 8)
+    fps = pipe.fps
     with tqdm(total=sum(len(job.names) for job in jobs), desc="videos", unit="video") as bar:
         for job in jobs:
             _make_story(pipe, job, header, fps, args.force, bar)
@@ -377,7 +377,10 @@ def prepare_job(pipe, story: Story, settings, config, out: Path, *, identity_mod
             pipe.check_saved_identity(saved, story, settings, config)
         mode = pipe.identity_mode("replay" if saved is not None else identity_mode, settings, config) \
             if config.enabled else None
-    except (MemoryError, ValueError) as error:  # the cache would not fit; the saved identity does not serve
+        if mode is not None:  # the batch's activations, at the group asked for or the default
+            shots = max(1, len(story.shots))
+            pipe.check_group_fits(settings, min(group or pipe.default_group(settings, shots, mode), shots), mode)
+    except (MemoryError, ValueError) as error:  # the cache or batch would not fit; the saved identity does not serve
         return None, [f"{story.name}: {error}"]
     recipe = {"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
               "story": _story_texts(story)}
@@ -444,7 +447,7 @@ def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> No
             "prompt": result.prompt, "seed": result.seed, "seconds": round(result.seconds, 3),
             "frames": len(result.frames), "size": [height, width], "fps": fps,
             "display_scale": outputs.display_scale(height, width), "files": [f"{name}.mp4", *files],
-            **({"stats": result.stats} if getattr(result, "stats", None) else {})})
+            **({"stats": result.stats} if result.stats else {})})
         # last, the MP4 marks the video as done; just before it appears, its entry (manifest
         # entry, recipe, the MP4's hash, sheet frames): a kill between the two loses nothing
         outputs.save_video(job.video(name), result.frames, fps, before_replace=lambda tmp: outputs.save_entry(
@@ -554,7 +557,7 @@ def run_identity_save(args) -> int:
         pipe = _load_pipeline(args)
     except (OSError, ValueError) as error:
         return _fail([f"cannot load the model: {error}"])
-    note = getattr(pipe, "model_note", None)
+    note = pipe.model_note
     print(f"model: {pipe.model_name}" + (f" ({note})" if note else ""))
     errors = pipe.story_errors(story)
     if errors:

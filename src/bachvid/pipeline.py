@@ -296,6 +296,8 @@ class BachVidPipeline:
         else:
             raise ValueError(f"identity mode must be auto, {', '.join(IDENTITY_MODES)}; got {identity_mode!r}")
         group = group or self.default_group(settings, len(shots), mode)
+        # BachVid off: every video alone (modes.vanilla_videos)
+        self.check_group_fits(settings, min(group, max(1, len(shots))) if config.enabled else 1, mode)
         with torch.inference_mode():
             yield from run_story(self, story, settings, config, mode, group, shots, progress, saved=identity,
                                  output_type=output_type, instruments=instruments)
@@ -422,12 +424,7 @@ class BachVidPipeline:
         return total * width * branches
 
     def _cache_budget(self, settings, config) -> tuple[int, int, str]:
-        device = self.pipe._execution_device
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            where = f"{device} (free GPU memory)"
-        else:
-            free, where = _available_host_memory(), "host memory"
+        free, where = self._free_memory()
         return self.cache_bytes(settings, config), free, where
 
     def check_cache_fits(self, settings: GenerationSettings, config: BachVidConfig) -> None:
@@ -440,16 +437,52 @@ class BachVidPipeline:
                 f"identity's latents) or 'lockstep' (stores nothing), which give the same videos")
 
     def default_group(self, settings: GenerationSettings, num_shots: int, mode: str) -> int:
-        """Shots per batch: all of them on a CPU; on a GPU as many as its free memory holds, at the
-        activation cost of one more video per shot (about 2.6 GiB at CogVideoX-5B's 49x480x720)."""
+        """Shots per batch: as many as the free memory where the model runs holds (GPU, else host),
+        at the activation cost of one more video per shot (about 2.6 GiB at CogVideoX-5B's
+        49x480x720) and one for the identity's row, with a fifth spare; at least 1
+        (check_group_fits then says if even that does not fit)."""
         num_shots = max(1, num_shots)
+        free, _ = self._free_memory()
+        return max(1, min(num_shots, int(free * 0.8 // self._video_activation_bytes(settings)) - 1))
+
+    def batch_bytes(self, settings: GenerationSettings, group: int, mode: str) -> int:
+        """Estimated peak activation memory of one batched forward: `group` shots, plus the
+        identity's rows where they run in the same batch (lockstep with group > 1; replay, and
+        lockstep one shot at a time, run them apart inside each block; a cached identity is read)."""
+        return (group + self._identity_rows(mode, group)) * self._video_activation_bytes(settings)
+
+    def check_group_fits(self, settings: GenerationSettings, group: int, mode: str) -> None:
+        """Refuse a batch whose estimated activations exceed the free memory where the model runs,
+        before anything runs: a clear error with the estimate and what to change, never an OOM."""
+        needed = self.batch_bytes(settings, group, mode)
+        free, where = self._free_memory()
+        if needed <= free:
+            return
+        per_video = self._video_activation_bytes(settings)
+        fits = int(free // per_video)  # videos; lockstep groups of 2 or more carry the identity too
+        fits = min(fits, 1) if mode == "lockstep" and fits < 3 else fits - 1 if mode == "lockstep" else fits
+        size = f"{settings.num_frames} frames of {settings.height}x{settings.width}"
+        identity = " and the identity" if self._identity_rows(mode, group) else ""
+        advice = (f"use group={fits} (--group {fits}), which fits" if fits >= 1 else
+                  "even one shot per batch does not fit: fewer frames, a smaller size or "
+                  "enable_model_cpu_offload (--cpu-offload) would")
+        raise MemoryError(
+            f"group={group} would need about {_bytes(needed)} of activations ({_bytes(per_video)} per video at "
+            f"{size}, {group} shots{identity}) but {where} has {_bytes(free)} free; {advice}")
+
+    def _video_activation_bytes(self, settings: GenerationSettings) -> int:
+        return self.backbone.activation_bytes(settings.num_frames, settings.height, settings.width,
+                                              2 if settings.guidance_scale > 1.0 else 1)
+
+    @staticmethod
+    def _identity_rows(mode: str, group: int) -> int:
+        return 1 if mode == "lockstep" and group > 1 else 0  # as modes.run_story's identity_apart
+
+    def _free_memory(self) -> tuple[int, str]:
         device = self.pipe._execution_device
-        if device.type != "cuda":
-            return num_shots
-        free, _ = torch.cuda.mem_get_info(device)
-        per_video = self.backbone.activation_bytes(settings.num_frames, settings.height, settings.width,
-                                                   2 if settings.guidance_scale > 1.0 else 1)
-        return max(1, min(num_shots, int(free * 0.8 // per_video) - 1))
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0], f"{device} (free GPU memory)"
+        return _available_host_memory(), "host memory"
 
     # Single videos, for experiments and benchmarks ------------------------------------------------
     def generate_identity(self, story, settings: GenerationSettings, config: BachVidConfig,
@@ -500,6 +533,13 @@ class BachVidPipeline:
             frames = None if early else (np.clip(self.backbone.decode(latents, settings.num_frames), 0, 1) * 255
                                          + 0.5).astype(np.uint8)
         return RunOutput(frames, latents)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _available_host_memory() -> int:
