@@ -72,7 +72,7 @@ def _from_module(name: str):
 
 # bachvid generate ----------------------------------------------------------------------------
 
-SETTING_FLAGS = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
+SETTING_FLAGS = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale", "guidance_scale_2")
 
 
 IDENTITY_MODE_CHOICES = ("auto", "cache", "replay", "lockstep")
@@ -86,6 +86,8 @@ def _add_setting_flags(p) -> None:
     p.add_argument("--height", type=_positive)
     p.add_argument("--width", type=_positive)
     p.add_argument("--guidance", type=float, dest="guidance_scale", help="classifier-free guidance scale")
+    p.add_argument("--guidance-2", type=float, dest="guidance_scale_2",
+                   help="Wan 2.2 two-expert models: the low-noise expert's guidance (default: --guidance)")
 
 
 def _add_model_flags(p) -> None:
@@ -593,7 +595,7 @@ def run_identity_show(args) -> int:
     shown = [("character", "character"), ("background", "background"), ("action", "action"), ("prompt", "prompt"),
              ("model", "model"), ("model config hash", "model_config_hash"), ("seed", "seed"),
              ("frames", "frames"), ("height", "height"), ("width", "width"), ("steps", "steps"),
-             ("guidance", "guidance"), ("dtype", "dtype"), ("created", "created"), ("content hash", "content_hash")]
+             ("guidance", "guidance"), ("guidance 2", "guidance_2"), ("dtype", "dtype"), ("created", "created"), ("content hash", "content_hash")]
     for label, key in shown:
         if key in meta:
             print(f"  {label}: {meta[key]}")

@@ -141,6 +141,13 @@ class SavedIdentity:
         return BachVidConfig(**{**values, **changes})
 
 
+def guidance_kwargs(settings) -> dict:
+    """The settings' guidance_scale_2 for a backbone's denoise, when set (only Wan takes it:
+    `BachVidPipeline.settings_errors` refuses it elsewhere)."""
+    scale_2 = getattr(settings, "guidance_scale_2", None)
+    return {} if scale_2 is None else {"guidance_scale_2": scale_2}
+
+
 def identity_expectation(settings, config: BachVidConfig | None, model_hash: str | None) -> dict:
     """The metadata a saved identity must carry to serve a run with these settings, config and
     model (None: not compared)."""
@@ -150,6 +157,8 @@ def identity_expectation(settings, config: BachVidConfig | None, model_hash: str
     if settings is not None:
         expect.update(frames=settings.num_frames, height=settings.height, width=settings.width,
                       steps=settings.num_inference_steps, guidance=settings.guidance_scale)
+        if getattr(settings, "guidance_scale_2", None) is not None:  # Wan 2.2's low-noise expert; absent: unset
+            expect["guidance_2"] = settings.guidance_scale_2
     if config is not None:
         expect["bachvid_config"] = identity_config(config)
     return expect
@@ -226,7 +235,7 @@ class StoryRun:
             batch, num_frames=s.num_frames, height=s.height, width=s.width,
             num_inference_steps=num_steps or s.num_inference_steps,
             guidance_scale=s.guidance_scale, step_states=step_states, run_steps=run_steps, on_step_end=on_step_end,
-            progress=label if self.progress else False, apart=self.identity_apart)
+            progress=label if self.progress else False, apart=self.identity_apart, **guidance_kwargs(s))
 
     def frames(self, latents: torch.Tensor) -> np.ndarray | None:
         """Decoded uint8 frames; None with output_type='latent' (as diffusers pipelines skip the VAE)."""

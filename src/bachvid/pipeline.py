@@ -31,8 +31,8 @@ from .backbones import BatchVideo, backbone_for
 from .config import BachVidConfig
 from .controller import Controller, VideoState
 from .mask import TextAttentionReader
-from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, identity_config, identity_expectation,
-                    run_story, vanilla_videos)
+from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, guidance_kwargs, identity_config,
+                    identity_expectation, run_story, vanilla_videos)
 from .plan import Layers
 from .prompt import PromptSpans, PromptTooLong, token_spans
 
@@ -48,6 +48,7 @@ class GenerationSettings:
     width: int = 720
     guidance_scale: float = 6.0
     shot_seeds: str = "own"  # shots' noise when a story names none: "own" (seed + 1 + i) or "identity"
+    guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert's guidance; None: guidance_scale
 
     def for_story(self, story, **explicit) -> "GenerationSettings":
         """The one precedence rule of the API and the CLI: these (model) defaults < the story's own
@@ -163,6 +164,7 @@ class BachVidPipeline:
             width=int(self._defaults.get("width", model["width"])),
             guidance_scale=float(self._defaults.get("guidance_scale", model.get("guidance_scale", 6.0))),
             shot_seeds=str(self._defaults.get("shot_seeds", "own")),
+            guidance_scale_2=self._defaults.get("guidance_scale_2", getattr(self.backbone, "guidance_scale_2", None)),
         )
 
     def default_config(self, **changes) -> BachVidConfig:
@@ -214,6 +216,8 @@ class BachVidPipeline:
                           f"got {settings.num_inference_steps}")
         if not math.isfinite(settings.guidance_scale) or settings.guidance_scale < 0:
             errors.append(f"guidance must be a finite number >= 0, got {settings.guidance_scale}")
+        if settings.guidance_scale_2 is not None and not hasattr(b, "guidance_scale_2"):
+            errors.append(f"guidance_scale_2 is for Wan 2.2's low-noise expert; {b.name} has no second guidance")
         errors += b.settings_errors(settings) if hasattr(b, "settings_errors") else []  # the backbone's own rules
         if not isinstance(settings.seed, int) or not 0 <= settings.seed <= 2**64 - 1 - max(0, num_shots):
             errors.append(f"seed must lie in 0..2**64-1 with room for the shots' seeds (seed + {num_shots}), "
@@ -360,7 +364,9 @@ class BachVidPipeline:
             saved_settings = GenerationSettings(seed=int(meta["seed"]), num_inference_steps=steps,
                                                 num_frames=int(meta["frames"]), height=int(meta["height"]),
                                                 width=int(meta["width"]), guidance_scale=float(meta["guidance"]),
-                                                shot_seeds=self.default_settings().shot_seeds)
+                                                shot_seeds=self.default_settings().shot_seeds,
+                                                guidance_scale_2=None if meta.get("guidance_2") is None
+                                                else float(meta["guidance_2"]))
             return SavedIdentity(
                 background=str(meta["background"]), character=str(meta["character"]), action=str(meta["action"]),
                 prompt=str(meta["prompt"]), seed=int(meta["seed"]), latents=[tensors[n].to(dtype) for n in names],
@@ -387,6 +393,8 @@ class BachVidPipeline:
             raise IdentityFileError(f"{where} is used by BachVid, which this run switches off")
         have = _json_normalised(identity.metadata(), "metadata")
         expect = _json_normalised(identity_expectation(settings, config, self.model_config_hash), "expected")
+        if "guidance_2" in have and "guidance_2" not in expect:  # made with a guidance_scale_2 this run lacks
+            expect["guidance_2"] = None
         lines = [line for key, value in expect.items() for line in _differences(key, have.get(key), value)]
         if lines:
             raise IdentityFileError(
@@ -528,7 +536,7 @@ class BachVidPipeline:
                 [BatchVideo(embeds, negative, seed=seed)], num_frames=settings.num_frames, height=settings.height,
                 width=settings.width, num_inference_steps=settings.num_inference_steps,
                 guidance_scale=settings.guidance_scale, step_states=step_states, run_steps=run_steps,
-                progress=progress)[0]
+                progress=progress, **guidance_kwargs(settings))[0]
             early = run_steps is not None and run_steps < settings.num_inference_steps
             frames = None if early else (np.clip(self.backbone.decode(latents, settings.num_frames), 0, 1) * 255
                                          + 0.5).astype(np.uint8)

@@ -125,14 +125,15 @@ class WanBackbone:
         boundary = ratio * self.pipe.scheduler.config.num_train_timesteps
         return self.pipe.transformer if t >= boundary else self.pipe.transformer_2
 
-    def guidance_at(self, t, guidance_scale: float) -> float:
-        """The guidance stock WanPipeline applies at timestep t: `guidance_scale_2` (None: the same)
-        on the low-noise expert's steps, else `guidance_scale`."""
+    def guidance_at(self, t, guidance_scale: float, guidance_scale_2: float | None = None) -> float:
+        """The guidance stock WanPipeline applies at timestep t: `guidance_scale_2` (the run's, else
+        this backbone's; None: the same) on the low-noise expert's steps, else `guidance_scale`."""
         ratio = self.pipe.config.boundary_ratio
-        if ratio is None or self.guidance_scale_2 is None:
+        scale_2 = self.guidance_scale_2 if guidance_scale_2 is None else guidance_scale_2
+        if ratio is None or scale_2 is None:
             return guidance_scale
         boundary = ratio * self.pipe.scheduler.config.num_train_timesteps
-        return guidance_scale if t >= boundary else self.guidance_scale_2
+        return guidance_scale if t >= boundary else scale_2
 
     @property
     def num_layers(self) -> int:
@@ -197,7 +198,8 @@ class WanBackbone:
             below = (frames - 1) // temporal * temporal + 1
             errors.append(f"frames must be {temporal}k+1 for Wan (its VAE packs {temporal} frames into one latent "
                           f"frame after the first), got {frames}; use {below} or {below + temporal}")
-        scale_2 = self.guidance_scale_2
+        scale_2 = getattr(settings, "guidance_scale_2", None)
+        scale_2 = self.guidance_scale_2 if scale_2 is None else scale_2  # the run's, else the backbone's
         if scale_2 is not None:
             if self.pipe.config.boundary_ratio is None:
                 errors.append("guidance_scale_2 is for Wan 2.2's low-noise expert; this pipeline has no "
@@ -276,9 +278,11 @@ class WanBackbone:
         on_step_end: Callable[[int, list[torch.Tensor | None]], None] | None = None,
         progress: bool | str = False,
         apart: bool = False,
+        guidance_scale_2: float | None = None,
     ) -> list[torch.Tensor | None]:
         """Denoise several videos in one batch, step for step as stock WanPipeline does each alone
-        (see `CogVideoXBackbone.denoise` for the contract). Each step runs the conditional forward
+        (see `CogVideoXBackbone.denoise` for the contract); guidance_scale_2: the low-noise expert's
+        guidance (None: this backbone's `guidance_scale_2`, else guidance_scale). Each step runs the conditional forward
         of all present videos, then, with CFG, their unconditional forward; each video has its own
         copy of the (multistep, stateful) scheduler."""
         pipe = self.pipe
@@ -324,7 +328,7 @@ class WanBackbone:
                 pred = preds[CONDITIONAL][row : row + 1]
                 if do_cfg:
                     uncond = preds[UNCONDITIONAL][row : row + 1]
-                    pred = uncond + self.guidance_at(t, guidance_scale) * (pred - uncond)
+                    pred = uncond + self.guidance_at(t, guidance_scale, guidance_scale_2) * (pred - uncond)
                 latents[j] = schedulers[j].step(pred, t, latents[j], return_dict=False)[0]
             if on_step_end is not None:
                 on_step_end(i, latents)
