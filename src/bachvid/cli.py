@@ -384,7 +384,10 @@ def prepare_job(pipe, story: Story, settings, config, out: Path, *, identity_mod
             pipe.check_group_fits(settings, min(group or pipe.default_group(settings, shots, mode), shots), mode)
     except (MemoryError, ValueError) as error:  # the cache or batch would not fit; the saved identity does not serve
         return None, [f"{story.name}: {error}"]
-    recipe = {"model": pipe.model_name, "settings": asdict(settings), "config": asdict(config),
+    recorded = asdict(settings)
+    if recorded.get("guidance_scale_2") is None:  # unset: recipes (and folders) stay as before it existed
+        recorded.pop("guidance_scale_2", None)
+    recipe = {"model": pipe.model_name, "settings": recorded, "config": asdict(config),
               "story": _story_texts(story)}
     if saved is not None:  # the saved character decides the pixels
         recipe["identity"] = {"content_hash": saved.content_hash}
