@@ -1,0 +1,24 @@
+"""The toy harness's contact sheets are outputs.contact_sheet: one row per story, its videos side by side."""
+
+import numpy as np
+from PIL import Image
+
+from bachvid.toy import results
+
+
+def test_results_sheet_has_a_row_per_story_with_identity_same_seed_and_bachvid_shots(tmp_path):
+    stories = results.benchmark_stories(3, shots=2)
+    rng = np.random.default_rng(0)
+    for bs in stories[:2]:  # the third story has no videos yet: left out
+        folder = tmp_path / "videos" / bs.name
+        folder.mkdir(parents=True)
+        np.savez(folder / "identity.npz", frames=rng.integers(0, 255, (17, 64, 64, 3), dtype=np.uint8))
+        for condition in ("vanilla-idseed", "bachvid"):
+            np.savez(folder / f"{condition}.npz", frames=rng.integers(0, 255, (2, 17, 64, 64, 3), dtype=np.uint8))
+    assert results.sheet(tmp_path, stories, 5, tmp_path / "sheet.png")
+    image = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    assert image.shape == (26 + 2 * (128 + 8), 320 + 5 * 3 * (128 + 8), 3)  # 5 videos x first/middle/last
+    ours = np.load(tmp_path / "videos" / stories[1].name / "bachvid.npz")["frames"]
+    last = image[26 + 136:26 + 136 + 128:2, 320 + 14 * 136:320 + 14 * 136 + 128:2]
+    assert np.array_equal(last, ours[1, 16])  # second story, last shot's last frame, enlarged x2
+    assert not results.sheet(tmp_path, stories[2:], 5, tmp_path / "none.png")
