@@ -362,3 +362,28 @@ def test_the_first_words_come_before_the_slow_imports(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe, "generate", str(tmp_path / "s.txt"), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert done.stderr.splitlines() == ["loading the built-in toy model ...", "torch import reached"]
+
+
+def test_an_mp4_its_entry_does_not_describe_is_remade_and_old_folders_still_resume(tmp_path, spy, capsys):
+    robot = STORY.split("\n\n")[0] + "\n"
+    assert run(tmp_path, story=robot) == 0
+    folder = tmp_path / "out" / "story-000"
+    from bachvid.outputs import read_entry, save_video
+
+    save_video(folder / "shot-01.mp4", np.zeros((9, 16, 24, 3), np.uint8))  # not the video its entry was written for
+    spy.calls.clear()
+    assert run(tmp_path, story=robot) == 0
+    assert made(spy) == [("story-000", "identity", None), ("story-000", "shot", 0)]  # remade, identity in memory
+    assert read_entry(folder / "entries" / "shot-01.npz").describes(folder / "shot-01.mp4", json.loads(
+        (folder / "manifest.json").read_text())["recipe"])
+
+    import shutil
+
+    shutil.rmtree(folder / "entries")  # a folder made before entries existed: the MP4 marks a video as done
+    (folder / "shot-02.mp4").unlink()
+    spy.calls.clear()
+    assert run(tmp_path, story=robot) == 0
+    assert made(spy) == [("story-000", "identity", None), ("story-000", "shot", 1)]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["videos"]) == {"identity", "shot-01", "shot-02"} and manifest["finished"]
+    assert "1 made, 2 kept" in capsys.readouterr().out
