@@ -416,7 +416,8 @@ def start_from_model(folder: Path, transformer, text_encoder, wan: bool = False)
     trained = (WanTransformer3DModel if wan else CogVideoXTransformer3DModel).from_pretrained(
         folder / "transformer", torch_dtype=torch.float32)
     transformer.load_state_dict(trained.state_dict())
-    encoder = (UMT5EncoderModel if wan else T5EncoderModel).from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    encoder = (UMT5EncoderModel if wan else T5EncoderModel).from_pretrained(folder / "text_encoder",
+                                                                            dtype=torch.float32)
     text_encoder.load_state_dict(encoder.state_dict())
 
 
@@ -498,7 +499,8 @@ def export_wan(args, work: Path, sizes: dict, out: Path):
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     (out / "bachvid.json").write_text(json.dumps(
         {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
-         "trained_steps": state["step"] + base_steps(args), "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {}),
+         "trained_steps": state["step"] + base_steps(args), "seed": args.seed,
+         **({"ema_decay": args.ema_decay} if use_ema else {}),
          "world": spec.name, "num_frames": spec.frames, "height": spec.size, "width": spec.size, "backbone": "wan"},
         indent=2))
     log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
@@ -517,7 +519,8 @@ def take_vae(folder: Path, work: Path, wan: bool = False) -> float | None:
     latents_mean / latents_std, which stay in the copied VAE's config; None)."""
     from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 
-    vae = (AutoencoderKLWan if wan else AutoencoderKLCogVideoX).from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    vae_class = AutoencoderKLWan if wan else AutoencoderKLCogVideoX
+    vae = vae_class.from_pretrained(folder / "vae", torch_dtype=torch.float32)
     if not (work / "vae" / "config.json").is_file():
         vae.save_pretrained(work / "vae")
     return None if wan else float(vae.config.scaling_factor)
@@ -530,7 +533,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=("full", "smoke", "v2"), default="full",
                         help="model size: full (the shipped v1 model), smoke (CI), v2 (for --world v2)")
     parser.add_argument("--backbone", choices=("cogvideox", "wan"), default="cogvideox",
-                        help="the model to train: cogvideox (the shipped toy model) or wan (a WanPipeline; needs --out)")
+                        help="the model to train: cogvideox (the shipped toy model) or wan (a WanPipeline; "
+                             "needs --out)")
     parser.add_argument("--world", choices=tuple(world.WORLDS), default="v1",
                         help="the toy world to train on (v1: 64 px, the shipped model; v2: 96 px with scenery)")
     parser.add_argument("--device", default="cpu", help="torch device (cuda: bf16 autocast)")
@@ -579,7 +583,8 @@ def run(args) -> int:
     renderer = Renderer(args.workers)  # fork the workers before CUDA starts
     if device_of(args).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    log(work, f"backbone {args.backbone}, world {args.world}, scale {args.scale}, device {args.device}, workers {args.workers}, stages {args.stages}")
+    log(work, f"backbone {args.backbone}, world {args.world}, scale {args.scale}, device {args.device}, "
+              f"workers {args.workers}, stages {args.stages}")
     try:
         _run_stages(args, work, sizes, stages, renderer)
     finally:
