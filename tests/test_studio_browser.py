@@ -85,6 +85,14 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             # the page is served while the model loads; then its defaults fill the settings
             page.wait_for_function(MODEL_READY, timeout=60_000)
             assert page.locator("#steps input").input_value() == "30"  # the toy model's default
+            # the form writes the story text: move the first shot below the second
+            text = "document.querySelector('#story-text textarea').value"
+            assert page.locator("#story-text textarea").input_value().index("walks to the left") < \
+                page.locator("#story-text textarea").input_value().index("jumps")
+            page.locator("#form-shots .body-cell", has_text="walks to the left").first.click()
+            page.get_by_role("button", name="Move down").click()
+            page.wait_for_function(f"{text}.indexOf('jumps') >= 0 && {text}.indexOf('jumps') < "
+                                   f"{text}.indexOf('walks to the left')", timeout=15_000)
             # write the story in its text form, fewer steps
             page.locator("#story-text textarea").fill(STORY)
             steps = page.locator("#steps input")
