@@ -5,7 +5,7 @@ steps, checks that the videos play and that the zip downloads with the story's f
 an empty part shows the CLI's error beside the story. Screenshots go to the test's tmp folder:
 00-loading.png (the page as first served, the model still loading), 01-story.png (the written
 story), 01b-second-tab-queued.png (a second tab waiting its turn), 02-generated.png (videos,
-masks, contact sheet),
+masks, contact sheet), 02b-saved-character.png (the character library with its thumbnail),
 03-error.png (the error beside the story). Skipped only when no chromium or playwright is
 installed (`.ci/run` installs both)."""
 
@@ -132,6 +132,16 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             assert {"story-000/identity.mp4", "story-000/shot-01.mp4", "story-000/shot-02.mp4",
                     "story-000/masks/identity-mask.mp4", "story-000/contact-sheet.png",
                     "story-000/manifest.json"} <= names, names
+
+            # save the story's identity as a character: it is listed with its thumbnail
+            page.click("#characters button")  # open the accordion
+            page.locator("#character-name input, #character-name textarea").first.fill("robot")
+            page.click("#save-character")
+            page.wait_for_function("document.querySelector('#character-message')?.innerText.includes('saved robot')",
+                                   timeout=60_000)
+            page.wait_for_selector("#character-gallery img", timeout=15_000)
+            page.locator("#character-gallery").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "02b-saved-character.png"))
 
             # the second tab got its turn, and its story went to its own session's folder
             other.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')",

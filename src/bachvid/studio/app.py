@@ -104,11 +104,13 @@ def build(studio: Studio) -> gr.Blocks:
                                                 label="Give the shots a saved character",
                                                 info="its identity replaces the story's first line")
                     character_gallery = gr.Gallery(callbacks.character_gallery(studio), label="Library",
-                                                   columns=4, height=180, elem_id="character-gallery")
+                                                   columns=4, height=200, object_fit="contain",
+                                                   elem_id="character-gallery")
                     with gr.Row():
-                        character_name = gr.Textbox(label="Save this story's identity as", placeholder="robot")
-                        save_btn = gr.Button("Save character")
-                    character_message = gr.Markdown()
+                        character_name = gr.Textbox(label="Save this story's identity as", placeholder="robot",
+                                                    elem_id="character-name")
+                        save_btn = gr.Button("Save character", elem_id="save-character")
+                    character_message = gr.Markdown(elem_id="character-message")
         with gr.Row():
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
