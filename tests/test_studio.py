@@ -96,6 +96,9 @@ def test_layers_and_settings_from_the_page():
     assert callbacks.parse_layers(" ") is None
     assert callbacks.page_settings({"seed": 3.0, "num_inference_steps": 4.0, "guidance_scale": 7, "width": None}) \
         == {"seed": 3, "num_inference_steps": 4, "guidance_scale": 7.0}
+    # empty fields (sent as 0 while the model loads) take the defaults; a seed or guidance of 0 is kept
+    assert callbacks.page_settings({"seed": 0, "num_inference_steps": 0, "num_frames": 0, "height": 0, "width": 0,
+                                    "guidance_scale": 0}) == {"seed": 0, "guidance_scale": 0.0}
 
 
 def test_sessions_get_their_own_folders(studio):

@@ -27,11 +27,13 @@ def check_story(studio: Studio, text: str, name: str = "") -> str:
 
 
 def page_settings(values: dict) -> dict:
-    """The page's settings as GenerationSettings values (numbers come as floats; None: unset)."""
+    """The page's settings as GenerationSettings values (numbers come as floats; None: unset). An
+    empty number field reaches the server as 0, so 0 steps, frames, height or width (never valid)
+    mean unset too: the model's default (the fields are empty while the model loads)."""
     out = {}
     for key in SETTINGS:
         value = values.get(key)
-        if value is None or value == "":
+        if value is None or value == "" or (key not in ("seed", "guidance_scale") and value == 0):
             continue
         out[key] = float(value) if key == "guidance_scale" else int(value)
     return out
