@@ -16,7 +16,7 @@ SETTINGS = GenerationSettings(seed=0, num_inference_steps=2, num_frames=9, heigh
 def pipe():
     from bachvid.tiny import tiny_cogvideox_pipeline
 
-    return BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2))
+    return BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2))  # nothing here runs a step
 
 
 def test_a_group_that_does_not_fit_is_refused_before_the_first_step(pipe, monkeypatch):
