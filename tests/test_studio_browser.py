@@ -113,7 +113,7 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             page.wait_for_function("document.querySelector('#status')?.innerText.includes('identity')",
                                    timeout=60_000)
             other.click("#generate")
-            other.wait_for_function("document.body.innerText.toLowerCase().includes('queue')", timeout=20_000)
+            other.wait_for_function("/queue: \\d+\\/\\d+/.test(document.body.innerText)", timeout=20_000)  # gradio's
             other.screenshot(path=str(shots / "01b-second-tab-queued.png"))
             page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')", timeout=150_000)
             page.wait_for_function("document.querySelectorAll('#videos video').length >= 3", timeout=30_000)

@@ -129,7 +129,7 @@ def generate(studio: Studio, session: str, text: str, name: str, settings: dict,
     main = jobs[0]
     vanilla = jobs[1].folder if baseline else None
     note_text = "".join(f"\n\nnote: {line}" for line in notes)
-    yield _result("Queued for the model..." + note_text, main.folder, main.names, vanilla)
+    yield _result("Starting..." + note_text, main.folder, main.names, vanilla)
     last = None
     for job, progress in studio.start(jobs, cancel, force=force):
         last = progress if job is main else last
