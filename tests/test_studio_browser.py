@@ -6,7 +6,7 @@ an empty part shows the CLI's error beside the story. Screenshots go to the test
 00-loading.png (the page as first served, the model still loading), 01-story.png (the written
 story), 01b-second-tab-queued.png (a second tab waiting its turn), 02-generated.png (videos,
 masks, contact sheet), 02b-saved-character.png (the character library with its thumbnail),
-03-error.png (the error beside the story). Skipped only when no chromium or playwright is
+03-error.png (the error beside the story); a cancel ends the test. Skipped only when no chromium or playwright is
 installed (`.ci/run` installs both)."""
 
 import os
@@ -157,6 +157,17 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
                 timeout=15_000)
             page.locator("#story-text").scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "03-error.png"))
+
+            # cancel: a longer run stops at the next denoising step and says so
+            page.locator("#story-text textarea").fill(STORY.replace("jumps", "comes closer"))
+            steps.fill("30")
+            steps.press("Tab")
+            page.click("#generate")
+            page.wait_for_function("document.querySelector('#status')?.innerText.includes('identity: step')",
+                                   timeout=60_000)
+            page.click("#cancel")
+            page.wait_for_function("document.querySelector('#status')?.innerText.includes('cancelled')",
+                                   timeout=60_000)
         finally:
             browser.close()
     print(f"browser session {time.perf_counter() - started:.1f} s; screenshots in {shots}")

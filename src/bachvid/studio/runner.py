@@ -177,7 +177,8 @@ class Studio:
 
     def run(self, job, progress: Progress, cancel: threading.Event, changed=lambda: None, force: bool = False) -> None:
         """Make the job's missing videos (all with force) and its contact sheet, as `bachvid generate` does."""
-        progress.kept = [] if force else [n for n in job.names if job.video(n).is_file()]
+        listed = (job.previous or {}).get("videos", {})  # the manifest lists a video once it is made for its recipe
+        progress.kept = [] if force else [n for n in job.names if n in listed and job.video(n).is_file()]
         progress.expected = self.expected_calls(job)
         progress.steps_per_video = job.settings.num_inference_steps
         progress.prerun = self.prerun_calls(job)
