@@ -6,8 +6,8 @@ an empty part shows the CLI's error beside the story. Screenshots go to the test
 00-loading.png (the page as first served, the model still loading), 01-story.png (the written
 story), 01b-second-tab-queued.png (a second tab waiting its turn), 02-generated.png (videos,
 masks, contact sheet), 02b-saved-character.png (the character library with its thumbnail),
-03-error.png (the error beside the story); a cancel ends the test. Skipped only when no chromium or playwright is
-installed (`.ci/run` installs both)."""
+03-error.png (the error beside the story); a cancel ends the test. Skipped only when no
+chromium or playwright is installed (`.ci/run` installs both)."""
 
 import os
 import shutil
