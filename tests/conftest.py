@@ -31,3 +31,15 @@ def settings():
     from bachvid.pipeline import GenerationSettings
 
     return GenerationSettings(**SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast, and does not fight other jobs for the cores
+    (`pytestmark = pytest.mark.usefixtures("one_thread")` in a test module)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

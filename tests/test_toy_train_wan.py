@@ -12,12 +12,7 @@ from bachvid.story import Shot, Story
 from bachvid.toy import train, world
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 SMOKE = ["--backbone", "wan", "--scale", "smoke", "--vae-steps", "2", "--vae-batch", "2", "--clips-per-combo", "1",

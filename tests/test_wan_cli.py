@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from bachvid.cli import main
 from bachvid.tiny import tiny_wan_pipeline, words_of
@@ -13,12 +12,7 @@ from bachvid.tiny import tiny_wan_pipeline, words_of
 STORY = Path(__file__).resolve().parent.parent / "examples" / "story.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.mark.parametrize("experts", [1, 2], ids=["wan2.1", "wan2.2-two-experts"])

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import make_story
 
 from bachvid.cli import main
@@ -19,12 +18,7 @@ from bachvid.tiny import tiny_wan_pipeline, words_of
 STORY = Path(__file__).resolve().parent.parent / "examples" / "story.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

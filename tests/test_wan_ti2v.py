@@ -15,12 +15,7 @@ from bachvid.plan import Injection, StepPlan, full_copy_injection
 CHANNELS = 8  # 48 in the real model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def tiny_ti2v_pipeline(num_layers: int = 3, seed: int = 0):
