@@ -80,3 +80,15 @@ def test_wan_recipe_resumes_and_continues(trained, tmp_path):
 def test_a_wan_folder_needs_out(tmp_path):
     with pytest.raises(SystemExit):
         train.main([*SMOKE, "--work", str(tmp_path), "--stages", "export"])
+
+
+def test_the_quality_check_scores_a_wan_toy_model(trained, tmp_path):
+    """`python -m bachvid.toy.quality --model FOLDER` works on a Wan folder too (it used to read
+    CogVideoX's max_text_seq_length): the held-out bars of issue 9 are measured with it."""
+    from bachvid.toy import quality
+
+    pipe, defaults, _ = quality.load(trained / "model")
+    assert defaults["guidance_scale"] == 5.0
+    report = quality.measure(pipe, defaults, samples=2, steps=1, batch=2, out=tmp_path / "q", log=lambda m: None)
+    records = [json.loads(line) for line in (tmp_path / "q" / "samples.jsonl").read_text().splitlines()]
+    assert report["samples"] == len(records) == 2

@@ -76,11 +76,13 @@ def steps_and_guidance(defaults: dict, steps: int | None = None, guidance: float
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
-    """uint8 (B, F, H, W, 3) from the stock pipeline, one generator per video."""
+    """uint8 (B, F, H, W, 3) from the stock pipeline, one generator per video. The text length is the
+    tokenizer's (the toy models are built with it equal to the model's: CogVideoX's
+    max_text_seq_length; Wan has no such config field)."""
     frames = pipe(prompt=prompts, negative_prompt=[""] * len(prompts), num_frames=FRAMES, height=SIZE, width=SIZE,
                   num_inference_steps=steps, guidance_scale=guidance,
                   generator=[torch.Generator().manual_seed(s) for s in seeds],
-                  max_sequence_length=pipe.transformer.config.max_text_seq_length, output_type="np").frames
+                  max_sequence_length=pipe.tokenizer.model_max_length, output_type="np").frames
     return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
