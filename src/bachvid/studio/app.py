@@ -76,7 +76,7 @@ def build(studio: Studio) -> gr.Blocks:
                 with gr.Accordion("Settings (the model's defaults)", open=True):
                     with gr.Row():
                         seed = gr.Number(default(defaults, 'seed'), label="Seed", precision=0,
-                                         info="identity's noise; shot i uses seed + 1 + i")
+                                         info="identity's noise; shots use it too or seed + 1 + i (the model's shot_seeds)")
                         steps = gr.Number(default(defaults, 'num_inference_steps'), label="Steps", precision=0,
                                           info="denoising steps: fewer is faster and rougher", elem_id="steps")
                         frames = gr.Number(default(defaults, 'num_frames'), label="Frames", precision=0,
