@@ -38,6 +38,7 @@ def analysis(toy, tmp_path_factory):
     return out, json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_heatmaps_and_csvs_have_a_row_per_step_and_a_column_per_layer(analysis):
     out, report = analysis
     steps, layers = report["candidate_steps"], report["layers"]
@@ -74,6 +75,7 @@ def test_calibrate_reads_its_choice_from_an_analysis(analysis, tmp_path):
     assert round(config.tau_match * report["steps"]) == report["best_match"]["step"]
 
 
+@pytest.mark.slow
 def test_match_accuracy_is_one_for_the_identity_itself_and_low_when_shuffled(toy):
     pipe, settings = toy
     steps = analyze.candidate_steps((0.0, 0.5), settings.num_inference_steps)
@@ -119,6 +121,7 @@ def test_mass_on_duplicated_keys_is_a_half_and_grows_with_the_bias(bias):
         assert torch.allclose(out, injected_attention(q, k, v, None), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mass_probe_on_the_toy_model_grows_with_injected_logit_bias(toy):
     from conftest import make_story
 
