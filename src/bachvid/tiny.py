@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 
@@ -261,6 +262,28 @@ def bundled_config(name: str) -> dict:
     return json.loads(files("bachvid").joinpath("configs", f"{name}.json").read_text())
 
 
+def shrunk(config: dict, num_layers: int | None = None, num_heads: int | None = None) -> dict:
+    """A bundled transformer config with fewer layers / heads, for CPU smoke runs of a real architecture."""
+    if num_layers is not None:
+        config["num_layers"] = num_layers
+    if num_heads is not None:
+        config["num_attention_heads"] = num_heads
+    return config
+
+
+@contextmanager
+def random_modules(dtype, device, seed: int):
+    """Modules made inside are seeded, in `dtype` and on `device`; the default dtype is restored after."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def random_cogvideox_pipeline(name: str = "cogvideox-5b", *, dtype=torch.bfloat16, device="cpu", num_layers=None,
                               num_heads=None, seed: int = 0):
     """A real model's architecture with random weights, built on `device` in `dtype`: times and
@@ -272,24 +295,14 @@ def random_cogvideox_pipeline(name: str = "cogvideox-5b", *, dtype=torch.bfloat1
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    config = bundled_config(name)
-    if num_layers is not None:
-        config["num_layers"] = num_layers
-    if num_heads is not None:
-        config["num_attention_heads"] = num_heads
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            transformer = CogVideoXTransformer3DModel.from_config(config).eval()
-            vae = AutoencoderKLCogVideoX.from_config(bundled_config("cogvideox-vae")).eval()
-            tokenizer = build_word_tokenizer(BASIC_WORDS, model_max_length=config["max_text_seq_length"])
-            text_encoder = T5EncoderModel(T5Config(
-                vocab_size=len(tokenizer), d_model=config["text_embed_dim"], d_kv=64, d_ff=1024, num_layers=1,
-                num_heads=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    config = shrunk(bundled_config(name), num_layers, num_heads)
+    with random_modules(dtype, device, seed):
+        transformer = CogVideoXTransformer3DModel.from_config(config).eval()
+        vae = AutoencoderKLCogVideoX.from_config(bundled_config("cogvideox-vae")).eval()
+        tokenizer = build_word_tokenizer(BASIC_WORDS, model_max_length=config["max_text_seq_length"])
+        text_encoder = T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer), d_model=config["text_embed_dim"], d_kv=64, d_ff=1024, num_layers=1,
+            num_heads=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
     scheduler = cogvideox_scheduler()  # THUDM's CogVideoX-2b and -5b ship this DDIM scheduler
     return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.to(device, dtype),
                              vae=vae.to(device, dtype), transformer=transformer.to(device, dtype), scheduler=scheduler)

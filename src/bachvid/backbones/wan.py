@@ -452,24 +452,14 @@ def random_wan_pipeline(name: str = "wan2.1-t2v-1.3b", *, dtype=torch.bfloat16, 
     video's cost. wan2.2-t2v-a14b: two 14B-shaped experts (other weights) at boundary_ratio 0.875."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
-    from ..tiny import BASIC_WORDS, build_word_tokenizer, wan_scheduler
+    from ..tiny import BASIC_WORDS, build_word_tokenizer, random_modules, shrunk, wan_scheduler
 
     if name not in RANDOM_WAN:
         raise ValueError(f"no random Wan {name!r}; known: {', '.join(RANDOM_WAN)}")
     config_name, experts = RANDOM_WAN[name]
-    config = bundled_wan_config(config_name)
-    if num_layers is not None:
-        config["num_layers"] = num_layers
-    if num_heads is not None:
-        config["num_attention_heads"] = num_heads
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            transformers = [WanTransformer3DModel.from_config(config).eval() for _ in range(experts)]
-    finally:
-        torch.set_default_dtype(previous)
+    config = shrunk(bundled_wan_config(config_name), num_layers, num_heads)
+    with random_modules(dtype, device, seed):
+        transformers = [WanTransformer3DModel.from_config(config).eval() for _ in range(experts)]
     with torch.device(device):
         vae = AutoencoderKLWan.from_config(bundled_wan_config("wan2.1-vae")).eval()  # float32, as Wan's examples
     for transformer in transformers:  # as from_pretrained(torch_dtype=...) keeps them: norms, time embedder in fp32
