@@ -12,17 +12,14 @@ def add_studio(sub) -> None:
                                    "where `bachvid generate --out OUT/session-ID` writes them (same layout and "
                                    "manifest); saved characters go to the character library. Needs the extra: "
                                    "pip install -e '.[studio]'.")
-    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
+    from ..cli import _add_model_flags  # the same model flags as generate (cli is loaded: it calls us)
+
+    _add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0: a free one)")
     p.add_argument("--out", default="studio-out", help="where stories go, one folder per browser session "
                                                        "(default: ./studio-out)")
     p.add_argument("--characters", default=None, help="the saved-character library (default: OUT/characters)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="weights' dtype (default: the pipeline's, float32)")
-    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--cpu-offload", action="store_true", help="keep idle models on the CPU (saves GPU memory)")
-    p.add_argument("--vae-tiling", action="store_true", help="VAE tiling and slicing, for large videos")
     p.set_defaults(run=run)
 
 
