@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from bachvid.prompt import compose_prompt
+from bachvid.method.prompt import compose_prompt
 from bachvid.toy import evaluate, world
 
 

@@ -10,7 +10,7 @@ SETTINGS = dict(seed=0, num_inference_steps=8, num_frames=9, height=32, width=32
 
 def make_story(actions=("stands still", "walks to the left", "jumps"), background="a green meadow",
                character="a red robot", shared_background=True, backgrounds=None):
-    from bachvid.story import Shot, Story
+    from bachvid.io.story import Shot, Story
 
     backgrounds = backgrounds or [background] * len(actions)
     shots = tuple(Shot(b, a, line=i + 1) for i, (b, a) in enumerate(zip(backgrounds, actions)))
@@ -21,7 +21,7 @@ def make_story(actions=("stands still", "walks to the left", "jumps"), backgroun
 @pytest.fixture(scope="module", params=[True, False], ids=["rope-5b-layout", "sincos-2b-layout"])
 def tiny_pipe(request):
     from bachvid.pipeline import BachVidPipeline
-    from bachvid.tiny import tiny_cogvideox_pipeline
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
     return BachVidPipeline(tiny_cogvideox_pipeline(rope=request.param, num_layers=4))
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from bachvid.attention import injected_attention
-from bachvid.config import BachVidConfig
-from bachvid.controller import AttentionCall, Controller, VideoState
-from bachvid.identity import CachedIdentity
+from bachvid.method.attention import injected_attention
+from bachvid.method.config import BachVidConfig
+from bachvid.method.controller import AttentionCall, Controller, VideoState
+from bachvid.method.identity import CachedIdentity
 from bachvid.models import DEFAULT_MODEL_DIR
-from bachvid.plan import StepPlan, full_copy_injection
+from bachvid.method.plan import StepPlan, full_copy_injection
 from bachvid.toy import analyze
 
 

@@ -6,11 +6,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bachvid.attention import KeyGroup, dense_masked_attention, injected_attention
+from bachvid.method.attention import KeyGroup, dense_masked_attention, injected_attention
 from bachvid.backbones.cogvideox import CogVideoXRope
-from bachvid.controller import AttentionCall, Controller, VideoState
-from bachvid.identity import CachedIdentity
-from bachvid.plan import Injection, StepPlan, TokenMerge
+from bachvid.method.controller import AttentionCall, Controller, VideoState
+from bachvid.method.identity import CachedIdentity
+from bachvid.method.plan import Injection, StepPlan, TokenMerge
 
 
 def random_groups(generator, batch, n, heads, dim, sizes):

@@ -9,7 +9,7 @@ import sys
 
 SCRIPT = r"""
 import resource, sys, torch, torch.nn.functional as F
-from bachvid.attention import KeyGroup, injected_attention
+from bachvid.method.attention import KeyGroup, injected_attention
 torch.manual_seed(0)
 n, h, d = 12000, 2, 64
 q, k, v = (torch.randn(1, h, n, d) for _ in range(3))

@@ -13,7 +13,7 @@ import pytest
 from bachvid import cli
 from bachvid.budget import (GIB, BudgetError, Schedule, Transformer, Workload, default_layers, estimate,
                             load_model)
-from bachvid.config import BachVidConfig
+from bachvid.method.config import BachVidConfig
 
 # Measured on one H100 80 GB: CogVideoX-5B transformer config, random bf16 weights, 49x480x720, CFG.
 MEASURED = dict(
@@ -271,7 +271,7 @@ def test_switched_background_injects_less(cog5b):
 
 @pytest.mark.parametrize("steps", [5, 10, 30, 50])
 def test_schedule_matches_the_plan_module(steps):
-    from bachvid.plan import Schedule as PlanSchedule
+    from bachvid.method.plan import Schedule as PlanSchedule
 
     config = BachVidConfig()
     ours, theirs = Schedule.of(config, 42, steps), PlanSchedule.of(config, steps)

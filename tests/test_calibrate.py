@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from bachvid.config import BachVidConfig, read_step
+from bachvid.method.config import BachVidConfig, read_step
 from bachvid.models import DEFAULT_MODEL_DIR
 from bachvid.pipeline import BachVidPipeline
-from bachvid.plan import Schedule
+from bachvid.method.plan import Schedule
 from bachvid.toy import calibrate
 
 

@@ -28,7 +28,7 @@ def Settings(**changes):  # the real GenerationSettings, with the test model's d
 def tiny():
     import torch
 
-    from bachvid.tiny import tiny_cogvideox_pipeline
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model runs fastest on one thread, and 5-20x faster on a busy machine
@@ -104,7 +104,7 @@ def test_generate_writes_every_promised_file_and_manifest(tmp_path, spy, capsys)
     ghost_manifest = json.loads((ghost / "manifest.json").read_text())
     assert ghost_manifest["story"]["shared_background"] is False
 
-    from bachvid.outputs import read_entry, read_video
+    from bachvid.io.outputs import read_entry, read_video
 
     shot, entry = read_video(robot / "shot-01.mp4", size=(16, 24)), read_entry(robot / "entries" / "shot-01.npz")
     assert shot.shape == (9, 16, 24, 3) and entry.entry == videos["shot-01"]
@@ -373,7 +373,7 @@ def test_an_mp4_its_entry_does_not_describe_is_remade_and_old_folders_still_resu
     robot = STORY.split("\n\n")[0] + "\n"
     assert run(tmp_path, story=robot) == 0
     folder = tmp_path / "out" / "story-000"
-    from bachvid.outputs import read_entry, save_video
+    from bachvid.io.outputs import read_entry, save_video
 
     save_video(folder / "shot-01.mp4", np.zeros((9, 16, 24, 3), np.uint8))  # not the video its entry was written for
     spy.calls.clear()

@@ -66,9 +66,9 @@ def test_conditions_and_stories():
 def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
     import torch
 
-    from bachvid.config import BachVidConfig
-    from bachvid.match import Matches
-    from bachvid.plan import Layers, PlanMaker
+    from bachvid.method.config import BachVidConfig
+    from bachvid.method.match import Matches
+    from bachvid.method.plan import Layers, PlanMaker
 
     identity_fg = torch.tensor([[[True, False], [False, False]]])
     current_fg = torch.tensor([[[False, True], [False, False]]])

@@ -5,10 +5,10 @@ import numpy as np
 import torch
 from conftest import make_story
 
-from bachvid.config import BachVidConfig
-from bachvid.identity import CachedIdentity
-from bachvid.plan import Injection, StepPlan, full_copy_injection
-from bachvid.tiny import tiny_cogvideox_pipeline
+from bachvid.method.config import BachVidConfig
+from bachvid.method.identity import CachedIdentity
+from bachvid.method.plan import Injection, StepPlan, full_copy_injection
+from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
 
 def stock_latents(rope, prompt, seed, settings):

@@ -13,8 +13,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
-import bachvid.identity_file as idf
-from bachvid.identity_file import (FORMAT_VERSION, SUFFIX, IdentityFileError, describe, load_identity,
+import bachvid.io.identity_file as idf
+from bachvid.io.identity_file import (FORMAT_VERSION, SUFFIX, IdentityFileError, describe, load_identity,
                                    model_config_hash, save_identity)
 
 META = {

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bachvid.pipeline import BachVidPipeline
-from bachvid.tiny import tiny_cogvideox_pipeline
+from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_model_defaults_carry_calibrated_bachvid_settings(tmp_path):
 
 
 def test_story_errors_name_every_line_that_would_be_cut():
-    from bachvid.story import StoryError, parse_story_text
+    from bachvid.io.story import StoryError, parse_story_text
 
     pipe = BachVidPipeline.from_pretrained()
     long = " ".join(["a very long green meadow"] * 6)
@@ -96,7 +96,7 @@ def test_bad_settings_are_refused_before_generating(change, message):
     from dataclasses import replace
 
     from bachvid import BachVidPipeline
-    from bachvid.story import Shot, Story
+    from bachvid.io.story import Shot, Story
 
     pipe = BachVidPipeline.from_pretrained()
     story = Story("s", "a red robot", Shot("a green meadow", "stands still"), (Shot("a green meadow", "jumps"),))

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachvid.mask import MaskReader, open_mask, text_attention_scores
-from bachvid.match import Matches, best_matches
+from bachvid.method.mask import MaskReader, open_mask, text_attention_scores
+from bachvid.method.match import Matches, best_matches
 
 
 @settings(max_examples=20, deadline=None)
@@ -121,7 +121,7 @@ def test_match_accumulator_half_features_keep_a_half_sum_with_the_same_argmax():
     float32 reference's match wherever the best beats the runner-up by a visible margin."""
     import torch
 
-    from bachvid.match import MatchAccumulator, best_matches
+    from bachvid.method.match import MatchAccumulator, best_matches
 
     g = torch.Generator().manual_seed(3)
     layers = [(torch.randn(300, 64, generator=g), torch.randn(200, 64, generator=g)) for _ in range(6)]
@@ -145,7 +145,7 @@ def test_live_identity_lets_go_of_a_call_when_it_ends():
     import pytest
     import torch
 
-    from bachvid.identity import LiveIdentity
+    from bachvid.method.identity import LiveIdentity
 
     live = LiveIdentity(text_length=2)
     key = value = torch.zeros(2, 1, 5, 4)

@@ -14,7 +14,7 @@ SETTINGS = GenerationSettings(seed=0, num_inference_steps=2, num_frames=9, heigh
 
 @pytest.fixture(scope="module")
 def pipe():
-    from bachvid.tiny import tiny_cogvideox_pipeline
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
     return BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2))  # nothing here runs a step
 

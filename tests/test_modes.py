@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_story
 
-from bachvid.config import BachVidConfig
+from bachvid.method.config import BachVidConfig
 
 
 def story_results(pipe, settings, mode, group, config=None, story=None):
@@ -65,7 +65,7 @@ def test_dpm_scheduler_runs_equal_stock_with_a_generator(settings):
     from diffusers import CogVideoXDPMScheduler
 
     from bachvid.pipeline import BachVidPipeline
-    from bachvid.tiny import tiny_cogvideox_pipeline
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
     def build():
         pipe = tiny_cogvideox_pipeline(rope=True, num_layers=2)
@@ -152,7 +152,7 @@ def test_low_memory_runs_keep_the_identity_apart_inside_blocks(tiny_pipe, settin
     """Replay and lockstep one shot at a time run the live identity's rows apart from the shot's
     inside each block (attention sees one CFG pair at a time); lockstep with a larger group keeps
     one batch. The videos are the same either way (test_modes_equal_the_cache)."""
-    from bachvid.controller import Controller
+    from bachvid.method.controller import Controller
 
     widths = []
     original = Controller.attend

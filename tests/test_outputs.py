@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bachvid import outputs
+from bachvid.io import outputs
 
 
 def frames(n=9, size=32, seed=0, width=None):

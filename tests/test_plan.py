@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bachvid.config import BachVidConfig
-from bachvid.match import Matches
-from bachvid.plan import Layers, PlanMaker, Schedule, background_injection, foreground_injection
+from bachvid.method.config import BachVidConfig
+from bachvid.method.match import Matches
+from bachvid.method.plan import Layers, PlanMaker, Schedule, background_injection, foreground_injection
 
 LAYERS = Layers(vital=frozenset({0, 1}), mask=frozenset({2}), match=frozenset({2, 3}))
 TEXT = 5
@@ -83,9 +83,9 @@ def test_background_merge_adds_same_position_background_pairs_only_when_asked():
     import pytest
     import torch
 
-    from bachvid.config import BachVidConfig
-    from bachvid.match import Matches
-    from bachvid.plan import Layers, PlanMaker
+    from bachvid.method.config import BachVidConfig
+    from bachvid.method.match import Matches
+    from bachvid.method.plan import Layers, PlanMaker
 
     identity_fg = torch.tensor([[[True, False], [False, False]]])
     current_fg = torch.tensor([[[False, True], [False, False]]])

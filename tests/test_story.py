@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachvid.story import Shot, Story, StoryError, _visible, load_stories, parse_story_mapping, parse_story_text
+from bachvid.io.story import Shot, Story, StoryError, _visible, load_stories, parse_story_mapping, parse_story_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

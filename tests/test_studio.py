@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bachvid import cli
-from bachvid.story import StoryError, load_stories
+from bachvid.io.story import StoryError, load_stories
 
 pytest.importorskip("gradio", reason="the studio extra is not installed: pip install -e '.[studio]'")
 
@@ -130,7 +130,7 @@ def test_generate_streams_videos_writes_the_cli_layout_and_the_cli_resumes_it(st
     # the vanilla baseline: the same identity (BachVid does not change it), other shots
     vanilla = studio.session_folder("s1") / "vanilla" / "robot"
     assert len(last["baseline"]) == 3
-    from bachvid.outputs import read_video
+    from bachvid.io.outputs import read_video
     assert (read_video(vanilla / "identity.mp4") == read_video(folder / "identity.mp4")).all()
     assert not (read_video(vanilla / "shot-01.mp4") == read_video(folder / "shot-01.mp4")).all()
     # the CLI on the same story (named as in the studio) and settings finds every video made:
@@ -241,7 +241,7 @@ def test_the_studio_takes_no_longer_than_the_cli_for_the_same_story(studio, tmp_
     print(f"two-shot story, 6 steps: CLI {cli_seconds:.1f} s, studio {studio_seconds:.1f} s")
     assert studio_seconds <= 1.5 * cli_seconds
     # and the same videos: the studio runs the CLI's job
-    from bachvid.outputs import read_video
+    from bachvid.io.outputs import read_video
     for name in ("identity", "shot-01", "shot-02"):
         assert (read_video(tmp_path / "cli" / "story-000" / f"{name}.mp4")
                 == read_video(studio.session_folder("timed") / "story-000" / f"{name}.mp4")).all()

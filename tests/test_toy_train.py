@@ -7,8 +7,8 @@ import pytest
 
 from bachvid.models import DEFAULT_MODEL_DIR
 from bachvid.pipeline import BachVidPipeline
-from bachvid.story import Shot, Story
-from bachvid.config import BachVidConfig
+from bachvid.io.story import Shot, Story
+from bachvid.method.config import BachVidConfig
 from bachvid.toy import train, world
 
 
@@ -36,7 +36,7 @@ def test_training_prompts_come_from_training_combinations_only(tmp_path):
 
     prompts = set(torch.load(tmp_path / "latents.pt")["prompts"])
     _, held = world.split_combinations()
-    from bachvid.prompt import compose_prompt
+    from bachvid.method.prompt import compose_prompt
 
     assert prompts and not prompts & {compose_prompt(*world.texts(*c)) for c in held}
 
@@ -96,6 +96,9 @@ def test_continuing_a_model_with_ema_and_scoring_it(tmp_path):
     assert state["step"] == 4
     assert json.loads((out / "bachvid.json").read_text())["ema_decay"] == 0.5
     assert "(resume)" in (work / "train.log").read_text()  # latents were not encoded again
+    # exported again on its own, without the training flags: the checkpoint still knows its EMA's decay
+    assert train.main([*common, "--stages", "export"]) == 0
+    assert json.loads((out / "bachvid.json").read_text())["ema_decay"] == 0.5
 
     pipe, defaults, _ = quality.load(out)
     assert len(state["ema"]) == len(list(pipe.transformer.parameters())) + len(list(pipe.text_encoder.parameters()))

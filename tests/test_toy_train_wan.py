@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from bachvid.config import BachVidConfig
+from bachvid.method.config import BachVidConfig
 from bachvid.pipeline import BachVidPipeline
-from bachvid.story import Shot, Story
+from bachvid.io.story import Shot, Story
 from bachvid.toy import train, world
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import make_story
 
-from bachvid.config import BachVidConfig
-from bachvid.identity import CachedIdentity
-from bachvid.plan import Injection, StepPlan, full_copy_injection
-from bachvid.tiny import tiny_wan_pipeline
+from bachvid.method.config import BachVidConfig
+from bachvid.method.identity import CachedIdentity
+from bachvid.method.plan import Injection, StepPlan, full_copy_injection
+from bachvid.backbones.tiny import tiny_wan_pipeline
 
 NUM_LAYERS = 3
 
@@ -164,9 +164,9 @@ def test_separate_cfg_forwards_read_their_own_branch():
     in the conditional forward only, and a TextAttentionCall is stock attention."""
     import torch.nn.functional as F
 
-    from bachvid.controller import CONDITIONAL, UNCONDITIONAL, AttentionCall, Controller, TextAttentionCall, VideoState
-    from bachvid.mask import MaskReader
-    from bachvid.plan import StepPlan
+    from bachvid.method.controller import CONDITIONAL, UNCONDITIONAL, AttentionCall, Controller, TextAttentionCall, VideoState
+    from bachvid.method.mask import MaskReader
+    from bachvid.method.plan import StepPlan
 
     torch.manual_seed(0)
     heads, n, dim, text = 2, 6, 4, 5

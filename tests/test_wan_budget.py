@@ -9,7 +9,7 @@ import pytest
 
 from bachvid import cli
 from bachvid.budget import BudgetError, WanTransformer, Workload, estimate, load_model
-from bachvid.config import BachVidConfig
+from bachvid.method.config import BachVidConfig
 
 
 def small_config(**changes):
@@ -98,8 +98,8 @@ def test_activation_model_matches_a_real_forward(ffn_ratio):
     from test_budget import _live_peak
 
     from bachvid.backbones.wan import WanBachVidProcessor
-    from bachvid.controller import Controller, VideoState
-    from bachvid.plan import StepPlan
+    from bachvid.method.controller import Controller, VideoState
+    from bachvid.method.plan import StepPlan
 
     heads, rows = 4, 2
     config = small_config(num_attention_heads=heads, attention_head_dim=128, num_layers=2, in_channels=16,
@@ -131,7 +131,7 @@ def test_activation_model_matches_a_real_forward(ffn_ratio):
 
 @pytest.fixture(scope="module")
 def tiny_wan_folder(tmp_path_factory):
-    from bachvid.tiny import tiny_wan_pipeline
+    from bachvid.backbones.tiny import tiny_wan_pipeline
 
     folder = tmp_path_factory.mktemp("wan") / "tiny-wan"
     tiny_wan_pipeline(num_layers=4, experts=2).save_pretrained(folder)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bachvid.cli import main
-from bachvid.tiny import tiny_wan_pipeline, words_of
+from bachvid.backbones.tiny import tiny_wan_pipeline, words_of
 
 STORY = Path(__file__).resolve().parent.parent / "examples" / "story.txt"
 

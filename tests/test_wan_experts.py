@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import make_story
 
-from bachvid.config import BachVidConfig
-from bachvid.tiny import tiny_wan_pipeline
+from bachvid.method.config import BachVidConfig
+from bachvid.backbones.tiny import tiny_wan_pipeline
 
 NUM_LAYERS = 3
 
@@ -52,9 +52,9 @@ class ExpertLog:
     record and the mask/match readers see meanwhile."""
 
     def __init__(self, backbone, monkeypatch):
-        from bachvid.identity import CachedIdentity
-        from bachvid.mask import MaskReader
-        from bachvid.match import MatchAccumulator
+        from bachvid.method.identity import CachedIdentity
+        from bachvid.method.mask import MaskReader
+        from bachvid.method.match import MatchAccumulator
 
         self.backbone, self.current, self.kept, self.reads = backbone, None, {}, []
         self.mask_reads, self.match_reads = [], []

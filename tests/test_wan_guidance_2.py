@@ -10,10 +10,10 @@ import pytest
 from conftest import make_story
 
 from bachvid.cli import main
-from bachvid.config import BachVidConfig
-from bachvid.identity_file import IdentityFileError
+from bachvid.method.config import BachVidConfig
+from bachvid.io.identity_file import IdentityFileError
 from bachvid.pipeline import BachVidPipeline, GenerationSettings
-from bachvid.tiny import tiny_wan_pipeline, words_of
+from bachvid.backbones.tiny import tiny_wan_pipeline, words_of
 
 STORY = Path(__file__).resolve().parent.parent / "examples" / "story.txt"
 
@@ -53,7 +53,7 @@ def test_refused_where_stock_refuses_it():
     one = BachVidPipeline(tiny_wan_pipeline(num_layers=1))
     assert any("boundary_ratio" in e for e in one.settings_errors(replace(SETTINGS, guidance_scale_2=2.0)))
     assert not one.settings_errors(SETTINGS)
-    from bachvid.tiny import tiny_cogvideox_pipeline
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
     cog = BachVidPipeline(tiny_cogvideox_pipeline(num_layers=1))
     assert any("no second guidance" in e for e in cog.settings_errors(replace(SETTINGS, guidance_scale_2=2.0)))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import make_story
 
-from bachvid.config import BachVidConfig
-from bachvid.identity import CachedIdentity
-from bachvid.plan import Injection, StepPlan, full_copy_injection
+from bachvid.method.config import BachVidConfig
+from bachvid.method.identity import CachedIdentity
+from bachvid.method.plan import Injection, StepPlan, full_copy_injection
 
 CHANNELS = 8  # 48 in the real model
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.
 def tiny_ti2v_pipeline(num_layers: int = 3, seed: int = 0):
     from diffusers import AutoencoderKLWan, WanPipeline
 
-    from bachvid.tiny import BASIC_WORDS, build_word_tokenizer, tiny_umt5_encoder, tiny_wan_transformer, wan_scheduler
+    from bachvid.backbones.tiny import BASIC_WORDS, build_word_tokenizer, tiny_umt5_encoder, tiny_wan_transformer, wan_scheduler
 
     torch.manual_seed(seed + 2)
     vae = AutoencoderKLWan(  # Wan 2.2's VAE: x8 by three down blocks, x2 by patchifying; residual blocks

@@ -28,7 +28,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict
 
-from .config import parse_knob
+from .method.config import parse_knob
 
 MODES = ("vanilla", "cache", "replay", "lockstep")
 RANDOM_ARCHITECTURES = ("cogvideox-5b", "cogvideox-2b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b")
@@ -224,7 +224,7 @@ def _build(args):
 
             defaults = {"num_inference_steps": 50, "guidance_scale": 5.0}  # WanPipeline's defaults
         else:
-            from .tiny import random_cogvideox_pipeline as random_pipeline
+            from .backbones.tiny import random_cogvideox_pipeline as random_pipeline
 
             defaults = {"num_inference_steps": 50, "guidance_scale": 6.0}
         pipe = random_pipeline(args.random_weights, dtype=dtype, device=device, num_layers=args.layers,
@@ -237,7 +237,7 @@ def _build(args):
 
 
 def bench_story(shots: int):
-    from .story import Shot, Story
+    from .io.story import Shot, Story
 
     actions = ["stands still", "walks to the left", "jumps", "runs to the right", "sits", "walks closer"]
     lines = tuple(Shot("a green meadow", actions[i % len(actions)], line=i + 1) for i in range(shots + 1))
@@ -379,7 +379,7 @@ def _warm_up(pipe, story, settings, config) -> None:
 
 
 def _schedule(pipe, settings, config):
-    from .plan import PlanMaker
+    from .method.plan import PlanMaker
 
     return PlanMaker(config, pipe.layers(config), settings.num_inference_steps,
                      pipe.backbone.joint_text_length).schedule

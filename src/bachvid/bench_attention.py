@@ -19,7 +19,7 @@ def shot_call(tokens: int, text: int, heads: int, dim: int, foreground: float, r
     """(query, key, value, groups) of one shot's injected attention call, random but real-sized."""
     import torch
 
-    from .attention import KeyGroup
+    from .method.attention import KeyGroup
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     q, k, v = (torch.randn(rows, heads, tokens, dim, generator=g).to(device, dtype) for _ in range(3))
@@ -59,7 +59,7 @@ def run(args) -> int:
     import torch
     import torch.nn.functional as F
 
-    from .attention import injected_attention
+    from .method.attention import injected_attention
 
     if not 0 < args.foreground < 1 or args.tokens <= args.text:
         print("error: --foreground must lie in (0, 1) and --tokens exceed --text", file=sys.stderr)

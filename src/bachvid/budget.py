@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import BachVidConfig, step_index
+from .method.config import BachVidConfig, step_index
 
 GIB = 2**30
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -418,7 +418,7 @@ class BlockFlops:
 
 @dataclass(frozen=True)
 class Schedule:
-    """BachVid's layers and steps for one model and run length (as bachvid.plan.Schedule counts them)."""
+    """BachVid's layers and steps for one model and run length (as bachvid.method.plan.Schedule counts them)."""
 
     steps: int
     vital: tuple[int, ...]

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .story import Story, StoryError, load_stories
+from .io.story import Story, StoryError, load_stories
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -203,7 +203,7 @@ def _now() -> str:
 
 def _json_ready(data):
     """What `data` reads as after a trip through the manifest (tuples become lists, ...)."""
-    from .outputs import json_value
+    from .io.outputs import json_value
 
     return json.loads(json.dumps(data, default=json_value))
 
@@ -242,7 +242,7 @@ def _story_texts(story: Story) -> dict:
 
 def _with_saved_identity(story: Story, saved) -> tuple[Story, str | None]:
     """The story with the saved identity in place of its first line, and a note if that line differed."""
-    from .story import Shot
+    from .io.story import Shot
 
     first = story.identity
     note = None
@@ -403,7 +403,7 @@ def prepare_job(pipe, story: Story, settings, config, out: Path, *, identity_mod
 
 def _make_story(pipe, job: _Job, header: dict, fps: int, force: bool, bar) -> None:
     """Make the story's missing videos, then its contact sheet; the manifest follows every video."""
-    from . import outputs
+    from .io import outputs
 
     story, folder = job.story, job.folder
     for path in outputs.remove_stale_temporaries(folder):
@@ -580,7 +580,7 @@ def run_identity_save(args) -> int:
 
 
 def run_identity_show(args) -> int:
-    from .identity_file import describe
+    from .io.identity_file import describe
 
     try:
         info = describe(args.file, verify=args.verify)

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 from .backbones import BatchVideo
-from .config import BachVidConfig
-from .controller import VideoState
-from .identity import CachedIdentity, LiveIdentity
-from .mask import MaskReader
-from .match import MatchAccumulator, Matches
-from .plan import PlanMaker, StepPlan
-from .prompt import PromptSpans
+from .method.config import BachVidConfig
+from .method.controller import VideoState
+from .method.identity import CachedIdentity, LiveIdentity
+from .method.mask import MaskReader
+from .method.match import MatchAccumulator, Matches
+from .method.plan import PlanMaker, StepPlan
+from .method.prompt import PromptSpans
 
 IDENTITY_MODES = ("cache", "replay", "lockstep")
 

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from .backbones import BatchVideo, backbone_for
-from .config import BachVidConfig
-from .controller import Controller, VideoState
-from .mask import TextAttentionReader
+from .method.config import BachVidConfig
+from .method.controller import Controller, VideoState
+from .method.mask import TextAttentionReader
 from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, guidance_kwargs, identity_config,
                     identity_expectation, run_story, vanilla_videos)
-from .plan import Layers
-from .prompt import PromptSpans, PromptTooLong, token_spans
+from .method.plan import Layers
+from .method.prompt import PromptSpans, PromptTooLong, token_spans
 
 DEFAULTS_FILE = "bachvid.json"  # optional per-model defaults: steps, guidance, fps; "bachvid": config knobs
 
@@ -102,7 +102,7 @@ class BachVidPipeline:
         if path_or_id is None:
             path_or_id = default_model_path()
             if path_or_id is None:
-                from .tiny import tiny_cogvideox_pipeline
+                from .backbones.tiny import tiny_cogvideox_pipeline
 
                 pipe = tiny_cogvideox_pipeline(num_layers=8)
                 pipe.to(dtype=torch_dtype)
@@ -188,7 +188,7 @@ class BachVidPipeline:
 
     def story_errors(self, story) -> list:
         """A StoryError (file and line) for every shot whose background or character would be cut."""
-        from .story import StoryError
+        from .io.story import StoryError
 
         errors = []
         for shot in (story.identity, *story.shots):
@@ -310,17 +310,17 @@ class BachVidPipeline:
     @property
     def model_config_hash(self) -> str:
         """The hash a saved identity keeps of this model (its transformer's config)."""
-        from .identity_file import model_config_hash
+        from .io.identity_file import model_config_hash
 
         return model_config_hash(self.pipe.transformer.config)
 
     def save_identity(self, story, path, settings: GenerationSettings | None = None,
                       config: BachVidConfig | None = None, progress: bool = True) -> SavedIdentity:
         """Make the story's identity alone, in replay form, and save it as a .bvid file (see
-        `identity_file.py`): its latent before every step, its mask and final latents, and what it
+        `io/identity_file.py`): its latent before every step, its mask and final latents, and what it
         was made for. Returns the SavedIdentity, with its decoded frames. settings: None for the
         model's defaults with the story's options on top."""
-        from . import identity_file
+        from .io import identity_file
 
         settings = settings or self.default_settings().for_story(story)
         config = config or self.default_config()
@@ -349,7 +349,7 @@ class BachVidPipeline:
         """A saved identity for this model, refused (IdentityFileError) if the file is damaged or
         was made for another model config, or for other settings (frames, size, steps, guidance)
         or BachVid config than the given ones (None: compared when the identity is used)."""
-        from . import identity_file
+        from .io import identity_file
 
         expect = identity_expectation(settings, config, self.model_config_hash)
         tensors, meta = identity_file.load_identity(path, expect=expect)
@@ -382,7 +382,7 @@ class BachVidPipeline:
     def check_saved_identity(self, identity: SavedIdentity, story, settings: GenerationSettings,
                              config: BachVidConfig) -> None:
         """Refuse (IdentityFileError) a saved identity that does not serve this story and run."""
-        from .identity_file import IdentityFileError, _differences, _json_normalised
+        from .io.identity_file import IdentityFileError, _differences, _json_normalised
 
         where = identity.path or "the saved identity"
         if story.character != identity.character:
@@ -417,7 +417,7 @@ class BachVidPipeline:
         """What a CachedIdentity keeps for these settings: keys and values before RoPE at the vital
         layers on injected steps, outputs at the vital layers on merge steps and at the matching
         layers on the matching step, for every CFG branch."""
-        from .plan import PlanMaker
+        from .method.plan import PlanMaker
 
         maker = PlanMaker(config, self.layers(config), settings.num_inference_steps, self.backbone.joint_text_length)
         frames, h, w = self.backbone.token_grid(settings.num_frames, settings.height, settings.width)

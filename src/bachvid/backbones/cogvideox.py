@@ -19,8 +19,8 @@ from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 from diffusers.models.embeddings import apply_rotary_emb
 from tqdm.auto import tqdm
 
-from ..controller import AttentionCall, Controller, VideoState
-from ..plan import Layers
+from ..method.controller import AttentionCall, Controller, VideoState
+from ..method.plan import Layers
 
 
 @dataclass

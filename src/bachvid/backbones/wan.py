@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..controller import CONDITIONAL, UNCONDITIONAL, AttentionCall, Controller, TextAttentionCall, VideoState
-from ..plan import Layers
+from ..method.controller import CONDITIONAL, UNCONDITIONAL, AttentionCall, Controller, TextAttentionCall, VideoState
+from ..method.plan import Layers
 from .cogvideox import BatchVideo
 
 DEFAULT_TEXT_LENGTH = 512  # WanPipeline's max_sequence_length: the umT5 context Wan was trained with
@@ -452,7 +452,7 @@ def random_wan_pipeline(name: str = "wan2.1-t2v-1.3b", *, dtype=torch.bfloat16, 
     video's cost. wan2.2-t2v-a14b: two 14B-shaped experts (other weights) at boundary_ratio 0.875."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
-    from ..tiny import BASIC_WORDS, build_word_tokenizer, random_modules, shrunk, wan_scheduler
+    from .tiny import BASIC_WORDS, build_word_tokenizer, random_modules, shrunk, wan_scheduler
 
     if name not in RANDOM_WAN:
         raise ValueError(f"no random Wan {name!r}; known: {', '.join(RANDOM_WAN)}")

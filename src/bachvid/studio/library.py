@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import outputs
+from ..io import outputs
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -43,7 +43,7 @@ class CharacterLibrary:
 
     def characters(self) -> list[Character]:
         """The library's characters by name; files this bachvid cannot read are left out."""
-        from ..identity_file import describe
+        from ..io.identity_file import describe
 
         found = []
         for path in sorted(self.folder.glob("*.bvid")) if self.folder.is_dir() else []:

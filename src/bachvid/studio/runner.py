@@ -161,7 +161,7 @@ class Studio:
         """About how many transformer calls a batch of shots' pre-run takes (0 with BachVid off)."""
         if not job.config.enabled:
             return 0
-        from ..plan import Schedule
+        from ..method.plan import Schedule
 
         schedule = Schedule.of(job.config, job.settings.num_inference_steps)
         return math.ceil(schedule.prerun_steps / max(1, job.config.prerun_stride))  # about: the stride may not apply
@@ -262,6 +262,6 @@ def zip_story(folder: Path, to: Path | None = None) -> Path:
             for path in files:
                 archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
 
-    from ..outputs import write_atomic
+    from ..io.outputs import write_atomic
 
     return write_atomic(to, write)

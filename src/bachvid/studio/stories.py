@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from ..story import Story, StoryError, parse_story_text
+from ..io.story import Story, StoryError, parse_story_text
 
 SOURCE = "story"  # the "file name" in error messages
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, as story.py requires in YAML

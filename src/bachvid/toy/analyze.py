@@ -12,7 +12,7 @@ evaluator), so each (denoising step, layer) can be scored:
 - **match accuracy**: for an identity ("stands still") and a shot of the same story (another
   action, the next seed: `Story.shot_seed`), both generated plainly, every true-foreground token
   of the shot is matched to the identity token with the most similar attention output at that
-  (step, layer) (cosine, argmax over all identity tokens, as `match.py` does). A match is right
+  (step, layer) (cosine, argmax over all identity tokens, as `method/match.py` does). A match is right
   when the identity token lies within one token (Chebyshev, in h and w) of the true
   correspondence: the identity token *of the matched token's latent frame* whose character-local
   body coordinate (from the evaluator's mask, `oracle.body_coordinates`) is nearest the shot
@@ -42,7 +42,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..prompt import FOREGROUND_SPANS as SPANS  # every span a mask may stand on
+from ..method.prompt import FOREGROUND_SPANS as SPANS  # every span a mask may stand on
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 2) for i in range(10))  # steps 0, 3, ..., 27 of 30
 MATCH_TABLES = ("match_accuracy", "match_kept", "match_kept_accuracy")
 
@@ -87,7 +87,7 @@ class AttentionRecorder:
         self.scores: dict[str, dict[int, dict[int, tuple]]] = {span: {} for span in SPANS}
 
     def add(self, layer, video_queries, text_keys, *, step):
-        from ..mask import text_attention_scores
+        from ..method.mask import text_attention_scores
 
         for span, (background, foreground) in self.words.items():
             self.scores[span].setdefault(step, {})[layer] = text_attention_scores(
@@ -96,7 +96,7 @@ class AttentionRecorder:
 
 def layer_mask(scores, grid, kernel: int):
     """The cleaned mask of the layer-averaged scores, as the method computes it."""
-    from ..mask import open_mask
+    from ..method.mask import open_mask
 
     bg = sum(s[0] for s in scores) / len(scores)
     fg = sum(s[1] for s in scores) / len(scores)
@@ -110,8 +110,8 @@ def record(pipe, combo, seed: int, steps, settings, outputs: bool = True) -> dic
     mask, its token-grid truth, the scores, the features and the grid."""
     import torch
 
-    from ..identity import CachedIdentity
-    from ..plan import PLAIN, StepPlan
+    from ..method.identity import CachedIdentity
+    from ..method.plan import PLAIN, StepPlan
     from . import oracle, world
     from .evaluate import score_clip
 
@@ -129,8 +129,7 @@ def record(pipe, combo, seed: int, steps, settings, outputs: bool = True) -> dic
     frames = pipe.denoise(spans, seed, settings, plan, target=keep, mask_reader=recorder).frames
     features = {}
     if outputs:
-        for (step, layer), out in keep._out.items():
-            cond = out[-1]  # (H, Nv, D) of the conditional branch
+        for (step, layer), cond in keep.conditional_outputs().items():  # (H, Nv, D)
             features[step, layer] = cond.transpose(0, 1).reshape(cond.shape[1], -1).to(torch.float16)
     pixels = score_clip(frames).mask
     grid = pipe.backbone.token_grid(settings.num_frames, settings.height, settings.width)
@@ -212,6 +211,8 @@ def chance_matches(pairs, draws: int = 20, seed: int = 0) -> dict:
             continue
         same.append(oracle.match_accuracy(np.arange(lf * h * w), fg, shot["pixels"], identity["pixels"], shot["grid"]))
         id_fg = identity["truth"].reshape(lf, -1)
+        if not id_fg.any():  # no character in the identity (a weak model): nothing to draw from
+            continue
         for _ in range(draws):
             index = np.arange(lf * h * w)
             for t in fg:
@@ -243,7 +244,7 @@ def greedy_layers(score, single: dict[int, float]) -> tuple[list[int], float]:
 
 def candidate_steps(fractions, num_steps: int) -> list[int]:
     """The steps at which readings scheduled at `fractions` happen (as tau_mask / tau_match would)."""
-    from ..config import read_step
+    from ..method.config import read_step
 
     return sorted({read_step(f, num_steps) for f in fractions})
 
@@ -267,8 +268,8 @@ def collect(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
 def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, settings=None, kernel: int = 3,
             threshold: float = 0.5, matches: bool = True, progress: bool = False, collected: dict | None = None) -> dict:
     """The whole analysis as a JSON-ready report (see the module docstring)."""
-    from ..config import BachVidConfig
-    from ..plan import Schedule
+    from ..method.config import BachVidConfig
+    from ..method.plan import Schedule
 
     data = collected or collect(pipe, videos, seed, fractions, settings, matches, progress)
     pairs, steps, settings = data["pairs"], data["steps"], data["settings"]

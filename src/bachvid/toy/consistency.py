@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import BachVidConfig, parse_knob
-from ..outputs import contact_sheet
-from ..prompt import FOREGROUND_SPANS
-from ..story import Shot, Story
+from ..method.config import BachVidConfig, parse_knob
+from ..io.outputs import contact_sheet
+from ..method.prompt import FOREGROUND_SPANS
+from ..io.story import Shot, Story
 from . import world
 from .evaluate import iou, score_clip
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..story import Shot, Story
+from ..io.story import Shot, Story
 from . import world
 from .consistency import colour_histogram
 from .evaluate import score_clip
@@ -265,7 +265,7 @@ def x0_errors(pipe, settings, predicted: dict, identity_frames, both) -> dict:
 # Running one story --------------------------------------------------------------------------------
 
 def vanilla(pipe, spans, seed, settings, capture: X0Capture | None):
-    from ..plan import PLAIN
+    from ..method.plan import PLAIN
 
     if capture is not None:
         capture.arm(1, settings.num_inference_steps)
@@ -374,7 +374,7 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
 def foreground_bias(bias: float | None):
     """While active, foreground injections get logit bias `bias` whatever the config says (see
     `Condition.foreground_bias`); None: nothing changes."""
-    from .. import plan
+    from ..method import plan
 
     if bias is None:
         yield

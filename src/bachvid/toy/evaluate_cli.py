@@ -67,7 +67,7 @@ def _load_manifest(folder: Path) -> dict:
 
 def evaluate_story(folder: Path) -> dict:
     """Score one story folder: identity vs each shot."""
-    from ..outputs import read_video
+    from ..io.outputs import read_video
     from . import world
     from .evaluate import score_clip
     from .shot_metrics import belt_colour, belt_name, compare
@@ -166,7 +166,7 @@ def evaluate_folder(out_dir) -> dict:
 
 
 def run(args) -> int:
-    from ..outputs import write_manifest
+    from ..io.outputs import write_manifest
 
     try:
         evaluation = evaluate_folder(args.out_dir)

@@ -35,8 +35,8 @@ from collections.abc import MutableMapping
 import numpy as np
 import torch
 
-from ..match import Matches
-from ..plan import PLAIN
+from ..method.match import Matches
+from ..method.plan import PLAIN
 from . import world
 from .evaluate import iou, score_clip
 
@@ -197,7 +197,7 @@ class TruthReadings:
         key = plain_key(video.spans.prompt, video.seed, self.settings)
         if key not in self.cache:
             s = self.settings
-            from ..controller import VideoState
+            from ..method.controller import VideoState
 
             state = VideoState(plan=PLAIN)
             with torch.inference_mode():

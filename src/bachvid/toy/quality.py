@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..outputs import contact_sheet
-from ..prompt import compose_prompt
+from ..io.outputs import contact_sheet
+from ..method.prompt import compose_prompt
 from . import world
 from .evaluate import iou, score_clip
 

@@ -129,7 +129,7 @@ class BenchStory:
     seed: int
 
     def story(self):
-        from ..story import Shot, Story
+        from ..io.story import Shot, Story
 
         shots = tuple(Shot(world.BACKGROUNDS[b], world.ACTIONS[a]) for b, a in zip(self.shot_backgrounds, self.actions))
         return Story(name=self.name, character=world.CHARACTERS[self.character],
@@ -268,10 +268,10 @@ class Bench:
                              f"done; {made}/{total} in {elapsed / 60:.1f} min")
 
     def _chunk(self, chunk: list[BenchStory], todo: dict[str, list[BenchStory]]) -> int:
-        from ..controller import VideoState
-        from ..identity import CachedIdentity
+        from ..method.controller import VideoState
+        from ..method.identity import CachedIdentity
         from ..modes import StoryRun
-        from ..plan import PLAIN
+        from ..method.plan import PLAIN
 
         pipe = self.pipe
         needed = {s.name for ss in todo.values() for s in ss}
@@ -347,8 +347,8 @@ class Bench:
 
     def _vanilla(self, condition: Condition, ws: list[dict]):
         from ..backbones import BatchVideo
-        from ..controller import VideoState
-        from ..plan import PLAIN
+        from ..method.controller import VideoState
+        from ..method.plan import PLAIN
 
         items = []
         for w in ws:
@@ -378,8 +378,8 @@ class Bench:
         return truth, fg
 
     def _bachvid(self, condition: Condition, ws: list[dict]):
-        from ..controller import VideoState
-        from ..match import MatchAccumulator
+        from ..method.controller import VideoState
+        from ..method.match import MatchAccumulator
         from ..modes import StoryRun
 
         per = []
@@ -616,7 +616,7 @@ def plot(summary: dict, path: Path) -> None:
 def sheet(out: Path, stories: list[BenchStory], count: int, path: Path) -> bool:
     """identity | vanilla identity's seed shots | BachVid shots, one row per story (first `count`
     stories with both conditions made)."""
-    from ..outputs import contact_sheet
+    from ..io.outputs import contact_sheet
 
     rows = []
     for bs in stories:

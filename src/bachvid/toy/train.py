@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..prompt import PART_SEPARATOR, compose_prompt
-from ..tiny import (build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_umt5_encoder,
+from ..method.prompt import PART_SEPARATOR, compose_prompt
+from ..backbones.tiny import (build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_umt5_encoder,
                     tiny_vae, tiny_wan_transformer, tiny_wan_vae, wan_scheduler)
 from . import world
 
@@ -376,11 +376,11 @@ def train_transformer(args, work: Path, sizes: dict):
             log(work, f"transformer step {step} loss {ema:.4f} lr {lr:.2e} ({time.time() - start:.0f}s, {rate:.2f} steps/s)")
         step += 1
         if time.time() - last_save > 120:
-            save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
+            save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params, args.ema_decay)
             last_save = time.time()
     for value in torch.stack(losses).tolist() if losses else []:
         ema = value if ema is None else 0.98 * ema + 0.02 * value
-    save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params)
+    save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params, args.ema_decay)
     log(work, f"transformer done: {step} steps in {time.time() - start:.0f}s, loss {ema if ema is None else round(ema, 4)}")
 
 
@@ -430,12 +430,13 @@ def learning_rate(args, step: int, elapsed: float | None = None) -> float:
     return args.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_transformer(path, transformer, text_encoder, optimizer, step, ema_params=None):
+def save_transformer(path, transformer, text_encoder, optimizer, step, ema_params=None, ema_decay=0.0):
     tmp = Path(str(path) + ".tmp")
     state = {"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
              "optimizer": optimizer.state_dict(), "step": step}
-    if ema_params is not None:
+    if ema_params is not None:  # the decay travels with the EMA: a later `--stages export` reports it right
         state["ema"] = [e.detach().clone() for e in ema_params]
+        state["ema_decay"] = ema_decay
     torch.save(state, tmp)
     tmp.replace(path)
 
@@ -467,11 +468,7 @@ def export(args, work: Path, sizes: dict, out: Path):
     pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
                              transformer=transformer.eval(), scheduler=cogvideox_scheduler())
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    (out / "bachvid.json").write_text(json.dumps(
-        {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
-         "trained_steps": state["step"] + base_steps(args), "seed": args.seed, **({"ema_decay": args.ema_decay} if use_ema else {}),
-         "world": spec.name, "num_frames": spec.frames, "height": spec.size, "width": spec.size},
-        indent=2))
+    write_model_defaults(out, args, state, spec, use_ema)
     log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
 
 
@@ -497,13 +494,18 @@ def export_wan(args, work: Path, sizes: dict, out: Path):
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
                        transformer=transformer.eval(), scheduler=wan_scheduler(WAN_FLOW_SHIFT))
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    write_model_defaults(out, args, state, spec, use_ema, backbone="wan")
+    log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
+
+
+def write_model_defaults(out: Path, args, state: dict, spec, use_ema: bool, **extra) -> None:
+    """The exported model's bachvid.json: how to sample it, what it was trained on and for how long."""
     (out / "bachvid.json").write_text(json.dumps(
         {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance, "fps": 8,
          "trained_steps": state["step"] + base_steps(args), "seed": args.seed,
-         **({"ema_decay": args.ema_decay} if use_ema else {}),
-         "world": spec.name, "num_frames": spec.frames, "height": spec.size, "width": spec.size, "backbone": "wan"},
+         **({"ema_decay": state.get("ema_decay", args.ema_decay)} if use_ema else {}),
+         "world": spec.name, "num_frames": spec.frames, "height": spec.size, "width": spec.size, **extra},
         indent=2))
-    log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
 
 
 def base_steps(args) -> int:

@@ -35,7 +35,7 @@ from safetensors.torch import load as _load_safetensors_bytes
 from safetensors.torch import save as _save_safetensors_bytes
 from safetensors.torch import save_file
 
-from bachvid.outputs import write_atomic
+from bachvid.io.outputs import write_atomic
 
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)  # the format versions this bachvid loads

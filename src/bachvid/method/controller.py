@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import KeyGroup, injected_attention
-from .identity import IdentityRecord
+from .identity import CONDITIONAL, UNCONDITIONAL, IdentityRecord  # noqa: F401  (branch names, used by backbones)
 from .mask import TextAttentionReader
 from .match import MatchAccumulator
 from .plan import PLAIN, Injection, StepPlan, TokenMerge
@@ -53,10 +53,6 @@ class TextAttentionCall:
     query: torch.Tensor  # (B, H, Nv, D) video queries
     key: torch.Tensor  # (B, H, T, D) text keys
     value: torch.Tensor  # (B, H, T, D)
-
-
-UNCONDITIONAL, CONDITIONAL = 0, 1
-"""CFG branch indices, in the order of a joint call's rows ([uncond, cond])."""
 
 
 @dataclass

@@ -15,6 +15,10 @@ from typing import Protocol
 
 import torch
 
+UNCONDITIONAL, CONDITIONAL = 0, 1
+"""CFG branch indices, in the order of a joint call's rows ([uncond, cond]); records file what a
+backbone that runs the branches as separate calls kept under these."""
+
 
 class IdentityRecord(Protocol):
     foreground: torch.Tensor | None
@@ -37,18 +41,18 @@ def _slot(step: int, layer: int, branch: int | None) -> tuple:
 
 
 class CachedIdentity:
-    """An identity record that keeps what the plan asks for in memory (or on a device)."""
+    """An identity record that keeps what the plan asks for, where the model computed it (when that
+    would not fit, the pipeline picks replay, which keeps only latents: `identity_mode`)."""
 
-    def __init__(self, text_length: int, storage_device: str | torch.device | None = None):
+    def __init__(self, text_length: int):
         self.text_length = text_length
-        self.storage_device = storage_device
         self.foreground: torch.Tensor | None = None
         self._kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._out: dict[tuple[int, int], torch.Tensor] = {}
 
-    def _store(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        return x.to(self.storage_device) if self.storage_device is not None else x.clone()
+    @staticmethod
+    def _store(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().clone()  # the caller's tensor may be a view of a buffer the next call reuses
 
     def keep_key_value(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor,
                        branch: int | None = None) -> None:
@@ -73,6 +77,11 @@ class CachedIdentity:
         except KeyError:
             raise KeyError(f"the identity kept no attention output for step {step}, layer {layer}"
                            + _branch_note(branch)) from None
+
+    def conditional_outputs(self) -> dict[tuple[int, int], torch.Tensor]:
+        """{(step, layer): (H, Nv, D)} every attention output kept, of the conditional branch (the
+        prompt's), whichever way the backbone ran the CFG branches: for analyses of what was kept."""
+        return {slot[:2]: out[-1] for slot, out in self._out.items() if len(slot) == 2 or slot[2] == CONDITIONAL}
 
     @property
     def nbytes(self) -> int:
@@ -120,6 +129,11 @@ class LiveIdentity:
         except KeyError:
             raise KeyError(f"the live identity kept no output of layer {layer} at step {step} in this batch"
                            + _branch_note(branch)) from None
+
+    def conditional_outputs(self) -> dict[tuple[int, int], torch.Tensor]:
+        """{(step, layer): (H, Nv, D)} every attention output kept, of the conditional branch (the
+        prompt's), whichever way the backbone ran the CFG branches: for analyses of what was kept."""
+        return {slot[:2]: out[-1] for slot, out in self._out.items() if len(slot) == 2 or slot[2] == CONDITIONAL}
 
     @property
     def nbytes(self) -> int:

@@ -1,9 +1,10 @@
-"""Small CogVideoX pipelines built from configs, for tests and for machines without weights.
+"""Small CogVideoX and Wan pipelines built from configs, for tests and for machines without weights.
 
 Every part is a real diffusers/transformers class (CogVideoXTransformer3DModel,
-AutoencoderKLCogVideoX, T5EncoderModel, a `tokenizers` word-level tokenizer saved as a
-transformers tokenizer), so the same loading and attention code runs on them as on
-CogVideoX-5B. Only the sizes differ.
+AutoencoderKLCogVideoX, WanTransformer3DModel, AutoencoderKLWan, T5/umT5 encoders, a `tokenizers`
+word-level tokenizer saved as a transformers tokenizer), so the same loading and attention code
+runs on them as on CogVideoX-5B or Wan. Only the sizes differ. The pipeline falls back to one when
+no model is given and none is shipped; the tests and the toy recipe build theirs here.
 """
 
 from __future__ import annotations
