@@ -191,3 +191,18 @@ def test_empty_injections_leave_attention_plain():
     out = Controller([video], branches=batch).attend(AttentionCall(0, q, k, v, text, rope))
     plain = Controller([VideoState()], branches=batch).attend(AttentionCall(0, q, k, v, text, rope))
     assert torch.allclose(out, plain, atol=1e-6)
+
+
+def test_conditional_outputs_are_the_prompts_branch_in_both_cfg_layouts():
+    """A joint call keeps [uncond, cond] rows; a per-branch backbone (Wan) keeps each branch apart:
+    both give the conditional row, and the unconditional branch's own call is left out."""
+    from bachvid.method.identity import CONDITIONAL, UNCONDITIONAL
+
+    joint, split = CachedIdentity(text_length=2), CachedIdentity(text_length=0)
+    uncond, cond = torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3)
+    joint.keep_output(3, 1, torch.cat([uncond, cond]))
+    split.keep_output(3, 1, uncond, branch=UNCONDITIONAL)
+    split.keep_output(3, 1, cond, branch=CONDITIONAL)
+    for record in (joint, split):
+        kept = record.conditional_outputs()
+        assert list(kept) == [(3, 1)] and torch.equal(kept[3, 1], cond[0])

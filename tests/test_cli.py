@@ -392,3 +392,25 @@ def test_an_mp4_its_entry_does_not_describe_is_remade_and_old_folders_still_resu
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["videos"]) == {"identity", "shot-01", "shot-02"} and manifest["finished"]
     assert "1 made, 2 kept" in capsys.readouterr().out
+
+
+def test_loading_bars_go_quiet_off_a_terminal_only():
+    import io
+
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    from bachvid import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    try:
+        assert cli._quiet_loading_bars_off_terminal(Terminal()) is False
+        assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+        assert cli._quiet_loading_bars_off_terminal(io.StringIO()) is True
+        assert not dlog.is_progress_bar_enabled() and not tlog.is_progress_bar_enabled()
+    finally:
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()

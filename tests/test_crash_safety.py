@@ -73,6 +73,7 @@ def test_sigkill_mid_story_then_rerun_equals_an_uninterrupted_run(tmp_path, poin
     story = str(tmp_path / "s.txt")
     done = bachvid("generate", story, "--out", str(tmp_path / "whole"), *FLAGS)
     assert done.returncode == 0, done.stderr
+    assert "\x1b[A" not in done.stderr  # stderr is a pipe here: no nested bars moving the cursor up
 
     kill_at, rerun_says = KILL_POINTS[point]
     killed = bachvid("generate", story, "--out", str(tmp_path / "resumed"), *FLAGS, killed_after=kill_at)
