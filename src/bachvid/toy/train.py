@@ -160,9 +160,14 @@ def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     combos = world.all_combinations()
+    # Clip length: CogVideoX's VAE learns from 9-frame clips and decodes 17 as well (the original
+    # recipe, kept for exact replays). Wan's causal VAE decodes in chunks with a feature cache and
+    # did not carry over: trained on 9 frames, its error on 17-frame clips jumped at frame 9 (25 ->
+    # 34, 48 by frame 16; docs/TOY_MODEL.md), so it learns from clips as long as it will decode.
+    clip_frames = spec.frames if is_wan(args) else 9
 
     def draw():  # the next batch's clips, drawn in the original recipe's order, rendering started
-        items = [(combos[rng.integers(len(combos))], int(rng.integers(1 << 30)), 9, spec.name)
+        items = [(combos[rng.integers(len(combos))], int(rng.integers(1 << 30)), clip_frames, spec.name)
                  for _ in range(args.vae_batch)]
         return renderer.submit(items)
 
