@@ -130,11 +130,6 @@ class LiveIdentity:
             raise KeyError(f"the live identity kept no output of layer {layer} at step {step} in this batch"
                            + _branch_note(branch)) from None
 
-    def conditional_outputs(self) -> dict[tuple[int, int], torch.Tensor]:
-        """{(step, layer): (H, Nv, D)} every attention output kept, of the conditional branch (the
-        prompt's), whichever way the backbone ran the CFG branches: for analyses of what was kept."""
-        return {slot[:2]: out[-1] for slot, out in self._out.items() if len(slot) == 2 or slot[2] == CONDITIONAL}
-
     @property
     def nbytes(self) -> int:
         return 0
