@@ -406,6 +406,8 @@ def test_loading_bars_go_quiet_off_a_terminal_only():
         def isatty(self):
             return True
 
+    dlog.enable_progress_bar()  # an earlier in-process CLI run off a terminal may have turned them off
+    tlog.enable_progress_bar()
     try:
         assert cli._quiet_loading_bars_off_terminal(Terminal()) is False
         assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
