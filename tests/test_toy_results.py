@@ -309,3 +309,22 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     assert made[1].seed == made[0].seed
     saved = np.load(out / "videos" / bench.name / "bachvid-idseed.npz")["frames"]
     assert np.abs(made[1].frames.astype(int) - saved[0].astype(int)).max() <= 2
+
+
+def test_records_know_the_model_by_its_weights_not_its_folder(tmp_path, capsys):
+    """A moved checkout resumes its records; a retrained model in the same folder is refused."""
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
+
+    a = BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2), model_name="/old/checkout/model")
+    b = BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2), model_name="/new/checkout/model")
+    retrained = BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2, seed=1), model_name="/old/checkout/model")
+    first = results.Bench(a, tmp_path)
+    assert results.Bench(b, tmp_path).fingerprint == first.fingerprint
+    stories = results.benchmark_stories(1, shots=1)
+    first._append({"story": stories[0].name, "spec": stories[0].spec(), "fingerprint": first.fingerprint})
+    results.Bench(b, tmp_path).check(stories)  # same weights elsewhere: resumes
+    with pytest.raises(SystemExit) as refused:
+        results.Bench(retrained, tmp_path).check(stories)
+    message = str(refused.value)
+    assert "'model'" in message and "'steps'" not in message  # names what differs, only that

@@ -46,6 +46,7 @@ sheet.png (a few stories: identity | vanilla identity's seed | BachVid).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import world
 from .shot_metrics import METRICS, compare
@@ -200,6 +202,16 @@ def _load_frames(out: Path, story: str, name: str) -> np.ndarray | None:
     return np.load(path)["frames"] if path.is_file() else None
 
 
+def weights_digest(model) -> str:
+    """What a records file keeps of the model: a digest of its weights, not its path, so a moved
+    checkout or a copied folder still resumes and a retrained model in the same folder does not."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 class Bench:
     """Runs the benchmark's generations in batches and appends records (see the module docstring)."""
 
@@ -217,7 +229,7 @@ class Bench:
         self.plain: dict = {}  # oracle.plain_key -> frames of plain generations (identity, vanilla-own)
         self.plain_key = plain_key
         self.records_file = self.out / "records.jsonl"
-        self.fingerprint = {"model": pipe.model_name, "steps": self.base.num_inference_steps,
+        self.fingerprint = {"model": weights_digest(pipe.pipe.transformer), "steps": self.base.num_inference_steps,
                             "frames": self.base.num_frames, "size": [self.base.height, self.base.width],
                             "guidance": self.base.guidance_scale, "config": _jsonable(self.config.to_dict())}
 
@@ -231,8 +243,10 @@ class Bench:
         specs = {s.name: s.spec() for s in stories}
         for r in self.records():
             if r["fingerprint"] != self.fingerprint:
-                raise SystemExit(f"{self.records_file} was made with other settings ({r['fingerprint']}, now "
-                                 f"{self.fingerprint}): remove it or pick another --out")
+                differ = {k: (r["fingerprint"].get(k), v) for k, v in self.fingerprint.items()
+                          if r["fingerprint"].get(k) != v}
+                raise SystemExit(f"{self.records_file} was made with other settings (then, now: {differ}): "
+                                 "remove it or pick another --out")
             if r["story"] in specs and r["spec"] != specs[r["story"]]:
                 raise SystemExit(f"{self.records_file} holds another story {r['story']!r} (another --shots or "
                                  f"--bench-seed): remove it or pick another --out")
