@@ -637,6 +637,8 @@ def add_toy(sub) -> None:
                        fill=_from_module("bachvid.toy.train"))
     toy_sub.add_parser("results", help="the results table: BachVid vs baselines, with oracles and ablations",
                        fill=_from_module("bachvid.toy.results"))
+    toy_sub.add_parser("backbone-table", help="BachVid vs both baselines on each backbone, side by side",
+                       fill=_from_module("bachvid.toy.backbone_table"))
 
 
 # Registry and entry point -------------------------------------------------------------------

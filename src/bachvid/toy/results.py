@@ -530,7 +530,7 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def _fmt(metric: str, x: float | None) -> str:
+def format_value(metric: str, x: float | None) -> str:
     if x is None:
         return "-"
     if metric in ("belt_kept", "action_right"):
@@ -542,7 +542,7 @@ def _fmt(metric: str, x: float | None) -> str:
     return f"{x:.3f}"
 
 
-def _fmt_delta(metric: str, d: dict | None) -> str:
+def format_delta(metric: str, d: dict | None) -> str:
     if not d:
         return ""
     scale, unit = (100, " pt") if metric in ("belt_kept", "action_right") else (1, "")
@@ -562,9 +562,9 @@ def markdown_table(summary: dict) -> str:
         row = [entry["label"]]
         for m in metrics:
             x = entry["metrics"].get(m, {})
-            row.append(_fmt(m, x.get("mean")))
+            row.append(format_value(m, x.get("mean")))
             if m != "seconds":
-                row += [_fmt_delta(m, x.get("vs vanilla-idseed")), _fmt_delta(m, x.get("vs vanilla-own"))]
+                row += [format_delta(m, x.get("vs vanilla-idseed")), format_delta(m, x.get("vs vanilla-own"))]
         lines.append("| " + " | ".join(row) + " |")
     n = summary["stories"]
     notes = [
