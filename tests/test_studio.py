@@ -164,6 +164,23 @@ def test_cancel_keeps_finished_videos_and_generate_resumes(studio):
     assert len(again[-1]["videos"]) == 3
 
 
+def test_cancel_reaches_a_generation_still_waiting_in_the_queue(studio):
+    cancels = callbacks.Cancels()
+    running = cancels.arm("s4")  # clicked first: running
+    waiting = cancels.arm("s4")  # clicked again: queued behind it
+    assert cancels.take("s4") is running
+    assert cancels.cancel("s4") == 2 and running.is_set() and waiting.is_set()
+    assert cancels.cancel("other") == 0
+    cancels.done("s4", running)
+    assert cancels.take("s4") is waiting  # its turn comes: it starts cancelled, makes nothing
+    results = list(callbacks.generate(studio, "s4", TWO_SHOTS, "robot", FAST, {}, cancel=waiting))
+    assert len(results) == 1 and "before it started" in results[0]["status"]
+    assert not (studio.session_folder("s4") / "robot").exists()
+    cancels.done("s4", waiting)
+    fresh = cancels.take("s4")  # a run nobody armed (e.g. the API) still gets a flag of its own
+    assert not fresh.is_set() and cancels.cancel("s4") == 1 and fresh.is_set()
+
+
 @pytest.mark.slow
 def test_a_changed_setting_remakes_the_story_instead_of_mixing(studio):
     list(callbacks.generate(studio, "s3", TWO_SHOTS, "robot", {"num_inference_steps": 2}, {}))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def build(studio: Studio) -> gr.Blocks:
         defaults, config = studio.pipe.default_settings(), studio.pipe.default_config()
     else:  # the page is served while the model loads; the page's load event fills these in
         defaults = config = None
-    cancels: dict[str, threading.Event] = {}  # session -> its running generation's cancel flag
+    cancels = callbacks.Cancels()  # each session's queued and running generations' cancel flags
 
     def default(what, name):
         return getattr(what, name) if what is not None else None
@@ -155,7 +154,7 @@ def build(studio: Studio) -> gr.Blocks:
         def run(text, title, seed_, steps_, frames_, height_, width_, guidance_, shared_, merge_, vital_, mode_,
                 want_baseline_, character_, request: gr.Request):
             session = request.session_hash or "local"
-            cancel = cancels[session] = threading.Event()
+            cancel = cancels.take(session)
             values = dict(seed=seed_, num_inference_steps=steps_, num_frames=frames_, height=height_, width=width_,
                           guidance_scale=guidance_)
             knobs = dict(shared_background=shared_, token_merge=merge_, vital_layers=vital_, identity_mode=mode_)
@@ -165,17 +164,17 @@ def build(studio: Studio) -> gr.Blocks:
                     yield shown(result)
             finally:
                 cancel.set()
-                if cancels.get(session) is cancel:
-                    del cancels[session]
+                cancels.done(session, cancel)
 
-        generate_btn.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="model",
-                           show_progress="minimal")
+        def queued(request: gr.Request):
+            cancels.arm(request.session_hash or "local")  # before the queue: Cancel reaches a waiting run
+
+        generate_btn.click(queued, None, None, queue=False).then(
+            run, inputs, outputs, concurrency_limit=1, concurrency_id="model", show_progress="minimal")
 
         def stop(request: gr.Request):
-            cancel = cancels.get(request.session_hash or "local")
-            if cancel is not None:
-                cancel.set()
-                return "**Cancelling** at the next denoising step..."
+            if cancels.cancel(request.session_hash or "local"):
+                return "**Cancelling** (a waiting generation will not start; a running one stops at the next step)..."
             return gr.update()
 
         cancel_btn.click(stop, None, status, queue=False)

@@ -75,12 +75,60 @@ def _result(status: str, folder: Path | None = None, names=(), baseline: Path | 
             "zip": str(zip_path) if zip_path else None, "folder": str(folder) if folder is not None else None}
 
 
+class Cancels:
+    """Each session's cancel flags. A flag is made when Generate is clicked (before the queue), so
+    Cancel reaches a generation still waiting behind another session's, not only a running one;
+    it stops every generation of that session, queued or running."""
+
+    def __init__(self):
+        self._flags: dict[str, list[threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, session: str) -> threading.Event:
+        """On the click: a new flag for the generation about to be queued."""
+        flag = threading.Event()
+        with self._lock:
+            self._flags.setdefault(session, []).append(flag)
+        return flag
+
+    def take(self, session: str) -> threading.Event:
+        """When the queued generation starts: the oldest flag armed for it (a new one if none was)."""
+        with self._lock:
+            armed = self._flags.get(session) or []
+            for flag in armed:
+                if not getattr(flag, "taken", False):
+                    flag.taken = True
+                    return flag
+        flag = self.arm(session)
+        flag.taken = True
+        return flag
+
+    def cancel(self, session: str) -> int:
+        """Set every flag of the session; returns how many generations it reached."""
+        with self._lock:
+            flags = list(self._flags.get(session, []))
+        for flag in flags:
+            flag.set()
+        return len(flags)
+
+    def done(self, session: str, flag: threading.Event) -> None:
+        with self._lock:
+            armed = self._flags.get(session, [])
+            if flag in armed:
+                armed.remove(flag)
+            if not armed:
+                self._flags.pop(session, None)
+
+
 def generate(studio: Studio, session: str, text: str, name: str, settings: dict, knobs: dict,
              baseline: bool = False, character: str | None = None, cancel: threading.Event | None = None):
     """Make the story (and its vanilla same-seed baseline on request); yields what the page shows
     as videos arrive. With a saved `character`, its identity stands in for the story's first
     line and its settings hold (as `bachvid generate --identity`)."""
     cancel = cancel or threading.Event()
+    if cancel.is_set():  # cancelled while it waited in the queue
+        yield _result("**Cancelled** before it started; nothing was made.")
+        return
     story, errors = story_errors(studio.pipe, text, name)
     if story is None:
         yield _result("Fix the story first.", errors=error_text(errors))
