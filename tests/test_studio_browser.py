@@ -84,7 +84,8 @@ def test_write_generate_watch_download_and_see_an_error(studio_url, tmp_path):
             page.screenshot(path=str(shots / "00-loading.png"))
             # the page is served while the model loads; then its defaults fill the settings
             page.wait_for_function(MODEL_READY, timeout=60_000)
-            assert page.locator("#steps input").input_value() == "30"  # the toy model's default
+            page.wait_for_function("document.querySelector('#steps input')?.value === '30'",
+                                   timeout=15_000)  # the toy model's default, filled once it is loaded
             # the form writes the story text: move the first shot below the second
             text = "document.querySelector('#story-text textarea').value"
             assert page.locator("#story-text textarea").input_value().index("walks to the left") < \

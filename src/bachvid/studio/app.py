@@ -202,18 +202,25 @@ def build(studio: Studio) -> gr.Blocks:
 
         numbers = [seed, steps, frames, height, width, guidance]
 
+        def loaded():
+            """Waits while the model loads; then its name."""
+            studio.pipe
+            return model_text(studio)
+
         def fill(*values):
-            """Once the model is there: its name, and its defaults in the settings left empty."""
-            pipe = studio.pipe  # waits while it loads
+            """The model's defaults in the settings still empty. Chained after `loaded`, so it reads
+            the fields as they are once the model is there: values typed while it loaded stay."""
+            pipe = studio.pipe
             settings = pipe.default_settings()
             names = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
             # an empty number reaches the server as 0 (or None): invalid but for the seed, so the default
             filled = [getattr(settings, n) if not v else v for n, v in zip(names, values[:6])]
             vital_ = values[6] if values[6] else layers_text(pipe.default_config())
-            return (model_text(studio), *filled, vital_)
+            return (*filled, vital_)
 
         if not studio.ready:
-            demo.load(fill, [*numbers, vital], [model_line, *numbers, vital], queue=False)
+            demo.load(loaded, None, model_line, queue=False).then(
+                fill, [*numbers, vital], [*numbers, vital], queue=False)
     return demo
 
 
