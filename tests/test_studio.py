@@ -127,6 +127,7 @@ def test_generate_streams_videos_writes_the_cli_layout_and_the_cli_resumes_it(st
         names = set(archive.namelist())
     assert {"robot/identity.mp4", "robot/shot-02.mp4", "robot/masks/shot-01-mask.mp4", "robot/contact-sheet.png",
             "robot/manifest.json"} <= names
+    assert {"robot/vanilla/identity.mp4", "robot/vanilla/shot-02.mp4", "robot/vanilla/manifest.json"} <= names
     # the vanilla baseline: the same identity (BachVid does not change it), other shots
     vanilla = studio.session_folder("s1") / "vanilla" / "robot"
     assert len(last["baseline"]) == 3

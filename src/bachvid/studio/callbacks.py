@@ -187,7 +187,8 @@ def generate(studio: Studio, session: str, text: str, name: str, settings: dict,
             status = f"**{what}stopped: {progress.error}**\n\n{progress.table()}"
         yield _result(status + note_text, main.folder, main.names, vanilla)
     finished = last is not None and last.finished
-    zip_path = zip_story(main.folder) if any(main.video(n).is_file() for n in main.names) else None
+    made = any(main.video(n).is_file() for n in main.names)
+    zip_path = zip_story(main.folder, baseline=vanilla) if made else None
     seconds = f" in {max(last.done.values()):.1f} s" if finished and last.done else ""
     status = (f"**Done{seconds}**: {main.folder}" if finished
               else f"**Stopped**: finished videos are kept in {main.folder}")

@@ -250,17 +250,25 @@ def videos_of(folder: Path, names: list[str]) -> dict[str, dict[str, Path]]:
     return found
 
 
-def zip_story(folder: Path, to: Path | None = None) -> Path:
+def zip_story(folder: Path, to: Path | None = None, baseline: Path | None = None) -> Path:
     """A zip of a story folder (videos, previews, masks, contact sheet, manifest) beside it,
-    entries under the story's name, temporaries left by a killed run skipped."""
+    entries under the story's name, temporaries left by a killed run skipped; with a `baseline`
+    folder (the vanilla videos made beside it), those under NAME/vanilla/, to compare offline."""
     folder = Path(folder)
     to = Path(to) if to else folder.parent / f"{folder.name}.zip"
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    def files_of(root: Path, under: str) -> list[tuple[Path, str]]:
+        return [(p, f"{under}/{p.relative_to(root).as_posix()}") for p in sorted(root.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")]
+
+    files = files_of(folder, folder.name)
+    if baseline is not None and Path(baseline).is_dir():
+        files += files_of(Path(baseline), f"{folder.name}/vanilla")
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:  # videos and PNGs are compressed already
-            for path in files:
-                archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+            for path, name in files:
+                archive.write(path, name)
 
     from ..io.outputs import write_atomic
 
