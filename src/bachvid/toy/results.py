@@ -63,6 +63,10 @@ BENCH_SEED = 20_251_107
 SEED_LOW, SEED_HIGH = 2**20, 2**30
 MOVING = ("left", "right", "jump", "closer")
 BASELINES = ("vanilla-idseed", "vanilla-own")
+# Conditions that turn one part of BachVid off (or back to the paper's form): what the part adds is
+# "bachvid" (own seeds, everything on) minus the condition, paired over stories.
+PARTS = {"no-bg": "background injection", "no-fg": "foreground injection", "no-merge": "token merge",
+         "paper-merge": "background_merge 1 instead of the paper's 0"}
 
 
 @dataclass(frozen=True)
@@ -513,6 +517,9 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
                 if base in values and metric in values[base]:
                     other = np.array([values[base][metric].get(n, np.nan) for n in names])
                     m[f"vs {base}"] = paired_bootstrap(column, other, resamples, seed) if c != base else None
+            if c in PARTS and "bachvid" in values and metric in values["bachvid"]:
+                full = np.array([values["bachvid"][metric].get(n, np.nan) for n in names])
+                m["part adds"] = paired_bootstrap(full, column, resamples, seed)
             entry["metrics"][metric] = m
         oracle = [e for r in records if r["condition"] == c for e in r.get("oracle_log") or []]
         if oracle:
@@ -578,6 +585,14 @@ def markdown_table(summary: dict) -> str:
     ns = {m: max((e["metrics"].get(m, {}).get("n", 0) for e in summary["conditions"].values()), default=0)
           for m in METRICS}
     notes.append("Stories scored per metric: " + ", ".join(f"{METRIC_LABELS[m]} {ns[m]}" for m in METRICS) + ".")
+    parts = [c for c in summary["conditions"] if c in PARTS]
+    if parts:
+        notes += ["", "| what one part adds: BachVid (own seeds) minus BachVid with it off, paired | "
+                      + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+        for c in parts:
+            cells = [format_delta(m, summary["conditions"][c]["metrics"].get(m, {}).get("part adds")) or "-"
+                     for m in METRICS]
+            notes.append(f"| {PARTS[c]} | " + " | ".join(cells) + " |")
     readings = {c: e["attention_readings"] for c, e in summary["conditions"].items() if "attention_readings" in e}
     if readings:
         notes += ["", "| attention readings vs truth (logged in oracle runs) | identity mask IoU | shot mask IoU | "
