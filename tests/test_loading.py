@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from bachvid.models import MODELS_DIR, shipped_models
 from bachvid.pipeline import BachVidPipeline
 from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
@@ -119,3 +120,19 @@ def test_the_readme_call_makes_a_story_result_like_generate():
         assert got.seed == want.seed and (got.frames == want.frames).all()
     grid = pipe.backbone.token_grid(result.identity.frames.shape[0], *result.identity.frames.shape[1:3])
     assert result.shots[0].mask.shape == grid and result.shots[0].mask.dtype == bool
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_every_shipped_model_loads_by_its_name_and_is_small(name):
+    assert sum(p.stat().st_size for p in (MODELS_DIR / name).rglob("*.safetensors")) <= 25 * 2**20
+    pipe = BachVidPipeline.from_pretrained(name)
+    assert pipe.model_name == str(MODELS_DIR / name) and "toy" in pipe.model_note
+    assert ("Wan" in type(pipe.pipe).__name__) == ("wan" in name)
+
+
+def test_an_unknown_model_name_lists_the_shipped_ones(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="models shipped with bachvid: .*toy-cogvideox"):
+        BachVidPipeline.from_pretrained("toy-nope")

@@ -92,7 +92,7 @@ def _add_setting_flags(p) -> None:
 
 def _add_model_flags(p) -> None:
     """Which model, and where it runs (read by _load_pipeline)."""
-    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in toy model)")
+    p.add_argument("--model", default=None, help="diffusers folder, hub id, or a shipped model's name (toy-cogvideox, toy-wan); default: the built-in toy model")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="weights' dtype (default: the pipeline's, float32)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu, ... (default: cuda if available)")

@@ -88,14 +88,15 @@ class BachVidPipeline:
     # Loading and placement ------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, torch_dtype=None, **kwargs) -> "BachVidPipeline":
-        """Load a diffusers video pipeline from a local folder or a hub id; None loads bachvid's default.
+        """Load a diffusers video pipeline from a local folder or a hub id; None loads bachvid's default,
+        and a shipped model's name (`bachvid.models.shipped_models()`: toy-cogvideox, toy-wan) loads it.
 
         torch_dtype defaults to float32 (weights stored in fp16 are upcast), which CPUs need."""
         import warnings
 
         from diffusers import DiffusionPipeline
 
-        from .models import default_model_path
+        from .models import NOTES, default_model_path, shipped_model_path
 
         torch_dtype = torch_dtype or torch.float32
         note = None
@@ -110,7 +111,10 @@ class BachVidPipeline:
                            model_note="tiny random model: no trained default model in this install; "
                                       "videos will be noise",
                            defaults={"num_inference_steps": 10, "guidance_scale": 6.0})
-            note = "bachvid's built-in toy model (see docs/TOY_MODEL.md)"
+            note = NOTES[Path(path_or_id).name]
+        elif not Path(str(path_or_id)).expanduser().exists() and shipped_model_path(str(path_or_id)):
+            path_or_id = shipped_model_path(str(path_or_id))  # a shipped model by name: toy-wan
+            note = NOTES.get(path_or_id.name)
         path_or_id = str(path_or_id)
         local = Path(path_or_id).expanduser()
         looks_local = local.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
@@ -128,7 +132,10 @@ class BachVidPipeline:
                 pipe = DiffusionPipeline.from_pretrained(str(local) if looks_local else path_or_id,
                                                          torch_dtype=torch_dtype, **kwargs)
         except OSError as error:
-            raise FileNotFoundError(f"could not load model {path_or_id!r}: {error}") from error
+            from .models import shipped_models
+
+            hint = f" (models shipped with bachvid: {', '.join(shipped_models())})" if "/" not in path_or_id else ""
+            raise FileNotFoundError(f"could not load model {path_or_id!r}{hint}: {error}") from error
         defaults = {}
         if looks_local and (local / DEFAULTS_FILE).is_file():
             defaults = json.loads((local / DEFAULTS_FILE).read_text())
