@@ -77,6 +77,28 @@ def test_stop_at_ends_a_stage_without_changing_its_schedule(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(a["transformer"].values(), b["transformer"].values()))
 
 
+def test_a_vae_stage_stopped_mid_way_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """The VAE stage checkpoints as the transformer does (work/vae.pt): stopped after 2 of 4 steps
+    and resumed, it ends with the weights of a straight 4-step run."""
+    import torch
+
+    monkeypatch.setattr(train, "CHECKPOINT_SECONDS", 0)
+    common = ["--scale", "smoke", "--stages", "vae", "--vae-batch", "1", "--threads", "1", "--vae-steps", "4"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train.main([*common, "--work", str(straight)]) == 0
+    assert train.main([*common, "--work", str(resumed), "--vae-stop-at", "2"]) == 0
+    assert torch.load(resumed / "vae.pt", weights_only=False)["step"] == 2
+    assert train.main([*common, "--work", str(resumed), "--resume"]) == 0
+    assert "vae: resumed at step 2" in (resumed / "train.log").read_text()
+    a, b = (torch.load(w / "vae.pt", weights_only=False) for w in (straight, resumed))
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(x, b["vae"][k]) for k, x in a["vae"].items())
+    without = tmp_path / "without"  # a control: a 2-step VAE differs from the 4-step one
+    assert train.main([*common, "--work", str(without), "--vae-steps", "2"]) == 0
+    assert any(not torch.equal(x, y) for x, y in
+               zip(a["vae"].values(), torch.load(without / "vae.pt", weights_only=False)["vae"].values()))
+
+
 def test_continuing_a_model_with_ema_and_scoring_it(tmp_path):
     """Train 2 steps, continue to 4 with a restarted schedule and an EMA, export the EMA, score it."""
     import torch

@@ -1,6 +1,7 @@
 """Train the toy CogVideoX model from scratch on the toy world: `bachvid toy train`.
 
-Stages, each resumable from its checkpoint under --work:
+Stages, each resumable from its checkpoint under --work (the VAE and transformer stages save
+every CHECKPOINT_SECONDS; `--resume` goes on from there):
 1. vae          AutoencoderKLCogVideoX on 9-frame clips (x4 space, x4 time; 4k+1 frames in and out);
 2. latents      encode clips of the *training* combinations once, measure the latent scale;
 3. transformer  CogVideoXTransformer3DModel (RoPE, the 5B layout) + a small T5 encoder, trained
@@ -43,6 +44,7 @@ from . import world
 TEXT_LENGTH = 24
 VAE_CHANNELS = (16, 32, 32)
 LATENT_CHANNELS = 8
+CHECKPOINT_SECONDS = 120  # both training stages save their state this often (and at their end)
 
 
 def model_sizes(scale: str) -> dict:
@@ -172,8 +174,27 @@ def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
         return renderer.submit(items)
 
     start, step = time.time(), 0
+    checkpoint = work / "vae.pt"
+    if args.resume and checkpoint.is_file():  # a VAE stage stopped mid-way goes on where it was
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])  # the posterior samples draw from torch's generator
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step, start = state["step"], time.time() - state["seconds"]  # the clock schedule goes on too
+        log(work, f"vae: resumed at step {step}")
+
+    def save():
+        save_atomic({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                     "seconds": time.time() - start}, checkpoint)
+
     budget = args.minutes * 60 * args.vae_share
     last = min(args.vae_steps, args.vae_stop_at or args.vae_steps)
+    last_save = time.time()
     pending = draw() if renderer.pool is not None and step < last else None
     while step < last and time.time() - start < budget:
         if renderer.pool is None:
@@ -199,6 +220,10 @@ def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
         if step % 25 == 0:
             log(work, f"vae step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
         step += 1
+        if time.time() - last_save > CHECKPOINT_SECONDS:
+            save()
+            last_save = time.time()
+    save()
     vae.eval().to("cpu").save_pretrained(work / "vae")
     vae.to(device)
     log(work, f"vae done: {step} steps in {time.time() - start:.0f}s")
@@ -380,7 +405,7 @@ def train_transformer(args, work: Path, sizes: dict):
             rate = (step - first_step) / max(time.time() - start, 1e-9)
             log(work, f"transformer step {step} loss {ema:.4f} lr {lr:.2e} ({time.time() - start:.0f}s, {rate:.2f} steps/s)")
         step += 1
-        if time.time() - last_save > 120:
+        if time.time() - last_save > CHECKPOINT_SECONDS:
             save_transformer(checkpoint, transformer, text_encoder, optimizer, step, ema_params, args.ema_decay)
             last_save = time.time()
     for value in torch.stack(losses).tolist() if losses else []:
@@ -435,15 +460,20 @@ def learning_rate(args, step: int, elapsed: float | None = None) -> float:
     return args.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_transformer(path, transformer, text_encoder, optimizer, step, ema_params=None, ema_decay=0.0):
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save under a temporary name, then renamed: a kill mid-save leaves the last checkpoint."""
     tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def save_transformer(path, transformer, text_encoder, optimizer, step, ema_params=None, ema_decay=0.0):
     state = {"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
              "optimizer": optimizer.state_dict(), "step": step}
     if ema_params is not None:  # the decay travels with the EMA: a later `--stages export` reports it right
         state["ema"] = [e.detach().clone() for e in ema_params]
         state["ema_decay"] = ema_decay
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_atomic(state, path)
 
 
 # Stage 4 ----------------------------------------------------------------------------------------
