@@ -175,23 +175,28 @@ def test_table_and_plot_from_records(tmp_path):
     rng = np.random.default_rng(0)
     records = []
     for s in stories:
-        for c, shift in (("vanilla-own", 0.0), ("vanilla-idseed", 0.5), ("bachvid", 2.0), ("no-bg", 1.25)):
+        for c, shift in (("vanilla-own", 0.0), ("vanilla-idseed", 0.5), ("bachvid", 2.0), ("no-bg", 1.25),
+                         ("oracle-masks", 2.5)):
             shots = [{"background_psnr": 20 + shift + rng.normal() if s.shared else None,
                       "histogram_distance": 0.1 - shift / 50, "belt_kept": float(shift > 1), "action_right": 1.0,
                       "seconds": 1.0 + shift} for _ in s.actions]
             records.append({"story": s.name, "condition": c, "spec": s.spec(), "shots": shots})
-    summary = results.summarize(records, stories, ["vanilla-own", "vanilla-idseed", "bachvid", "no-bg"],
-                                resamples=200)
+    summary = results.summarize(records, stories, ["vanilla-own", "vanilla-idseed", "bachvid", "no-bg",
+                                                   "oracle-masks"], resamples=200)
     ours = summary["conditions"]["bachvid"]["metrics"]
     # what background injection adds: bachvid minus no-bg, paired (0.75 dB here, belt 1 - 1 = 0)
     adds = summary["conditions"]["no-bg"]["metrics"]
     assert adds["histogram_distance"]["part adds"]["mean"] == pytest.approx(-0.015)
     assert adds["belt_kept"]["part adds"]["mean"] == 0.0 and "part adds" not in ours["belt_kept"]
+    # what true masks add: oracle-masks minus bachvid (the other way round)
+    truth = summary["conditions"]["oracle-masks"]["metrics"]
+    assert truth["histogram_distance"]["part adds"]["mean"] == pytest.approx(-0.01)
     assert ours["background_psnr"]["n"] == 2 and ours["histogram_distance"]["n"] == 4
     assert ours["belt_kept"]["vs vanilla-idseed"]["mean"] == pytest.approx(1.0)
     table = results.markdown_table(summary)
     assert table.count("\n| ") >= 3 and "vs identity's seed" in table and "**+1.000 [+1.000, +1.000]" not in table
     assert "| background injection | " in table and "**-0.015 [-0.015, -0.015]**" in table
+    assert table.index("| background injection |") < table.index("| true masks instead of read ones | ")
     results.plot(summary, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
 

@@ -67,6 +67,10 @@ BASELINES = ("vanilla-idseed", "vanilla-own")
 # "bachvid" (own seeds, everything on) minus the condition, paired over stories.
 PARTS = {"no-bg": "background injection", "no-fg": "foreground injection", "no-merge": "token merge",
          "paper-merge": "background_merge 1 instead of the paper's 0"}
+# Oracle conditions: what the truth adds is the condition minus "bachvid" (the same run with the
+# attention-read masks or matches), the microscope's answer to "are the readings the bottleneck?".
+TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "true matches instead of read ones",
+          "oracle-both": "true masks and matches"}
 
 
 @dataclass(frozen=True)
@@ -517,9 +521,10 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
                 if base in values and metric in values[base]:
                     other = np.array([values[base][metric].get(n, np.nan) for n in names])
                     m[f"vs {base}"] = paired_bootstrap(column, other, resamples, seed) if c != base else None
-            if c in PARTS and "bachvid" in values and metric in values["bachvid"]:
+            if (c in PARTS or c in TRUTHS) and "bachvid" in values and metric in values["bachvid"]:
                 full = np.array([values["bachvid"][metric].get(n, np.nan) for n in names])
-                m["part adds"] = paired_bootstrap(full, column, resamples, seed)
+                with_, without = (full, column) if c in PARTS else (column, full)
+                m["part adds"] = paired_bootstrap(with_, without, resamples, seed)
             entry["metrics"][metric] = m
         oracle = [e for r in records if r["condition"] == c for e in r.get("oracle_log") or []]
         if oracle:
@@ -585,14 +590,15 @@ def markdown_table(summary: dict) -> str:
     ns = {m: max((e["metrics"].get(m, {}).get("n", 0) for e in summary["conditions"].values()), default=0)
           for m in METRICS}
     notes.append("Stories scored per metric: " + ", ".join(f"{METRIC_LABELS[m]} {ns[m]}" for m in METRICS) + ".")
-    parts = [c for c in summary["conditions"] if c in PARTS]
+    parts = [c for c in summary["conditions"] if c in PARTS or c in TRUTHS]
     if parts:
-        notes += ["", "| what one part adds: BachVid (own seeds) minus BachVid with it off, paired | "
+        notes += ["", "| what it adds to BachVid (own seeds), paired: a part (BachVid minus BachVid with it off), "
+                      "the truth (the oracle run minus BachVid) | "
                       + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
-        for c in parts:
+        for c in sorted(parts, key=lambda c: c in TRUTHS):
             cells = [format_delta(m, summary["conditions"][c]["metrics"].get(m, {}).get("part adds")) or "-"
                      for m in METRICS]
-            notes.append(f"| {PARTS[c]} | " + " | ".join(cells) + " |")
+            notes.append(f"| {PARTS.get(c) or TRUTHS[c]} | " + " | ".join(cells) + " |")
     readings = {c: e["attention_readings"] for c, e in summary["conditions"].items() if "attention_readings" in e}
     if readings:
         notes += ["", "| attention readings vs truth (logged in oracle runs) | identity mask IoU | shot mask IoU | "
