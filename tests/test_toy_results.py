@@ -195,8 +195,8 @@ def test_table_and_plot_from_records(tmp_path):
     assert ours["belt_kept"]["vs vanilla-idseed"]["mean"] == pytest.approx(1.0)
     table = results.markdown_table(summary)
     assert table.count("\n| ") >= 3 and "vs identity's seed" in table and "**+1.000 [+1.000, +1.000]" not in table
-    assert "| background injection | " in table and "**-0.015 [-0.015, -0.015]**" in table
-    assert table.index("| background injection |") < table.index("| true masks instead of read ones | ")
+    assert "| the shared background (its injection and its merge) | " in table and "**-0.015 [-0.015, -0.015]**" in table
+    assert table.index("| the shared background") < table.index("| true masks instead of read ones | ")
     results.plot(summary, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
