@@ -15,7 +15,7 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | bachvid | BachVid with the model's config (pipe.default_config()), every shot its own seed |
 | oracle-both | BachVid, masks and matches from the toy world's truth (`oracle.TruthReadings`) |
 | no-merge | BachVid, token merge off |
-| no-bg | BachVid, background injection off (shared_background=False) |
+| no-bg | BachVid, shared background off: no background injection, no background merge (shared_background=False) |
 | no-fg | BachVid, foreground injection off |
 | oracle-masks | BachVid, true masks, matches read from attention |
 | oracle-matches | BachVid, masks read from attention, true matches |
