@@ -65,7 +65,8 @@ MOVING = ("left", "right", "jump", "closer")
 BASELINES = ("vanilla-idseed", "vanilla-own")
 # Conditions that turn one part of BachVid off (or back to the paper's form): what the part adds is
 # "bachvid" (own seeds, everything on) minus the condition, paired over stories.
-PARTS = {"no-bg": "the shared background (its injection and its merge)", "no-fg": "foreground injection", "no-merge": "token merge",
+PARTS = {"no-bg": "the shared background (its injection and its merge)", "no-fg": "foreground injection",
+         "no-merge": "token merge",
          "paper-merge": "background_merge 1 instead of the paper's 0"}
 # Oracle conditions: what the truth adds is the condition minus "bachvid" (the same run with the
 # attention-read masks or matches), the microscope's answer to "are the readings the bottleneck?".
@@ -109,7 +110,8 @@ CONDITIONS = {c.name: c for c in (
     Condition("bachvid", "BachVid (model's config), own seed per shot"),
     Condition("oracle-both", "BachVid, oracle masks + matches", oracle_masks=True, oracle_matches=True),
     Condition("no-merge", "BachVid, token merge off", changes={"token_merge": False}),
-    Condition("no-bg", "BachVid, shared background off (no background injection or merge)", changes={"shared_background": False}),
+    Condition("no-bg", "BachVid, shared background off (no background injection or merge)",
+              changes={"shared_background": False}),
     Condition("no-fg", "BachVid, foreground injection off", changes={"foreground_injection": False}),
     Condition("oracle-masks", "BachVid, oracle masks", oracle_masks=True),
     Condition("oracle-matches", "BachVid, oracle matches", oracle_matches=True),
