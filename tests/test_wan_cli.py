@@ -55,3 +55,37 @@ def test_bench_runs_on_a_scaled_wan(tmp_path, capsys, name):
     assert lock["forwards"] == 2 + 1 * (2 + 3) and lock["extrapolated_time_ratio"] > 0
     assert report["modes"]["vanilla"]["forwards"] == 3 * 3
     assert 0 < lock["identity_bytes"] < report["modes"]["replay:1"]["identity_bytes"]
+
+
+@pytest.mark.slow  # about a minute on 2 cores: the example story at the shipped toy Wan model's 30 steps
+def test_the_shipped_toy_wan_model_makes_the_example_story_by_name(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", str(STORY), "--model", "toy-wan", "--out", str(out)]) == 0
+    assert "built-in toy Wan model" in capsys.readouterr().out
+    folder = next(out.iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["settings"]["num_frames"] == 17 and manifest["finished"]
+    assert all((folder / "masks" / f"{name}-mask.mp4").is_file() for name in manifest["videos"])
+
+
+@pytest.mark.slow
+def test_bachvid_on_the_toy_wan_model_keeps_the_identity_background_in_pixels():
+    """Same story and seeds, scored by the toy evaluator: the shared background is nearer the
+    identity's with BachVid than without."""
+    from dataclasses import replace
+
+    from bachvid.io.story import Shot, Story
+    from bachvid.method.config import BachVidConfig
+    from bachvid.pipeline import BachVidPipeline
+    from bachvid.toy.consistency import compare
+
+    pipe = BachVidPipeline.from_pretrained("toy-wan")
+    settings = replace(pipe.default_settings(), num_inference_steps=16, seed=3)
+    story = Story(name="t", character="a red robot", identity=Shot("a green meadow", "stands still"),
+                  shots=(Shot("a green meadow", "walks to the left"),))
+    config = pipe.default_config()
+    identity = pipe.generate_identity(story, settings, config, progress=False)
+    vanilla = pipe.generate_shot(story, 0, identity, settings, BachVidConfig(enabled=False), progress=False)
+    bachvid = pipe.generate_shot(story, 0, identity, settings, config, progress=False)
+    ours, plain = (compare(identity.frames, shot.frames, "left")["background_error"] for shot in (bachvid, vanilla))
+    assert ours < 0.8 * plain, (ours, plain)
