@@ -81,43 +81,38 @@ class Cancels:
     it stops every generation of that session, queued or running."""
 
     def __init__(self):
-        self._flags: dict[str, list[threading.Event]] = {}
+        self._waiting: dict[str, list[threading.Event]] = {}  # armed on a click, not started yet
+        self._running: dict[str, list[threading.Event]] = {}
         self._lock = threading.Lock()
 
     def arm(self, session: str) -> threading.Event:
         """On the click: a new flag for the generation about to be queued."""
         flag = threading.Event()
         with self._lock:
-            self._flags.setdefault(session, []).append(flag)
+            self._waiting.setdefault(session, []).append(flag)
         return flag
 
     def take(self, session: str) -> threading.Event:
         """When the queued generation starts: the oldest flag armed for it (a new one if none was)."""
         with self._lock:
-            armed = self._flags.get(session) or []
-            for flag in armed:
-                if not getattr(flag, "taken", False):
-                    flag.taken = True
-                    return flag
-        flag = self.arm(session)
-        flag.taken = True
+            waiting = self._waiting.get(session) or [threading.Event()]
+            flag = waiting.pop(0)
+            self._running.setdefault(session, []).append(flag)
         return flag
 
     def cancel(self, session: str) -> int:
         """Set every flag of the session; returns how many generations it reached."""
         with self._lock:
-            flags = list(self._flags.get(session, []))
+            flags = [*self._waiting.get(session, []), *self._running.get(session, [])]
         for flag in flags:
             flag.set()
         return len(flags)
 
     def done(self, session: str, flag: threading.Event) -> None:
         with self._lock:
-            armed = self._flags.get(session, [])
-            if flag in armed:
-                armed.remove(flag)
-            if not armed:
-                self._flags.pop(session, None)
+            running = self._running.get(session, [])
+            if flag in running:
+                running.remove(flag)
 
 
 def generate(studio: Studio, session: str, text: str, name: str, settings: dict, knobs: dict,
