@@ -84,3 +84,37 @@ def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
     with diagnose.foreground_bias(0.0):
         assert biases() == [2.0, 0.0]
     assert biases() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("model", ["toy-cogvideox", "toy-wan"])
+def test_x0_capture_reads_each_backbones_scheduler(model):
+    """DDIM hands x0 back beside the sample; Wan's UniPC does not, and the capture reads its x0
+    prediction instead: for flow matching it must be sample - sigma * velocity, at the steps asked."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import CogVideoXDDIMScheduler, UniPCMultistepScheduler
+
+    from bachvid.models import shipped_model_path
+
+    kind = UniPCMultistepScheduler if model == "toy-wan" else CogVideoXDDIMScheduler
+    scheduler = kind.from_pretrained(shipped_model_path(model) / "scheduler")
+    scheduler.set_timesteps(6)
+    capture = diagnose.X0Capture(SimpleNamespace(pipe=SimpleNamespace(scheduler=scheduler)), steps=[0, 2])
+    capture.arm(videos=1, steps=6)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 2, 4, 4, generator=generator)
+    expected = {}
+    for i, t in enumerate(scheduler.timesteps):
+        output = torch.randn(sample.shape, generator=generator)
+        if model == "toy-wan":
+            expected[i] = sample - scheduler.sigmas[i] * output
+        result = scheduler.step(output, t, sample, return_dict=False)
+        if model != "toy-wan":
+            expected[i] = result[1]
+        sample = result[0]
+    got = capture.take()[0]
+    capture.remove()
+    assert sorted(got) == [0, 2]
+    for step in got:
+        torch.testing.assert_close(got[step], expected[step])

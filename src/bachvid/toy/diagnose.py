@@ -240,9 +240,20 @@ class X0Capture:
             return
         step, video = divmod(self.calls, self.videos)
         if step in self.steps:
-            x0 = result[1] if isinstance(result, tuple) else result.pred_original_sample
+            x0 = self._predicted_x0(result)
             self.out[video][step] = x0.detach().clone()
         self.calls += 1
+
+    def _predicted_x0(self, result):
+        """DDIM (CogVideoX) returns x0 beside the sample; UniPC (Wan) returns none, but keeps its x0
+        prediction (predict_x0: sample - sigma * velocity for flow matching) as its last model output."""
+        if isinstance(result, tuple) and len(result) > 1:
+            return result[1]
+        if getattr(result, "pred_original_sample", None) is not None:
+            return result.pred_original_sample
+        if getattr(self.scheduler.config, "predict_x0", False) and getattr(self.scheduler, "model_outputs", None):
+            return self.scheduler.model_outputs[-1]
+        raise TypeError(f"{type(self.scheduler).__name__} gives no predicted x0 to decode")
 
     def take(self) -> list[dict]:
         out, self.out = self.out, None
