@@ -89,7 +89,9 @@ def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
 @pytest.mark.parametrize("model", ["toy-cogvideox", "toy-wan"])
 def test_x0_capture_reads_each_backbones_scheduler(model):
     """DDIM hands x0 back beside the sample; Wan's UniPC does not, and the capture reads its x0
-    prediction instead: for flow matching it must be sample - sigma * velocity, at the steps asked."""
+    prediction instead: for flow matching, sample - sigma * velocity, at the steps asked, per video,
+    also when each video steps its own deep copy of the scheduler (as the Wan backbone does)."""
+    import copy
     from types import SimpleNamespace
 
     import torch
@@ -97,24 +99,29 @@ def test_x0_capture_reads_each_backbones_scheduler(model):
 
     from bachvid.models import shipped_model_path
 
-    kind = UniPCMultistepScheduler if model == "toy-wan" else CogVideoXDDIMScheduler
+    wan = model == "toy-wan"
+    kind = UniPCMultistepScheduler if wan else CogVideoXDDIMScheduler
     scheduler = kind.from_pretrained(shipped_model_path(model) / "scheduler")
     scheduler.set_timesteps(6)
     capture = diagnose.X0Capture(SimpleNamespace(pipe=SimpleNamespace(scheduler=scheduler)), steps=[0, 2])
-    capture.arm(videos=1, steps=6)
+    copies = [copy.deepcopy(scheduler) for _ in range(2)] if wan else [scheduler, scheduler]
+    capture.arm(videos=2, steps=6)
     generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, 4, 2, 4, 4, generator=generator)
-    expected = {}
+    samples = [torch.randn(1, 4, 2, 4, 4, generator=generator) for _ in range(2)]
+    expected = [{}, {}]
     for i, t in enumerate(scheduler.timesteps):
-        output = torch.randn(sample.shape, generator=generator)
-        if model == "toy-wan":
-            expected[i] = sample - scheduler.sigmas[i] * output
-        result = scheduler.step(output, t, sample, return_dict=False)
-        if model != "toy-wan":
-            expected[i] = result[1]
-        sample = result[0]
-    got = capture.take()[0]
+        for video in range(2):
+            output = torch.randn(samples[video].shape, generator=generator)
+            if wan:
+                expected[video][i] = samples[video] - scheduler.sigmas[i] * output
+            result = copies[video].step(output, t, samples[video], return_dict=False)
+            if not wan:
+                expected[video][i] = result[1]
+            samples[video] = result[0]
+    got = capture.take()
     capture.remove()
-    assert sorted(got) == [0, 2]
-    for step in got:
-        torch.testing.assert_close(got[step], expected[step])
+    assert type(scheduler) is kind
+    for video in range(2):
+        assert sorted(got[video]) == [0, 2]
+        for step in got[video]:
+            torch.testing.assert_close(got[video][step], expected[video][step])

@@ -210,50 +210,54 @@ def shot_metrics(identity_frames: np.ndarray, shot_frames: np.ndarray, action: s
 class X0Capture:
     """Keeps the scheduler's predicted x0 (`pred_original_sample`) of armed videos at some steps.
 
-    Wraps the pipeline's scheduler.step (instance attribute; `remove()` undoes it). `arm(videos,
+    Wraps the pipeline's scheduler.step (its copies too; `remove()` undoes it). `arm(videos,
     steps)` expects the next videos x steps calls to be one denoising run of `videos` videos in
     batch order (as the backbone steps them)."""
 
     def __init__(self, pipe, steps):
         self.scheduler = pipe.pipe.scheduler
         self.steps = set(steps)
-        self.original = self.scheduler.step
         self.out: list[dict] | None = None
         self.videos = self.calls = self.total = 0
+        # The scheduler's class is swapped for a subclass whose step reports here: unlike a patched
+        # instance method, it follows the per-video deep copies that Wan's multistep UniPC needs.
+        self.kind = type(self.scheduler)
+        capture, kind = self, self.kind
 
-        def step(*args, **kwargs):
-            result = self.original(*args, **kwargs)
-            self._seen(result)
+        def step(scheduler, *args, **kwargs):
+            result = kind.step(scheduler, *args, **kwargs)
+            capture._seen(result, scheduler)
             return result
 
-        self.scheduler.step = step
+        self.scheduler.__class__ = type(f"Capturing{kind.__name__}", (kind,), {"step": step})
 
     def remove(self) -> None:
-        self.scheduler.step = self.original
+        self.scheduler.__class__ = self.kind
 
     def arm(self, videos: int, steps: int) -> None:
         self.videos, self.calls, self.total = videos, 0, videos * steps
         self.out = [{} for _ in range(videos)]
 
-    def _seen(self, result) -> None:
+    def _seen(self, result, scheduler) -> None:
         if self.out is None or self.calls >= self.total:
             return
         step, video = divmod(self.calls, self.videos)
         if step in self.steps:
-            x0 = self._predicted_x0(result)
+            x0 = self._predicted_x0(result, scheduler)
             self.out[video][step] = x0.detach().clone()
         self.calls += 1
 
-    def _predicted_x0(self, result):
+    @staticmethod
+    def _predicted_x0(result, scheduler):
         """DDIM (CogVideoX) returns x0 beside the sample; UniPC (Wan) returns none, but keeps its x0
         prediction (predict_x0: sample - sigma * velocity for flow matching) as its last model output."""
         if isinstance(result, tuple) and len(result) > 1:
             return result[1]
         if getattr(result, "pred_original_sample", None) is not None:
             return result.pred_original_sample
-        if getattr(self.scheduler.config, "predict_x0", False) and getattr(self.scheduler, "model_outputs", None):
-            return self.scheduler.model_outputs[-1]
-        raise TypeError(f"{type(self.scheduler).__name__} gives no predicted x0 to decode")
+        if getattr(scheduler.config, "predict_x0", False) and getattr(scheduler, "model_outputs", None):
+            return scheduler.model_outputs[-1]
+        raise TypeError(f"{type(scheduler).__name__} gives no predicted x0 to decode")
 
     def take(self) -> list[dict]:
         out, self.out = self.out, None
