@@ -400,7 +400,7 @@ def test_loading_bars_go_quiet_off_a_terminal_only():
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
-    from bachvid import cli
+    from bachvid.io.terminal import quiet_loading_bars_off_terminal
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -409,9 +409,9 @@ def test_loading_bars_go_quiet_off_a_terminal_only():
     dlog.enable_progress_bar()  # an earlier in-process CLI run off a terminal may have turned them off
     tlog.enable_progress_bar()
     try:
-        assert cli._quiet_loading_bars_off_terminal(Terminal()) is False
+        assert quiet_loading_bars_off_terminal(Terminal()) is False
         assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
-        assert cli._quiet_loading_bars_off_terminal(io.StringIO()) is True
+        assert quiet_loading_bars_off_terminal(io.StringIO()) is True
         assert not dlog.is_progress_bar_enabled() and not tlog.is_progress_bar_enabled()
     finally:
         dlog.enable_progress_bar()

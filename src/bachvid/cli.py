@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .io.story import Story, StoryError, load_stories
+from .io.terminal import quiet_loading_bars_off_terminal
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -163,21 +164,6 @@ def _unwritable(out: Path, folders=(), flag: str | None = None) -> str | None:
     return None
 
 
-def _quiet_loading_bars_off_terminal(stream=None) -> bool:
-    """diffusers' and transformers' loading bars nest, and nested tqdm bars move the cursor up
-    (ESC [A): fine on a terminal, junk in a CI log or a `2> file`. Off a terminal they are turned
-    off (our own bars, one per line, stay). Returns whether they were turned off."""
-    stream = sys.stderr if stream is None else stream
-    if hasattr(stream, "isatty") and stream.isatty():
-        return False
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    return True
-
-
 def _load_pipeline(args):
     """Load the model named on the command line (a factory, so tests can swap in a small one)."""
     # the first thing a user sees: importing torch and diffusers alone takes seconds
@@ -186,7 +172,7 @@ def _load_pipeline(args):
 
     from .pipeline import BachVidPipeline
 
-    _quiet_loading_bars_off_terminal()
+    quiet_loading_bars_off_terminal()
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = BachVidPipeline.from_pretrained(args.model, torch_dtype=dtype)
     if args.cpu_offload:

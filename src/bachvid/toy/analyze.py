@@ -42,6 +42,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.prompt import FOREGROUND_SPANS as SPANS  # every span a mask may stand on
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 2) for i in range(10))  # steps 0, 3, ..., 27 of 30
 MATCH_TABLES = ("match_accuracy", "match_kept", "match_kept_accuracy")
@@ -526,6 +527,7 @@ def run(args) -> int:
     if args.videos < 2:
         print("bachvid analyze: --videos must be >= 2 (one identity and one shot)")
         return 2
+    quiet_loading_bars_off_terminal()
     pipe = BachVidPipeline.from_pretrained(args.model)
     settings = pipe.default_settings()
     if args.steps:

@@ -24,6 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..io.terminal import quiet_loading_bars_off_terminal
 from . import analyze as analysis
 from .analyze import SPANS, AttentionRecorder, layer_mask  # noqa: F401  (kept importable from here)
 
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     if args.analysis:
         report = from_analysis(json.loads((Path(args.analysis) / "report.json").read_text()))
     else:
+        quiet_loading_bars_off_terminal()
         pipe = BachVidPipeline.from_pretrained(args.model)
         report = calibrate(pipe, args.videos, seed=args.seed, matches=not args.no_matches,
                            out=Path(args.out) / "analysis" if args.out else None)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.config import BachVidConfig, parse_knob
 from ..io.outputs import contact_sheet
 from ..method.prompt import FOREGROUND_SPANS
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
                         help="ignore the model's calibrated settings (bachvid.json) and use BachVidConfig's defaults")
     parser.add_argument("--out", default=None, help="folder for report.json and sheet.png")
     args = parser.parse_args(argv)
+    quiet_loading_bars_off_terminal()
     pipe = BachVidPipeline.from_pretrained(args.model)
     config = pipe.default_config(shared_background=not args.no_shared_background)
     if args.mask_foreground:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.story import Shot, Story
+from ..io.terminal import quiet_loading_bars_off_terminal
 from . import world
 from .consistency import colour_histogram
 from .evaluate import score_clip
@@ -655,6 +656,7 @@ def main(argv=None) -> int:
     conditions = [CONDITIONS[n] for n in names] + extra
     index, _, count = args.shard.partition("/")
     index, count = int(index), int(count or 1)
+    quiet_loading_bars_off_terminal()
     pipe = BachVidPipeline.from_pretrained(args.model)
     settings = pipe.default_settings()
     if args.steps:

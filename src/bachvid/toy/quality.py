@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..io.outputs import contact_sheet
+from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.prompt import compose_prompt
 from . import world
 from .evaluate import iou, score_clip
@@ -55,12 +56,13 @@ def load(model=None):
 
     Loaded by `BachVidPipeline.from_pretrained` (one loading path for everything), then with
     BachVid's attention processors taken out again: the bars are about the model alone."""
-    from ..models import DEFAULT_MODEL_DIR
+    from ..models import DEFAULT_MODEL_DIR, shipped_model_path
     from ..pipeline import BachVidPipeline
 
-    folder = Path(model) if model else DEFAULT_MODEL_DIR
+    folder = (shipped_model_path(str(model)) or Path(model)) if model else DEFAULT_MODEL_DIR
     if not (folder / "model_index.json").is_file():
         raise SystemExit(f"no diffusers model folder at {folder}")
+    quiet_loading_bars_off_terminal()
     bachvid = BachVidPipeline.from_pretrained(folder)
     bachvid.backbone.uninstall()
     bachvid.pipe.set_progress_bar_config(disable=True)

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.terminal import quiet_loading_bars_off_terminal
 from . import world
 from .shot_metrics import METRICS, compare
 
@@ -773,6 +774,7 @@ def run(args) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        quiet_loading_bars_off_terminal()
         pipe = BachVidPipeline.from_pretrained(args.model)
         pipe.pipe.set_progress_bar_config(disable=True)
         settings = pipe.default_settings()
