@@ -68,11 +68,21 @@ def test_calibrate_reads_its_choice_from_an_analysis(analysis, tmp_path):
     out, report = analysis
     folder = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL_DIR, folder)
-    assert calibrate.main(["--model", str(folder), "--analysis", str(out), "--write-defaults"]) == 0
-    config = BachVidPipeline.from_pretrained(folder).default_config()
+    assert calibrate.main(["--model", str(folder), "--analysis", str(out), "--write-defaults",
+                           "--set", "foreground_injection=false", "--set", "vital_layers=[1, 2]",
+                           "--shot-seeds", "identity"]) == 0
+    pipe = BachVidPipeline.from_pretrained(folder)
+    config = pipe.default_config()
+    assert config.foreground_injection is False and config.vital_layers == (1, 2)
+    assert pipe.default_settings().shot_seeds == "identity"
     assert list(config.mask_layers) == report["best_mask"]["layers"]
     assert list(config.match_layers) == report["best_match"]["layers"]
     assert round(config.tau_match * report["steps"]) == report["best_match"]["step"]
+    for bad in (["--set", "no_such_knob=1"], ["--set", "tau_mask=7"]):  # refused, nothing written
+        before = (folder / "bachvid.json").read_text()
+        with pytest.raises(SystemExit):
+            calibrate.main(["--model", str(folder), "--analysis", str(out), "--write-defaults", *bad])
+        assert (folder / "bachvid.json").read_text() == before
 
 
 @pytest.mark.slow

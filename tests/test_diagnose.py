@@ -63,7 +63,7 @@ def test_conditions_and_stories():
     assert same.shot_seed(2, 7) == 7 and stories[0].shot_seed(2, 7) == 10
 
 
-def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
+def test_foreground_logit_bias_reweighs_only_the_foreground_injection():
     import torch
 
     from bachvid.method.config import BachVidConfig
@@ -74,16 +74,18 @@ def test_foreground_bias_emulation_reweighs_only_the_foreground_injection():
     current_fg = torch.tensor([[[False, True], [False, False]]])
     matches = Matches(torch.tensor([0, 0, 0, 0]), torch.ones(4))
     layers = Layers(frozenset({0}), frozenset({0}), frozenset({0}))
-    maker = PlanMaker(BachVidConfig(injected_logit_bias=2.0), layers, num_steps=4, text_length=3)
 
-    def biases():
+    def biases(**knobs):
+        maker = PlanMaker(BachVidConfig(injected_logit_bias=2.0, **knobs), layers, num_steps=4, text_length=3)
         plan = maker.shot_plans(identity_fg, current_fg, matches)(0)
         return [i.bias for i in plan.injections]
 
-    assert biases() == [2.0, 2.0]  # background, foreground
-    with diagnose.foreground_bias(0.0):
-        assert biases() == [2.0, 0.0]
-    assert biases() == [2.0, 2.0]
+    assert biases() == [2.0, 2.0]  # background, foreground: None follows injected_logit_bias
+    assert biases(foreground_logit_bias=-1.0) == [2.0, -1.0]
+    with pytest.raises(ValueError, match="foreground_logit_bias"):
+        BachVidConfig(foreground_logit_bias=float("nan"))
+    c = diagnose.parse_condition("weak:foreground_bias=-2")  # the older diagnoses' name for the knob
+    assert dict(c.changes) == {"foreground_logit_bias": -2.0}
 
 
 @pytest.mark.parametrize("model", ["toy-cogvideox", "toy-wan"])

@@ -110,7 +110,8 @@ def test_another_config_is_refused_but_notes_and_background_sharing_are_free(pip
         pipe.load_identity(path, settings, BachVidConfig(tau_mask=0.4))
     with pytest.raises(IdentityFileError, match=r"bachvid_config\.vital_layers"):
         pipe.load_identity(path, settings, BachVidConfig(vital_layers=(0,)))
-    pipe.load_identity(path, settings, BachVidConfig(shared_background=False, extra={"note": "x"}))
+    pipe.load_identity(path, settings, BachVidConfig(shared_background=False, extra={"note": "x"},
+                                                     foreground_logit_bias=-1.0))
 
 
 def test_a_tampered_file_is_refused(pipe, saved_file):

@@ -81,9 +81,10 @@ class Video:
         return BatchVideo(self.embeds, self.negative, replay=latents)
 
 
-# Config fields a saved identity does not depend on: free-form notes, and whether shots take the
-# identity's background (the identity pass is the same either way; a story decides per run).
-_FREE_CONFIG_FIELDS = ("extra", "shared_background")
+# Config fields a saved identity does not depend on: free-form notes, whether shots take the
+# identity's background (the identity pass is the same either way; a story decides per run), and
+# how strongly shots weigh the injected character (files saved before the knob existed still load).
+_FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias")
 
 
 def identity_config(config: BachVidConfig) -> dict:

@@ -34,6 +34,10 @@ class BachVidConfig:
     injected_logit_bias: float = 0.0
     """Added to the attention logits of every injected identity key. 0 is the paper's plain
     concatenation; b > 0 weighs each injected key e^b times (beyond the paper: a strength knob)."""
+    foreground_logit_bias: float | None = None
+    """The foreground injection's own logit bias (None: injected_logit_bias, the paper's 0). Beyond
+    the paper: b < 0 weakens the character's injected keys alone (e^b), for backbones where the
+    full-strength foreground injection costs actions (measured on the toy Wan model)."""
 
     # Layers (None: backbone default)
     vital_layers: tuple[int, ...] | None = None
@@ -93,6 +97,8 @@ class BachVidConfig:
             raise ValueError("mask_open_kernel must be an odd number >= 1")
         if not math.isfinite(self.injected_logit_bias):
             raise ValueError("injected_logit_bias must be a finite number")
+        if self.foreground_logit_bias is not None and not math.isfinite(self.foreground_logit_bias):
+            raise ValueError("foreground_logit_bias must be a finite number (or None)")
         if not 0.0 <= self.background_merge <= 1.0:
             raise ValueError("background_merge is a multiple of the merge weight and must lie in [0, 1]")
         if self.prerun_stride < 1:

@@ -212,10 +212,11 @@ class PlanMaker:
         current, identity, similarity = matches.foreground_pairs(current_fg, identity_fg, self.config.match_threshold)
         injections = []
         bias = self.config.injected_logit_bias
+        foreground_bias = bias if self.config.foreground_logit_bias is None else self.config.foreground_logit_bias
         if self.config.shared_background:
             injections.append(background_injection(identity_fg, current_fg, self.text_length, bias))
         if current.numel() and self.config.foreground_injection:
-            injections.append(foreground_injection(current_fg, current, identity, self.text_length, bias))
+            injections.append(foreground_injection(current_fg, current, identity, self.text_length, foreground_bias))
         injections = tuple(injections)
         # Matches may live on the GPU while masks stay on the host: merge indices and weights
         # follow the matches (device and dtype), so the token merge never mixes devices.

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from ..io.terminal import quiet_loading_bars_off_terminal
+from ..method.config import BachVidConfig, parse_knob
 from . import analyze as analysis
 from .analyze import SPANS, AttentionRecorder, layer_mask  # noqa: F401  (kept importable from here)
 
@@ -72,10 +73,20 @@ def main(argv=None) -> int:
     parser.add_argument("--vital-layers", type=int, default=None, metavar="N",
                         help="with --write-defaults, also store injection into the first N layers (a choice made "
                              "with python -m bachvid.toy.consistency --vital-layers N)")
+    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                        help="with --write-defaults, also store this BachVidConfig knob (repeatable; e.g. "
+                             "foreground_injection=false, a choice made with python -m bachvid.toy.diagnose)")
+    parser.add_argument("--shot-seeds", choices=("own", "identity"), default=None,
+                        help="with --write-defaults, also store the model's default shot seeds")
     parser.add_argument("--write-defaults", action="store_true",
                         help="store the best mask layers, step and span (and match layers and step) under "
                              "'bachvid' in the model's bachvid.json")
     args = parser.parse_args(argv)
+    try:
+        knobs = dict(parse_knob(text) for text in args.set)
+        BachVidConfig(**knobs)  # refuse bad values before any work
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
     if args.analysis:
         report = from_analysis(json.loads((Path(args.analysis) / "report.json").read_text()))
     else:
@@ -103,7 +114,10 @@ def main(argv=None) -> int:
         chosen = dict(report["config"])
         if args.vital_layers:
             chosen["vital_layers"] = list(range(args.vital_layers))
+        chosen.update({k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()})
         defaults["bachvid"] = {**defaults.get("bachvid", {}), **chosen}
+        if args.shot_seeds:
+            defaults["shot_seeds"] = args.shot_seeds
         path.write_text(json.dumps(defaults, indent=2) + "\n")
         print(f"wrote {path}")
     return 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -60,10 +59,6 @@ class Condition:
     oracle_matches: bool = False
     identity_seed: bool = False  # shots use the identity's seed (not a config knob: a story choice)
     x0: bool = False  # decode the predicted x0 at X0_FRACTIONS
-    foreground_bias: float | None = None
-    """Emulates a knob BachVidConfig lacks: the foreground injection's logit bias set apart from
-    `injected_logit_bias` (which then weighs the background injection only). Done by wrapping
-    `plan.foreground_injection` for the run; None leaves the method as it is."""
 
     def config(self, pipe):
         changes = dict(self.changes)
@@ -98,7 +93,8 @@ DEFAULT_CONDITIONS = tuple(CONDITIONS)
 
 def parse_condition(text: str) -> Condition:
     """'NAME:knob=value;knob=value' -> a Condition; values are JSON (lists become tuples); the keys
-    oracle_masks, oracle_matches, identity_seed, x0 and foreground_bias set those fields;
+    oracle_masks, oracle_matches, identity_seed and x0 set those fields (foreground_bias: the
+    foreground_logit_bias knob, the name earlier diagnoses used);
     vital_layers=all."""
     name, _, spec = text.partition(":")
     changes, switches = [], {}
@@ -114,7 +110,7 @@ def parse_condition(text: str) -> Condition:
         if key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
             switches[key] = bool(parsed)
         elif key == "foreground_bias":
-            switches[key] = float(parsed)
+            changes.append(("foreground_logit_bias", float(parsed)))
         else:
             changes.append((key, parsed))
     return Condition(name, spec or name, changes=tuple(changes), **switches)
@@ -351,10 +347,9 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                 armed["count"] += 1
                 return masses(video)
 
-            with foreground_bias(condition.foreground_bias):
-                results = list(pipe.generate(run_of, settings, config, identity_mode="cache",
-                                             group=len(story.shots), progress=False,
-                                             instruments=Instruments(readings=readings, probe=probe)))
+            results = list(pipe.generate(run_of, settings, config, identity_mode="cache",
+                                         group=len(story.shots), progress=False,
+                                         instruments=Instruments(readings=readings, probe=probe)))
             seconds = time.perf_counter() - start
             predicted = capture.take() if condition.x0 else []
             identity, shots = results[0], results[1:]
@@ -384,27 +379,6 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     finally:
         capture.remove()
-
-
-@contextmanager
-def foreground_bias(bias: float | None):
-    """While active, foreground injections get logit bias `bias` whatever the config says (see
-    `Condition.foreground_bias`); None: nothing changes."""
-    from ..method import plan
-
-    if bias is None:
-        yield
-        return
-    original = plan.foreground_injection
-
-    def injection(current_fg, current, identity, text_length, _bias=0.0):
-        return original(current_fg, current, identity, text_length, bias)
-
-    plan.foreground_injection = injection
-    try:
-        yield
-    finally:
-        plan.foreground_injection = original
 
 
 def _str_keys(table: dict) -> dict:

@@ -19,6 +19,9 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | no-fg | BachVid, foreground injection off |
 | oracle-masks | BachVid, true masks, matches read from attention |
 | oracle-matches | BachVid, masks read from attention, true matches |
+| paper-merge | BachVid, the paper's token merge (background_merge 0) |
+| bachvid-idseed | BachVid, shots on the identity's seed |
+| fg-on | BachVid, foreground injection on (for a model whose config turns it off: toy-wan) |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
@@ -119,9 +122,11 @@ CONDITIONS = {c.name: c for c in (
     Condition("paper-merge", "BachVid, the paper's token merge (background_merge 0)",
               changes={"background_merge": 0.0}),
     Condition("bachvid-idseed", "BachVid, shots on the identity's seed (the toy model's default)", seeds="identity"),
+    Condition("fg-on", "BachVid, foreground injection on (for a model whose config turns it off)",
+              changes={"foreground_injection": True}),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-on"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
