@@ -21,7 +21,7 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | oracle-matches | BachVid, masks read from attention, true matches |
 | paper-merge | BachVid, the paper's token merge (background_merge 0) |
 | bachvid-idseed | BachVid, shots on the identity's seed |
-| fg-on | BachVid, foreground injection on (for a model whose config turns it off: toy-wan) |
+| fg-full | BachVid, foreground injection on at the paper's strength (for a model whose config weakens it: toy-wan) |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
@@ -122,11 +122,11 @@ CONDITIONS = {c.name: c for c in (
     Condition("paper-merge", "BachVid, the paper's token merge (background_merge 0)",
               changes={"background_merge": 0.0}),
     Condition("bachvid-idseed", "BachVid, shots on the identity's seed (the toy model's default)", seeds="identity"),
-    Condition("fg-on", "BachVid, foreground injection on (for a model whose config turns it off)",
-              changes={"foreground_injection": True}),
+    Condition("fg-full", "BachVid, foreground injection at the paper's full strength",
+              changes={"foreground_injection": True, "foreground_logit_bias": None}),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-on"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
