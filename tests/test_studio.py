@@ -101,6 +101,20 @@ def test_layers_and_settings_from_the_page():
                                     "guidance_scale": 0}) == {"seed": 0, "guidance_scale": 0.0}
 
 
+def test_the_loaded_model_fills_only_the_settings_left_empty(pipe):
+    """The page is served before the model loads; what a user typed meanwhile survives the fill."""
+    from bachvid.studio.app import fill_empty_settings, layers_text
+
+    settings, config = pipe.default_settings(), pipe.default_config()
+    empty = fill_empty_settings(pipe, (None, 0, None, 0, None, None, ""))
+    assert empty == (settings.seed, settings.num_inference_steps, settings.num_frames, settings.height,
+                     settings.width, settings.guidance_scale, layers_text(config))
+    typed = (7, 4, 9, 32, 48, 3.5, "0,1")
+    assert fill_empty_settings(pipe, typed) == typed
+    mixed = fill_empty_settings(pipe, (7, None, 9, None, None, 3.5, ""))
+    assert mixed == (7, settings.num_inference_steps, 9, settings.height, settings.width, 3.5, layers_text(config))
+
+
 def test_sessions_get_their_own_folders(studio):
     a, b = studio.session_folder("abc"), studio.session_folder("xyz")
     assert a != b and a.parent == b.parent == studio.out

@@ -34,6 +34,18 @@ def layers_text(config) -> str:
     return ",".join(map(str, layers)) if layers else ""
 
 
+SETTING_NAMES = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
+
+
+def fill_empty_settings(pipe, values) -> tuple:
+    """The page's settings (seed, steps, frames, height, width, guidance, vital layers) with the
+    model's defaults in those still empty; typed ones stay. An empty number reaches the server as 0
+    (or None): invalid for every setting but the seed, so it takes the default."""
+    settings = pipe.default_settings()
+    filled = [getattr(settings, n) if not v else v for n, v in zip(SETTING_NAMES, values[:6])]
+    return (*filled, values[6] if values[6] else layers_text(pipe.default_config()))
+
+
 def build(studio: Studio) -> gr.Blocks:
     """The studio's page for one model."""
     if studio.ready:
@@ -208,15 +220,9 @@ def build(studio: Studio) -> gr.Blocks:
             return model_text(studio)
 
         def fill(*values):
-            """The model's defaults in the settings still empty. Chained after `loaded`, so it reads
-            the fields as they are once the model is there: values typed while it loaded stay."""
-            pipe = studio.pipe
-            settings = pipe.default_settings()
-            names = ("seed", "num_inference_steps", "num_frames", "height", "width", "guidance_scale")
-            # an empty number reaches the server as 0 (or None): invalid but for the seed, so the default
-            filled = [getattr(settings, n) if not v else v for n, v in zip(names, values[:6])]
-            vital_ = values[6] if values[6] else layers_text(pipe.default_config())
-            return (*filled, vital_)
+            """Chained after `loaded`, so it reads the fields as they are once the model is there:
+            values typed while it loaded stay."""
+            return fill_empty_settings(studio.pipe, values)
 
         if not studio.ready:
             demo.load(loaded, None, model_line, queue=False).then(
