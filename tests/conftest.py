@@ -20,8 +20,8 @@ def make_story(actions=("stands still", "walks to the left", "jumps"), backgroun
 
 @pytest.fixture(scope="module", params=[True, False], ids=["rope-5b-layout", "sincos-2b-layout"])
 def tiny_pipe(request):
-    from bachvid.pipeline import BachVidPipeline
     from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
 
     return BachVidPipeline(tiny_cogvideox_pipeline(rope=request.param, num_layers=4))
 

@@ -14,8 +14,8 @@ from bachvid.method.attention import injected_attention
 from bachvid.method.config import BachVidConfig
 from bachvid.method.controller import AttentionCall, Controller, VideoState
 from bachvid.method.identity import CachedIdentity
-from bachvid.models import DEFAULT_MODEL_DIR
 from bachvid.method.plan import StepPlan, full_copy_injection
+from bachvid.models import DEFAULT_MODEL_DIR
 from bachvid.toy import analyze
 
 
@@ -133,9 +133,8 @@ def test_mass_on_duplicated_keys_is_a_half_and_grows_with_the_bias(bias):
 
 @pytest.mark.slow
 def test_mass_probe_on_the_toy_model_grows_with_injected_logit_bias(toy):
-    from conftest import make_story
-
     from bachvid.modes import Instruments
+    from conftest import make_story
 
     pipe, settings = toy
     story = make_story(("stands still", "walks to the left"))

@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bachvid.method.attention import KeyGroup, dense_masked_attention, injected_attention
 from bachvid.backbones.cogvideox import CogVideoXRope
+from bachvid.method.attention import KeyGroup, dense_masked_attention, injected_attention
 from bachvid.method.controller import AttentionCall, Controller, VideoState
 from bachvid.method.identity import CachedIdentity
 from bachvid.method.plan import Injection, StepPlan, TokenMerge

@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from bachvid import cli
-from bachvid.budget import (GIB, BudgetError, Schedule, Transformer, Workload, default_layers, estimate,
-                            load_model)
+from bachvid.budget import GIB, BudgetError, Schedule, Transformer, Workload, default_layers, estimate, load_model
 from bachvid.method.config import BachVidConfig
 
 # Measured on one H100 80 GB: CogVideoX-5B transformer config, random bf16 weights, 49x480x720, CFG.

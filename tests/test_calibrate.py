@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from bachvid.method.config import BachVidConfig, read_step
+from bachvid.method.plan import Schedule
 from bachvid.models import DEFAULT_MODEL_DIR
 from bachvid.pipeline import BachVidPipeline
-from bachvid.method.plan import Schedule
 from bachvid.toy import calibrate
 
 

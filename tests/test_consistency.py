@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from bachvid.io.story import Shot, Story
 from bachvid.method.config import BachVidConfig
 from bachvid.pipeline import BachVidPipeline
-from bachvid.io.story import Shot, Story
 from bachvid.toy import world
 from bachvid.toy.consistency import compare, measure, toy_stories
 

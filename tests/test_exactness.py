@@ -3,12 +3,12 @@ recording, and unchanged by a doubled copy of the identity's own keys."""
 
 import numpy as np
 import torch
-from conftest import make_story
 
+from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 from bachvid.method.config import BachVidConfig
 from bachvid.method.identity import CachedIdentity
 from bachvid.method.plan import Injection, StepPlan, full_copy_injection
-from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+from conftest import make_story
 
 
 def stock_latents(rope, prompt, seed, settings):

@@ -14,8 +14,15 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 import bachvid.io.identity_file as idf
-from bachvid.io.identity_file import (FORMAT_VERSION, SUFFIX, IdentityFileError, describe, load_identity,
-                                   model_config_hash, save_identity)
+from bachvid.io.identity_file import (
+    FORMAT_VERSION,
+    SUFFIX,
+    IdentityFileError,
+    describe,
+    load_identity,
+    model_config_hash,
+    save_identity,
+)
 
 META = {
     "model": "THUDM/CogVideoX-5b", "model_config_hash": "0123456789abcdef",

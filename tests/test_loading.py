@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 from bachvid.models import MODELS_DIR, shipped_models
 from bachvid.pipeline import BachVidPipeline
-from bachvid.backbones.tiny import tiny_cogvideox_pipeline
 
 
 @pytest.fixture(scope="module")

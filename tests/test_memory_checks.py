@@ -6,7 +6,6 @@ import pytest
 
 from bachvid import pipeline
 from bachvid.pipeline import BachVidPipeline, GenerationSettings
-
 from conftest import make_story
 
 SETTINGS = GenerationSettings(seed=0, num_inference_steps=2, num_frames=9, height=16, width=24)

@@ -4,9 +4,9 @@ batched runner stays exact against stock diffusers with a stochastic scheduler."
 
 import pytest
 import torch
-from conftest import make_story
 
 from bachvid.method.config import BachVidConfig
+from conftest import make_story
 
 
 def story_results(pipe, settings, mode, group, config=None, story=None):
@@ -64,8 +64,8 @@ def test_dpm_scheduler_runs_equal_stock_with_a_generator(settings):
     """CogVideoX-5B's DPM scheduler draws noise at every step: each video gets its own generator."""
     from diffusers import CogVideoXDPMScheduler
 
-    from bachvid.pipeline import BachVidPipeline
     from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
 
     def build():
         pipe = tiny_cogvideox_pipeline(rope=True, num_layers=2)

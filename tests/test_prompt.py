@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachvid.method.prompt import PromptTooLong, compose_prompt, token_spans
 from bachvid.backbones.tiny import build_word_tokenizer
+from bachvid.method.prompt import PromptTooLong, compose_prompt, token_spans
 
 WORDS = "a green meadow red robot walks to the left big old house , .".split()
 

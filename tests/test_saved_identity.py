@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_story
 
 from bachvid import cli
-from bachvid.method.config import BachVidConfig
 from bachvid.io.identity_file import IdentityFileError
+from bachvid.method.config import BachVidConfig
+from conftest import make_story
 
 SAVED_SETTINGS = dict(seed=0, num_inference_steps=6, num_frames=5, height=32, width=32, guidance_scale=6.0)
 ACTIONS = ("stands still", "walks to the left", "jumps")
@@ -21,8 +21,8 @@ ACTIONS = ("stands still", "walks to the left", "jumps")
 
 @pytest.fixture(scope="module", params=[True, False], ids=["rope-5b-layout", "sincos-2b-layout"])
 def pipe(request):
-    from bachvid.pipeline import BachVidPipeline
     from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
 
     return BachVidPipeline(tiny_cogvideox_pipeline(rope=request.param, num_layers=3), model_name="tiny-test")
 
@@ -81,8 +81,8 @@ def test_new_actions_and_a_switched_background(pipe, settings, saved_file):
 
 
 def test_a_file_for_another_model_is_refused(saved_file):
-    from bachvid.pipeline import BachVidPipeline
     from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
 
     path, _ = saved_file
     other = BachVidPipeline(tiny_cogvideox_pipeline(rope=True, num_layers=2))
@@ -168,8 +168,8 @@ def test_the_file_holds_no_pickle_and_about_the_latents(pipe, settings, saved_fi
 
 @pytest.mark.slow
 def test_cli_saves_shows_and_uses_a_character(tmp_path, monkeypatch, capsys):
-    from bachvid.pipeline import BachVidPipeline
     from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
 
     tiny = BachVidPipeline(tiny_cogvideox_pipeline(num_layers=2), model_name="tiny-test")
     monkeypatch.setattr(cli, "_load_pipeline", lambda args: tiny)

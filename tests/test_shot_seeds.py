@@ -34,8 +34,8 @@ def test_the_shipped_toy_model_puts_shots_on_the_identity_seed():
 
 @pytest.mark.parametrize("policy, expected", [("identity", [3, 3]), ("own", [4, 5])])
 def test_generated_shots_use_the_policy_and_the_same_noise_gives_the_same_video(settings, policy, expected):
-    from bachvid.pipeline import BachVidPipeline
     from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+    from bachvid.pipeline import BachVidPipeline
 
     pipe = BachVidPipeline(tiny_cogvideox_pipeline(rope=True, num_layers=2), defaults={"shot_seeds": policy})
     story = make_story(actions=("stands still", "stands still", "jumps"))

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from bachvid.models import DEFAULT_MODEL_DIR
-from bachvid.pipeline import BachVidPipeline
 from bachvid.io.story import Shot, Story
 from bachvid.method.config import BachVidConfig
+from bachvid.models import DEFAULT_MODEL_DIR
+from bachvid.pipeline import BachVidPipeline
 from bachvid.toy import train, world
 
 

@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
+from bachvid.io.story import Shot, Story
 from bachvid.method.config import BachVidConfig
 from bachvid.pipeline import BachVidPipeline
-from bachvid.io.story import Shot, Story
 from bachvid.toy import train, world
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 

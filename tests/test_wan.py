@@ -7,12 +7,12 @@ branches are separate forwards: these tests cover each of those paths."""
 import numpy as np
 import pytest
 import torch
-from conftest import make_story
 
+from bachvid.backbones.tiny import tiny_wan_pipeline
 from bachvid.method.config import BachVidConfig
 from bachvid.method.identity import CachedIdentity
 from bachvid.method.plan import Injection, StepPlan, full_copy_injection
-from bachvid.backbones.tiny import tiny_wan_pipeline
+from conftest import make_story
 
 NUM_LAYERS = 3
 

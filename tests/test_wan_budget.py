@@ -95,11 +95,11 @@ def test_activation_model_matches_a_real_forward(ffn_ratio):
     Wan's fp32 modules (norms, time embedder, RoPE tables), counted tensor by tensor."""
     import torch
     from diffusers import WanTransformer3DModel
-    from test_budget import _live_peak
 
     from bachvid.backbones.wan import WanBachVidProcessor
     from bachvid.method.controller import Controller, VideoState
     from bachvid.method.plan import StepPlan
+    from test_budget import _live_peak
 
     heads, rows = 4, 2
     config = small_config(num_attention_heads=heads, attention_head_dim=128, num_layers=2, in_channels=16,

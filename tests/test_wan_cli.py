@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bachvid.cli import main
 from bachvid.backbones.tiny import tiny_wan_pipeline, words_of
+from bachvid.cli import main
 
 STORY = Path(__file__).resolve().parent.parent / "examples" / "story.txt"
 

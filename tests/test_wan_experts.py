@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
-from conftest import make_story
 
-from bachvid.method.config import BachVidConfig
 from bachvid.backbones.tiny import tiny_wan_pipeline
+from bachvid.method.config import BachVidConfig
+from conftest import make_story
 
 NUM_LAYERS = 3
 

@@ -7,13 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_story
 
-from bachvid.cli import main
-from bachvid.method.config import BachVidConfig
-from bachvid.io.identity_file import IdentityFileError
-from bachvid.pipeline import BachVidPipeline, GenerationSettings
 from bachvid.backbones.tiny import tiny_wan_pipeline, words_of
+from bachvid.cli import main
+from bachvid.io.identity_file import IdentityFileError
+from bachvid.method.config import BachVidConfig
+from bachvid.pipeline import BachVidPipeline, GenerationSettings
+from conftest import make_story
 
 STORY = Path(__file__).resolve().parent.parent / "examples" / "story.txt"
 

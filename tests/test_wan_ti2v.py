@@ -6,11 +6,11 @@ does not change the identity, doubled identity keys reproduce it, and the identi
 import numpy as np
 import pytest
 import torch
-from conftest import make_story
 
 from bachvid.method.config import BachVidConfig
 from bachvid.method.identity import CachedIdentity
 from bachvid.method.plan import Injection, StepPlan, full_copy_injection
+from conftest import make_story
 
 CHANNELS = 8  # 48 in the real model
 

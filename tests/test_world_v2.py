@@ -136,9 +136,9 @@ def test_renderer_workers_give_the_same_clips_in_order():
 def test_v2_smoke_recipe_exports_a_96px_model(tmp_path):
     import json
 
+    from bachvid.io.story import Shot, Story
     from bachvid.method.config import BachVidConfig
     from bachvid.pipeline import BachVidPipeline
-    from bachvid.io.story import Shot, Story
     from bachvid.toy import train
 
     code = train.main(["--world", "v2", "--scale", "smoke", "--work", str(tmp_path / "work"), "--out",

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .method.config import BachVidConfig  # noqa: E402
 from .io.story import Shot, Story, StoryError, load_stories  # noqa: E402
+from .method.config import BachVidConfig  # noqa: E402
 
 
 def __getattr__(name):

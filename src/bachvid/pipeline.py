@@ -31,10 +31,19 @@ from .backbones import BatchVideo, backbone_for
 from .method.config import BachVidConfig
 from .method.controller import Controller, VideoState
 from .method.mask import TextAttentionReader
-from .modes import (IDENTITY_MODES, SavedIdentity, ShotResult, StoryRun, guidance_kwargs, identity_config,
-                    identity_expectation, run_story, vanilla_videos)
 from .method.plan import Layers
 from .method.prompt import PromptSpans, PromptTooLong, token_spans
+from .modes import (
+    IDENTITY_MODES,
+    SavedIdentity,
+    ShotResult,
+    StoryRun,
+    guidance_kwargs,
+    identity_config,
+    identity_expectation,
+    run_story,
+    vanilla_videos,
+)
 
 DEFAULTS_FILE = "bachvid.json"  # optional per-model defaults: steps, guidance, fps; "bachvid": config knobs
 

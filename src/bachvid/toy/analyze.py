@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.prompt import FOREGROUND_SPANS as SPANS  # every span a mask may stand on
+
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 2) for i in range(10))  # steps 0, 3, ..., 27 of 30
 MATCH_TABLES = ("match_accuracy", "match_kept", "match_kept_accuracy")
 

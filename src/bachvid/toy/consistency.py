@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.outputs import contact_sheet
+from ..io.story import Shot, Story
 from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.config import BachVidConfig, parse_knob
-from ..io.outputs import contact_sheet
 from ..method.prompt import FOREGROUND_SPANS
-from ..io.story import Shot, Story
 from . import world
 from .evaluate import iou, score_clip
 

@@ -262,9 +262,9 @@ class X0Capture:
 
 
 def x0_errors(pipe, settings, predicted: dict, identity_frames, both) -> dict:
-    from .oracle import _to_uint8
-
     import torch
+
+    from .oracle import _to_uint8
 
     errors = {}
     with torch.inference_mode():

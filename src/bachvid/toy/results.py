@@ -300,8 +300,8 @@ class Bench:
     def _chunk(self, chunk: list[BenchStory], todo: dict[str, list[BenchStory]]) -> int:
         from ..method.controller import VideoState
         from ..method.identity import CachedIdentity
-        from ..modes import StoryRun
         from ..method.plan import PLAIN
+        from ..modes import StoryRun
 
         pipe = self.pipe
         needed = {s.name for ss in todo.values() for s in ss}

@@ -36,9 +36,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backbones.tiny import (
+    build_word_tokenizer,
+    cogvideox_scheduler,
+    tiny_text_encoder,
+    tiny_transformer,
+    tiny_umt5_encoder,
+    tiny_vae,
+    tiny_wan_transformer,
+    tiny_wan_vae,
+    wan_scheduler,
+)
 from ..method.prompt import PART_SEPARATOR, compose_prompt
-from ..backbones.tiny import (build_word_tokenizer, cogvideox_scheduler, tiny_text_encoder, tiny_transformer, tiny_umt5_encoder,
-                    tiny_vae, tiny_wan_transformer, tiny_wan_vae, wan_scheduler)
 from . import world
 
 TEXT_LENGTH = 24
