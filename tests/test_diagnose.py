@@ -127,3 +127,16 @@ def test_x0_capture_reads_each_backbones_scheduler(model):
         assert sorted(got[video]) == [0, 2]
         for step in got[video]:
             torch.testing.assert_close(got[video][step], expected[video][step])
+
+
+def test_the_table_says_how_many_stories_the_belt_rests_on():
+    def row(story, condition, belt):
+        return {"story": story, "condition": condition, "shot": 0, "bg_psnr": 20.0, "bg_mae": 5.0,
+                "hist_distance": 0.2, "accessory_kept": belt, "action_right": 1.0, "character_kept": 1.0}
+
+    rows = [row(s, c, 0.0 if s == "a" else None) for s in "abc" for c in (diagnose.BASELINE, "bachvid")]
+    summary = diagnose.summarise(rows)
+    assert summary["bachvid"]["belt_stories"] == 1 and summary["bachvid"]["stories"] == 3
+    assert "| 0.00 (n=1) |" in diagnose.markdown_table(summary, {})
+    everyone = [dict(r, accessory_kept=1.0) for r in rows]
+    assert "| 1.00 |" in diagnose.markdown_table(diagnose.summarise(everyone), {})
