@@ -95,8 +95,10 @@ class Cancels:
     def take(self, session: str) -> threading.Event:
         """When the queued generation starts: the oldest flag armed for it (a new one if none was)."""
         with self._lock:
-            waiting = self._waiting.get(session) or [threading.Event()]
-            flag = waiting.pop(0)
+            waiting = self._waiting.get(session)
+            flag = waiting.pop(0) if waiting else threading.Event()
+            if not waiting:
+                self._waiting.pop(session, None)
             self._running.setdefault(session, []).append(flag)
         return flag
 
@@ -113,6 +115,8 @@ class Cancels:
             running = self._running.get(session, [])
             if flag in running:
                 running.remove(flag)
+            if not running:
+                self._running.pop(session, None)  # a closed session leaves nothing behind
 
 
 def generate(studio: Studio, session: str, text: str, name: str, settings: dict, knobs: dict,
