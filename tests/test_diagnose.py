@@ -1,4 +1,7 @@
-"""The diagnosis harness's pure parts: belt reader, background error, bootstrap, conditions, stories."""
+"""The diagnosis harness: belt reader, background error, bootstrap, conditions, stories, and the
+shots' seeds a run uses."""
+
+import json
 
 import numpy as np
 import pytest
@@ -59,8 +62,32 @@ def test_conditions_and_stories():
         b = {v: k for k, v in world.BACKGROUNDS.items()}[story.identity.background]
         ch = {v: k for k, v in world.CHARACTERS.items()}[story.character]
         assert any(h[:2] == (b, ch) for h in held_out)
-    same = diagnose.IdentitySeedStory(**{f: getattr(stories[0], f) for f in stories[0].__dataclass_fields__})
-    assert same.shot_seed(2, 7) == 7 and stories[0].shot_seed(2, 7) == 10
+
+
+@pytest.mark.slow
+def test_conditions_choose_the_shots_seeds_whatever_the_models_default(tmp_path, monkeypatch):
+    """The toy model's default puts shots on the identity's seed; diagnose's rows say which they
+    used, so BachVid conditions run on their own seeds unless marked identity_seed (an earlier
+    version crashed on identity_seed)."""
+    from bachvid.pipeline import BachVidPipeline
+
+    seen = {}
+    generate = BachVidPipeline.generate
+
+    def spy(self, story, settings, config, **kw):
+        results = list(generate(self, story, settings, config, **kw))
+        seen[config.background_latents_until] = (settings.shot_seeds, [r.seed for r in results])
+        return iter(results)
+
+    monkeypatch.setattr(BachVidPipeline, "generate", spy)
+    args = ["--stories", "1", "--steps", "3", "--out", str(tmp_path), "--threads", "1", "--conditions", "bachvid",
+            "--condition", "locked:identity_seed=1;background_latents_until=0.5"]
+    assert diagnose.main(args) == 0
+    own, identity = seen[0.0], seen[0.5]
+    assert own[0] == "own" and len(set(own[1])) == 4
+    assert identity[0] == "identity" and set(identity[1]) == {identity[1][0]}
+    rows = [json.loads(line) for f in tmp_path.glob("rows-*.jsonl") for line in f.read_text().splitlines()]
+    assert {r["condition"] for r in rows} == {"bachvid", "locked"} and len(rows) == 6
 
 
 def test_foreground_logit_bias_reweighs_only_the_foreground_injection():

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .backbones import BatchVideo
+from .method.background_lock import BackgroundLocks, background_lock
 from .method.config import BachVidConfig
 from .method.controller import VideoState
 from .method.identity import CachedIdentity, LiveIdentity
@@ -330,9 +331,12 @@ class StoryRun:
         return [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
                 for state in states]
 
-    def real_runs(self, shots: list[Video], identity: Video, identity_fg, readings, *, cache=None, replay=None):
+    def real_runs(self, shots: list[Video], identity: Video, identity_fg, readings, *, cache=None, replay=None,
+                  trajectory: list[torch.Tensor] | None = None):
         """The shots' real runs from their noise; with neither cache nor replay the identity is denoised
-        in the same batch (lockstep) and its latents come back first."""
+        in the same batch (lockstep) and its latents come back first. `trajectory` (the identity's
+        latent before every step, then its final one) is what a background lock follows where the
+        identity is not denoised in the batch."""
         source, row = self._source(identity, identity_fg, cache, replay, prerun=False)
         states, plan_fns = [], []
         probe = self.instruments.probe or (lambda video: None)
@@ -346,8 +350,25 @@ class StoryRun:
                 state.plan = plans(i)
             return ([row[1](i)] if row else []) + [(state, None) for state in states]
 
-        latents = self._denoise(batch, step_states, label="shots")
-        return latents
+        return self._denoise(batch, step_states, on_step_end=self._locks(identity_fg, readings, row, cache, trajectory),
+                             label="shots")
+
+    def _locks(self, identity_fg, readings, row, cache, trajectory) -> BackgroundLocks | None:
+        """The shots' background locks (None: no shot has one). The identity's latent after step i is
+        its trajectory's, or, denoised in this batch (lockstep), its row's."""
+        if trajectory is None and cache is not None:
+            trajectory = cache.trajectory
+        live = row is not None and trajectory is None
+        first, rows = (1 if row else 0), {}
+        for k, (fg, _) in enumerate(readings):
+            lock = background_lock(self.config, identity_fg, fg, self.settings.num_inference_steps)
+            if lock is None:
+                continue
+            if trajectory is None and not live:
+                raise ValueError("a background lock needs the identity's latents at every step; this identity "
+                                 "was made without them (make it again with the same config)")
+            rows[first + k] = (lock, (lambda i, latents: latents[0]) if live else (lambda i, _: trajectory[i + 1]))
+        return BackgroundLocks(rows, self.backbone.latent_mask) if rows else None
 
 
 def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: int, shots: list[int],
@@ -382,16 +403,23 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         return
     stride = run.prerun_stride()
     prerun_steps = (run.maker.schedule.prerun_steps - 1) // stride + 1  # run by each shot's pre-run
-    cache = None
+    cache, trajectory = None, None  # trajectory: the identity's latents before every step, then its final ones
     if saved is not None:
         latents, identity_fg, replay = saved.final.to(pipe.backbone.pipe._execution_device), saved.foreground, \
             saved.latents
+        trajectory = replay + [latents]
         identity_stats = {"identity_mode": mode, "identity_bytes": saved.nbytes, "identity_file": saved.path,
                           "identity_content_hash": saved.content_hash}
     else:
         cache = CachedIdentity(text_length=pipe.backbone.joint_text_length) if mode == "cache" else None
         alone_steps = run.maker.schedule.prerun_steps if mode == "lockstep" and shots else None
-        latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps, keep_latents=mode != "cache")
+        locking = config.background_latents_until > 0 and mode == "cache"  # a lock follows the kept latents
+        latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps,
+                                                          keep_latents=mode != "cache" or locking)
+        if locking:
+            cache.trajectory, replay = replay + [latents], None
+        elif mode == "replay":
+            trajectory = replay + [latents]
         if run.instruments.readings is not None:
             if mode == "lockstep":
                 raise ValueError("oracle readings need the identity's final video: use cache or replay mode")
@@ -414,7 +442,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         if run.instruments.readings is not None:
             readings = [run.instruments.readings.shot(v, fg, m, identity_fg) for v, (fg, m) in zip(videos, readings)]
         real = {"cache": cache} if mode == "cache" else {"replay": replay} if mode == "replay" else {}
-        outs = run.real_runs(videos, identity, identity_fg, readings, **real)
+        outs = run.real_runs(videos, identity, identity_fg, readings, trajectory=trajectory, **real)
         if mode == "lockstep":
             identity_latents, outs = outs[0], outs[1:]
             if pending_identity is not None:

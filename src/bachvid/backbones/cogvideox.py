@@ -160,6 +160,12 @@ class CogVideoXBackbone:
         spatial = self.pipe.vae_scale_factor_spatial * p
         return latent_frames, height // spatial, width // spatial
 
+    def latent_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A token-grid mask (F, h, w) as a mask over the latents (1, F, 1, H, W): each token's patch."""
+        p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t or 1
+        grid = tokens.repeat_interleave(p_t, 0).repeat_interleave(p, 1).repeat_interleave(p, 2)
+        return grid[None, :, None]
+
     # Attention hooks -------------------------------------------------------------------------
     def install(self, controller: Controller) -> None:
         self.controller = controller

@@ -222,6 +222,12 @@ class WanBackbone:
         spatial = self.pipe.vae_scale_factor_spatial
         return latent_frames // p_t, height // spatial // p_h, width // spatial // p_w
 
+    def latent_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A token-grid mask (F, h, w) as a mask over the latents (1, 1, F, H, W): each token's patch."""
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        grid = tokens.repeat_interleave(p_t, 0).repeat_interleave(p_h, 1).repeat_interleave(p_w, 2)
+        return grid[None, None]
+
     # Attention hooks -------------------------------------------------------------------------
     def install(self, controller: Controller) -> None:
         self.controller = controller

@@ -31,6 +31,10 @@ class BachVidConfig:
     """Beyond the paper: token merge also blends background-in-both tokens toward the identity's
     token at the same position, with this multiple of the merge weight (the paper's merge blends
     matched character tokens only). 0 is the paper. Needs shared_background and token_merge."""
+    background_latents_until: float = 0.0
+    """Beyond the paper: until this fraction of the schedule, a shot's latents at background-in-both
+    tokens are set to the identity's latents of the same step after every step (see
+    `background_lock`). 0 is the paper. Needs shared_background; assumes a still camera."""
     injected_logit_bias: float = 0.0
     """Added to the attention logits of every injected identity key. 0 is the paper's plain
     concatenation; b > 0 weighs each injected key e^b times (beyond the paper: a strength knob)."""
@@ -101,6 +105,8 @@ class BachVidConfig:
             raise ValueError("foreground_logit_bias must be a finite number (or None)")
         if not 0.0 <= self.background_merge <= 1.0:
             raise ValueError("background_merge is a multiple of the merge weight and must lie in [0, 1]")
+        if not 0.0 <= self.background_latents_until <= 1.0:
+            raise ValueError("background_latents_until is a fraction of the schedule and must lie in [0, 1]")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:

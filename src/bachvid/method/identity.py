@@ -49,6 +49,9 @@ class CachedIdentity:
         self.foreground: torch.Tensor | None = None
         self._kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._out: dict[tuple[int, int], torch.Tensor] = {}
+        self.trajectory: list[torch.Tensor] | None = None
+        """The identity's latent before every step, then its final one: kept only for a background
+        lock (`background_lock`), which sets shots' background latents to them."""
 
     @staticmethod
     def _store(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +88,7 @@ class CachedIdentity:
 
     @property
     def nbytes(self) -> int:
-        tensors = [t for kv in self._kv.values() for t in kv] + list(self._out.values())
+        tensors = [t for kv in self._kv.values() for t in kv] + list(self._out.values()) + (self.trajectory or [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +117,6 @@ def parse_condition(text: str) -> Condition:
 
 
 # Stories ----------------------------------------------------------------------------------------
-
-class IdentitySeedStory(Story):
-    """A story whose shots all use the identity's seed."""
-
-    def shot_seed(self, index: int, base_seed: int) -> int:
-        return base_seed
-
 
 def diagnosis_stories(count: int, seed: int) -> list[Story]:
     """`count` shared-background stories from held-out combinations: the background and character
@@ -333,9 +326,7 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                            "action": action_key(shot.action), **row})
                 continue
             config = condition.config(pipe)
-            run_of = story
-            if condition.identity_seed:
-                run_of = IdentitySeedStory(**{f.name: getattr(story, f.name) for f in fields(Story)})
+            shot_settings = replace(settings, shot_seeds="identity" if condition.identity_seed else "own")
             readings = TruthReadings(pipe, settings, masks=condition.oracle_masks, matches=condition.oracle_matches,
                                      cache=cache)
             masses = MassProbe(shared_background=config.shared_background)
@@ -347,7 +338,7 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                 armed["count"] += 1
                 return masses(video)
 
-            results = list(pipe.generate(run_of, settings, config, identity_mode="cache",
+            results = list(pipe.generate(story, shot_settings, config, identity_mode="cache",
                                          group=len(story.shots), progress=False,
                                          instruments=Instruments(readings=readings, probe=probe)))
             seconds = time.perf_counter() - start
@@ -640,10 +631,9 @@ def main(argv=None) -> int:
     index, count = int(index), int(count or 1)
     quiet_loading_bars_off_terminal()
     pipe = BachVidPipeline.from_pretrained(args.model)
-    settings = pipe.default_settings()
+    # Shots on their own seeds unless a condition says otherwise, whatever the model's default.
+    settings = replace(pipe.default_settings(), shot_seeds="own")
     if args.steps:
-        from dataclasses import replace
-
         settings = replace(settings, num_inference_steps=args.steps)
     rows_path = out / f"rows-{args.seed}-{index}of{count}.jsonl"
     done = set()

@@ -330,9 +330,11 @@ class Bench:
             else:
                 w["identity_frames"] = frames
         if items:
-            latents, _ = self._denoise(items)
-            for (_, state, _, (_, name)), lat in zip(items, latents):
+            after = [[] for _ in items]  # each identity's latent after every step (background locks follow it)
+            latents, _ = self._denoise(items, on_step_end=lambda i, lats: [a.append(x) for a, x in zip(after, lats)])
+            for (_, state, _, (_, name)), lat, trajectory in zip(items, latents, after):
                 w = work[name]
+                w["identity_after"] = trajectory
                 w["identity_frames"] = w["run"].frames(lat)
                 w["identity_latents"] = lat
                 if with_bachvid:
@@ -359,7 +361,7 @@ class Bench:
                 made += 1
         return made
 
-    def _denoise(self, items, run_steps=None):
+    def _denoise(self, items, run_steps=None, on_step_end=None):
         """items: (BatchVideo, VideoState, plans, tag); one batched denoising call. (latents, seconds)."""
         s = self.base
         start = time.perf_counter()
@@ -372,7 +374,7 @@ class Bench:
         latents = self.pipe.backbone.denoise(
             [v for v, _, _, _ in items], num_frames=s.num_frames, height=s.height, width=s.width,
             num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale, step_states=step_states,
-            run_steps=run_steps)
+            run_steps=run_steps, on_step_end=on_step_end)
         return latents, time.perf_counter() - start
 
     def _vanilla(self, condition: Condition, ws: list[dict]):
@@ -408,6 +410,7 @@ class Bench:
         return truth, fg
 
     def _bachvid(self, condition: Condition, ws: list[dict]):
+        from ..method.background_lock import BackgroundLocks, background_lock
         from ..method.controller import VideoState
         from ..method.match import MatchAccumulator
         from ..modes import StoryRun
@@ -440,7 +443,7 @@ class Bench:
             for (_, state, _, _), p in zip(items, owners):
                 read = (state.mask_reader.mask(p["run"].grid, p["config"].mask_open_kernel), state.matcher.result())
                 p["w"]["preruns"][p["prerun"]]["readings"].append(read)
-        items = []
+        items, locks = [], {}
         for p in per:
             pre = p["w"]["preruns"][p["prerun"]]
             readings = pre["readings"]
@@ -450,10 +453,13 @@ class Bench:
             p["readings"] = readings
             prerun_seconds[id(p)] = pre["seconds"]
             for v, (fg, matches) in zip(p["w"]["shots"], readings):
+                lock = background_lock(p["config"], p["identity_fg"], fg, self.base.num_inference_steps)
+                if lock is not None:
+                    locks[len(items)] = (lock, lambda i, _, after=p["w"]["identity_after"]: after[i])
                 items.append((condition.shot_video(v, p["w"]["identity"]), VideoState(source=p["w"]["record"]),
                               p["run"].maker.shot_plans(p["identity_fg"], fg, matches), None))
         start = time.perf_counter()
-        latents, _ = self._denoise(items)
+        latents, _ = self._denoise(items, on_step_end=BackgroundLocks(locks, self.pipe.backbone.latent_mask) or None)
         frames = [per[0]["run"].frames(lat) for lat in latents]
         seconds = (time.perf_counter() - start) / len(items)
         outs, k = [], 0
