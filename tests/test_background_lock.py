@@ -122,3 +122,19 @@ def test_wan_latent_mask_covers_the_patch_of_that_token():
 
     assert changed_tokens(embed, latents, backbone.latent_mask(tokens)) == [
         (index[0] * grid[1] + index[1]) * grid[2] + index[2]]
+
+
+def test_wan_locks_through_its_multistep_scheduler():
+    """UniPC keeps earlier steps' state; a lock to the end still leaves the identity's background."""
+    from bachvid.pipeline import BachVidPipeline, GenerationSettings
+
+    pipe = BachVidPipeline(tiny_wan_pipeline(num_layers=2))
+    settings = GenerationSettings(seed=0, num_inference_steps=6, num_frames=9, height=32, width=32,
+                                  guidance_scale=6.0)
+    identity, *shots = run(pipe, settings, background_latents_until=1.0)
+    replayed = run(pipe, settings, "replay", 1, background_latents_until=1.0)
+    for shot, again in zip(shots, replayed[1:]):
+        where, keep = locked_latents(pipe, identity, shot)
+        assert 0 < keep.sum() < keep.numel()
+        assert torch.equal(shot.latents[where], identity.latents[where])
+        assert (shot.latents - again.latents).abs().max() <= 1e-5

@@ -305,21 +305,28 @@ def test_evaluate_scores_a_generate_folder(tmp_path, capsys):
 
 
 def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tmp_path):
+    """... and so is the background lock's row, with the lock in the config; the table says what it adds."""
     from bachvid.pipeline import BachVidPipeline
 
     out = tmp_path / "results"
-    args = ["--stories", "1", "--shots", "1", "--steps", "4", "--out", str(out), "--conditions",
-            "vanilla-idseed,bachvid-idseed", "--batch", "1", "--resamples", "50", "--sheet-stories", "1"]
+    args = ["--stories", "2", "--shots", "1", "--steps", "4", "--out", str(out), "--conditions",
+            "vanilla-idseed,bachvid-idseed,bg-lock", "--batch", "2", "--resamples", "50", "--sheet-stories", "1"]
     assert results.main(args) == 0
-    bench = results.benchmark_stories(1, shots=1)[0]
+    bench = results.benchmark_stories(2, shots=1)[0]
+    assert bench.shared  # the lock acts on shared backgrounds only
     pipe = BachVidPipeline.from_pretrained()
     settings = replace(pipe.default_settings(), num_inference_steps=4)
     story = replace(bench.story(), shot_seeds="identity")
-    made = list(pipe.generate(story, settings.for_story(story), pipe.default_config(), identity_mode="cache",
-                              progress=False))
-    assert made[1].seed == made[0].seed
-    saved = np.load(out / "videos" / bench.name / "bachvid-idseed.npz")["frames"]
-    assert np.abs(made[1].frames.astype(int) - saved[0].astype(int)).max() <= 2
+    for condition, config in (("bachvid-idseed", pipe.default_config()),
+                              ("bg-lock", pipe.default_config(background_latents_until=results.BACKGROUND_LOCK))):
+        made = list(pipe.generate(story, settings.for_story(story), config, identity_mode="cache", progress=False))
+        assert made[1].seed == made[0].seed
+        saved = np.load(out / "videos" / bench.name / f"{condition}.npz")["frames"]
+        assert np.abs(made[1].frames.astype(int) - saved[0].astype(int)).max() <= 2, condition
+    locked = np.load(out / "videos" / bench.name / "bg-lock.npz")["frames"]
+    unlocked = np.load(out / "videos" / bench.name / "bachvid-idseed.npz")["frames"]
+    assert np.abs(locked.astype(int) - unlocked.astype(int)).max() > 2
+    assert "| background lock, on BachVid with shots on the identity's seed |" in (out / "table.md").read_text()
 
 
 def test_records_know_the_model_by_its_weights_not_its_folder(tmp_path, capsys):

@@ -22,6 +22,7 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | paper-merge | BachVid, the paper's token merge (background_merge 0) |
 | bachvid-idseed | BachVid, shots on the identity's seed |
 | fg-full | BachVid, foreground injection on at the paper's strength (for a model whose config weakens it: toy-wan) |
+| bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with bachvid-idseed |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
@@ -76,6 +77,12 @@ PARTS = {"no-bg": "the shared background (its injection and its merge)", "no-fg"
 # attention-read masks or matches), the microscope's answer to "are the readings the bottleneck?".
 TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "true matches instead of read ones",
           "oracle-both": "true masks and matches"}
+# Options beyond the paper that are off in the model's config: what one adds is the condition minus
+# the condition it is added to (same seeds), paired over stories.
+OPTIONS = {"bg-lock": ("bachvid-idseed", "background lock, on BachVid with shots on the identity's seed")}
+BACKGROUND_LOCK = 0.5
+"""The background lock the bg-lock condition measures (background_latents_until), chosen on the
+diagnosis stories (docs/DIAGNOSIS.md, "A background lock")."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +131,11 @@ CONDITIONS = {c.name: c for c in (
     Condition("bachvid-idseed", "BachVid, shots on the identity's seed (the toy model's default)", seeds="identity"),
     Condition("fg-full", "BachVid, foreground injection at the paper's full strength",
               changes={"foreground_injection": True, "foreground_logit_bias": None}),
+    Condition("bg-lock", f"BachVid + background lock (background_latents_until {BACKGROUND_LOCK}), shots on the "
+              "identity's seed", changes={"background_latents_until": BACKGROUND_LOCK}, seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "bg-lock"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
@@ -539,6 +548,9 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
                 full = np.array([values["bachvid"][metric].get(n, np.nan) for n in names])
                 with_, without = (full, column) if c in PARTS else (column, full)
                 m["part adds"] = paired_bootstrap(with_, without, resamples, seed)
+            elif c in OPTIONS and OPTIONS[c][0] in values and metric in values[OPTIONS[c][0]]:
+                reference = np.array([values[OPTIONS[c][0]][metric].get(n, np.nan) for n in names])
+                m["part adds"] = paired_bootstrap(column, reference, resamples, seed)
             entry["metrics"][metric] = m
         oracle = [e for r in records if r["condition"] == c for e in r.get("oracle_log") or []]
         if oracle:
@@ -604,15 +616,17 @@ def markdown_table(summary: dict) -> str:
     ns = {m: max((e["metrics"].get(m, {}).get("n", 0) for e in summary["conditions"].values()), default=0)
           for m in METRICS}
     notes.append("Stories scored per metric: " + ", ".join(f"{METRIC_LABELS[m]} {ns[m]}" for m in METRICS) + ".")
-    parts = [c for c in summary["conditions"] if c in PARTS or c in TRUTHS]
+    parts = [c for c in summary["conditions"] if c in PARTS or c in TRUTHS or c in OPTIONS]
     if parts:
         notes += ["", "| what it adds to BachVid (own seeds), paired: a part (BachVid minus BachVid with it off), "
-                      "the truth (the oracle run minus BachVid) | "
+                      "the truth (the oracle run minus BachVid), an option beyond the paper (the run with it minus "
+                      "the same run without it) | "
                       + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
-        for c in sorted(parts, key=lambda c: c in TRUTHS):
+        for c in sorted(parts, key=lambda c: (c in TRUTHS, c in OPTIONS)):
             cells = [format_delta(m, summary["conditions"][c]["metrics"].get(m, {}).get("part adds")) or "-"
                      for m in METRICS]
-            notes.append(f"| {PARTS.get(c) or TRUTHS[c]} | " + " | ".join(cells) + " |")
+            label = PARTS.get(c) or TRUTHS.get(c) or OPTIONS[c][1]
+            notes.append(f"| {label} | " + " | ".join(cells) + " |")
     readings = {c: e["attention_readings"] for c, e in summary["conditions"].items() if "attention_readings" in e}
     if readings:
         notes += ["", "| attention readings vs truth (logged in oracle runs) | identity mask IoU | shot mask IoU | "
