@@ -346,3 +346,15 @@ def test_records_know_the_model_by_its_weights_not_its_folder(tmp_path, capsys):
         results.Bench(retrained, tmp_path).check(stories)
     message = str(refused.value)
     assert "'model'" in message and "'steps'" not in message  # names what differs, only that
+
+
+def test_records_made_before_a_knob_existed_count_as_its_default():
+    from bachvid.method.config import BachVidConfig
+
+    now = {"model": "sha256:x", "steps": 30, "config": results._jsonable(BachVidConfig(background_merge=1.0).to_dict())}
+    old = {**now, "config": {k: v for k, v in now["config"].items() if k != "background_latents_until"}}
+    assert results.with_new_knobs(old) == now
+    locked = {**now, "config": {**now["config"], "background_latents_until": 0.5}}
+    assert results.with_new_knobs(old) != locked  # a config that sets the new knob is another config
+    other = {**old, "config": {**old["config"], "background_merge": 0.0}}
+    assert results.with_new_knobs(other) != now  # knobs the record has are compared as they are

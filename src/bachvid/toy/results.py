@@ -267,9 +267,9 @@ class Bench:
     def check(self, stories: list[BenchStory]) -> None:
         specs = {s.name: s.spec() for s in stories}
         for r in self.records():
-            if r["fingerprint"] != self.fingerprint:
-                differ = {k: (r["fingerprint"].get(k), v) for k, v in self.fingerprint.items()
-                          if r["fingerprint"].get(k) != v}
+            recorded = with_new_knobs(r["fingerprint"])
+            if recorded != self.fingerprint:
+                differ = {k: (recorded.get(k), v) for k, v in self.fingerprint.items() if recorded.get(k) != v}
                 raise SystemExit(f"{self.records_file} was made with other settings (then, now: {differ}): "
                                  "remove it or pick another --out")
             if r["story"] in specs and r["spec"] != specs[r["story"]]:
@@ -504,6 +504,19 @@ class Bench:
         if extra.get("oracle_log") is not None:
             record["oracle_log"] = extra["oracle_log"]
         self._append(record)
+
+
+def with_new_knobs(fingerprint: dict) -> dict:
+    """A record's fingerprint with the BachVid knobs added since it was made, at their defaults: a
+    record made before a knob existed was made with what the knob's default does (knobs beyond the
+    paper default to off), so it still counts for a config that leaves the knob there."""
+    from ..method.config import BachVidConfig
+
+    defaults = _jsonable(BachVidConfig().to_dict())
+    config = fingerprint.get("config")
+    if not isinstance(config, dict):
+        return fingerprint
+    return {**fingerprint, "config": {**{k: v for k, v in defaults.items() if k not in config}, **config}}
 
 
 def _jsonable(value):
