@@ -278,6 +278,23 @@ def test_shot_seeds_identity_puts_every_shot_on_the_identity_seed(tmp_path, spy)
     assert manifest["story"]["shot_seeds"] == "identity"
 
 
+def test_set_takes_a_bachvid_knob_over_the_models_config(tmp_path, spy):
+    assert run(tmp_path, "--set", "background_latents_until=0.5", "--set", "vital_layers=[0]") == 0
+    config = spy.calls[-1][-1]
+    assert config.background_latents_until == 0.5 and config.vital_layers == (0,)
+    assert config.mask_layers == (1,)  # the model's calibrated knob stays
+    manifest = json.loads((tmp_path / "out" / "story-000" / "manifest.json").read_text())
+    assert manifest["recipe"]["config"]["background_latents_until"] == 0.5
+
+
+@pytest.mark.parametrize("knob,message", [("nope=1", "expected KNOB=VALUE with a BachVidConfig knob"),
+                                          ("background_latents_until=2", "must lie in [0, 1]")])
+def test_bad_knobs_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, knob, message):
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    assert run(tmp_path, "--set", knob) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bad_settings_are_refused_for_every_story_before_anything_is_made(tmp_path, spy, capsys):
     assert run(tmp_path, "--height", "33") == 2
     err = capsys.readouterr().err

@@ -115,6 +115,9 @@ def add_generate(sub) -> None:
     p.add_argument("--shot-seeds", choices=("own", "identity"), default=None,
                    help="shots' noise: own (seed + 1 + i) or the identity's seed for every shot; beats the "
                         "story's shot_seeds")
+    p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", dest="knobs",
+                   help="a BachVid knob over the model's config (repeatable), e.g. background_latents_until=0.5 "
+                        "for the background lock; knobs: bachvid.method.config.BachVidConfig")
     p.add_argument("--identity-mode", choices=IDENTITY_MODE_CHOICES, default="auto",
                    help="how shots read the identity, all giving the same videos: cache (keeps its keys/values; "
                         "small models), replay (keeps its latents), lockstep (keeps nothing); auto: cache when "
@@ -313,6 +316,13 @@ def _generate(args) -> int:
         stories = load_stories(args.story_file)
     except StoryError as error:
         return _fail([error])
+    from .method.config import BachVidConfig, parse_knob
+
+    try:  # bad knobs are refused before the model's seconds
+        knobs = dict(parse_knob(text) for text in args.knobs)
+        BachVidConfig(**knobs)
+    except (TypeError, ValueError) as error:
+        return _fail([error])
     out = Path(args.out)
     if reason := _unwritable(out, [out / story.name for story in stories]):  # before the model's seconds
         return _fail([reason])
@@ -330,7 +340,11 @@ def _generate(args) -> int:
     if errors:
         return _fail(errors)
 
-    config = pipe.default_config(enabled=not args.no_bachvid, shared_background=not args.no_shared_background)
+    try:
+        config = pipe.default_config(**{"enabled": not args.no_bachvid,
+                                        "shared_background": not args.no_shared_background, **knobs})
+    except ValueError as error:  # a knob that does not go with the model's config
+        return _fail([error])
     flags = {name: getattr(args, name) for name in SETTING_FLAGS}
     saved = None
     if args.identity is not None:

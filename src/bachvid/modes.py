@@ -84,8 +84,9 @@ class Video:
 
 # Config fields a saved identity does not depend on: free-form notes, whether shots take the
 # identity's background (the identity pass is the same either way; a story decides per run), and
-# how strongly shots weigh the injected character (files saved before the knob existed still load).
-_FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias")
+# how strongly shots weigh the injected character, and whether shots lock their background to the
+# identity's saved latents (files saved before these knobs existed still load).
+_FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias", "background_latents_until")
 
 
 def identity_config(config: BachVidConfig) -> dict:
