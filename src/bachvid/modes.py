@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from .backbones import BatchVideo
-from .method.background_lock import BackgroundLocks, background_lock
 from .method.config import BachVidConfig
 from .method.controller import VideoState
 from .method.identity import CachedIdentity, LiveIdentity
+from .method.latent_lock import LatentLocks, shot_locks
 from .method.mask import MaskReader
 from .method.match import MatchAccumulator, Matches
 from .method.plan import PlanMaker, StepPlan
@@ -84,9 +84,10 @@ class Video:
 
 # Config fields a saved identity does not depend on: free-form notes, whether shots take the
 # identity's background (the identity pass is the same either way; a story decides per run), and
-# how strongly shots weigh the injected character, and whether shots lock their background to the
-# identity's saved latents (files saved before these knobs existed still load).
-_FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias", "background_latents_until")
+# how strongly shots weigh the injected character, and whether shots lock latents to the identity's
+# saved ones (files saved before these knobs existed still load).
+_FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias", "background_latents_until",
+                       "character_latents_until")
 
 
 def identity_config(config: BachVidConfig) -> dict:
@@ -354,22 +355,22 @@ class StoryRun:
         return self._denoise(batch, step_states, on_step_end=self._locks(identity_fg, readings, row, cache, trajectory),
                              label="shots")
 
-    def _locks(self, identity_fg, readings, row, cache, trajectory) -> BackgroundLocks | None:
-        """The shots' background locks (None: no shot has one). The identity's latent after step i is
-        its trajectory's, or, denoised in this batch (lockstep), its row's."""
+    def _locks(self, identity_fg, readings, row, cache, trajectory) -> LatentLocks | None:
+        """The shots' latent locks (None: no shot has one). The identity's latent after step i is its
+        trajectory's, or, denoised in this batch (lockstep), its row's."""
         if trajectory is None and cache is not None:
             trajectory = cache.trajectory
         live = row is not None and trajectory is None
         first, rows = (1 if row else 0), {}
-        for k, (fg, _) in enumerate(readings):
-            lock = background_lock(self.config, identity_fg, fg, self.settings.num_inference_steps)
-            if lock is None:
+        for k, (fg, matches) in enumerate(readings):
+            locks = shot_locks(self.config, identity_fg, fg, matches, self.settings.num_inference_steps)
+            if not locks:
                 continue
             if trajectory is None and not live:
-                raise ValueError("a background lock needs the identity's latents at every step; this identity "
+                raise ValueError("a latent lock needs the identity's latents at every step; this identity "
                                  "was made without them (make it again with the same config)")
-            rows[first + k] = (lock, (lambda i, latents: latents[0]) if live else (lambda i, _: trajectory[i + 1]))
-        return BackgroundLocks(rows, self.backbone.latent_mask) if rows else None
+            rows[first + k] = (locks, (lambda i, latents: latents[0]) if live else (lambda i, _: trajectory[i + 1]))
+        return LatentLocks(rows, self.backbone) if rows else None
 
 
 def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: int, shots: list[int],
@@ -414,7 +415,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
     else:
         cache = CachedIdentity(text_length=pipe.backbone.joint_text_length) if mode == "cache" else None
         alone_steps = run.maker.schedule.prerun_steps if mode == "lockstep" and shots else None
-        locking = config.background_latents_until > 0 and mode == "cache"  # a lock follows the kept latents
+        locking = mode == "cache" and (config.background_latents_until > 0 or config.character_latents_until > 0)
         latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps,
                                                           keep_latents=mode != "cache" or locking)
         if locking:

@@ -160,11 +160,20 @@ class CogVideoXBackbone:
         spatial = self.pipe.vae_scale_factor_spatial * p
         return latent_frames, height // spatial, width // spatial
 
-    def latent_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A token-grid mask (F, h, w) as a mask over the latents (1, F, 1, H, W): each token's patch."""
+    def latent_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (1, F, C, H, W) as one row per video token (N, p_t*C*p*p), in the token order the
+        patch embedding makes (frame, row, column)."""
         p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t or 1
-        grid = tokens.repeat_interleave(p_t, 0).repeat_interleave(p, 1).repeat_interleave(p, 2)
-        return grid[None, :, None]
+        b, f, c, h, w = latents.shape
+        x = latents.reshape(b, f // p_t, p_t, c, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5, 7)
+        return x.reshape(b * (f // p_t) * (h // p) * (w // p), -1)
+
+    def tokens_to_latents(self, tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The inverse of `latent_tokens`, shaped like `like`."""
+        p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t or 1
+        b, f, c, h, w = like.shape
+        x = tokens.reshape(b, f // p_t, h // p, w // p, p_t, c, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
+        return x.reshape(like.shape)
 
     # Attention hooks -------------------------------------------------------------------------
     def install(self, controller: Controller) -> None:

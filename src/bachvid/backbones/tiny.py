@@ -105,8 +105,10 @@ def tiny_transformer(
     latent_size: int = 8,
     frames: int = 9,
     seed: int = 0,
+    patch_size_t: int | None = None,
 ):
-    """CogVideoX transformer in the 5B layout (rope=True: 3D RoPE) or the 2B layout (sin-cos positions)."""
+    """CogVideoX transformer in the 5B layout (rope=True: 3D RoPE) or the 2B layout (sin-cos positions);
+    patch_size_t=2: CogVideoX 1.5's temporal patches (with RoPE, no patch bias)."""
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
@@ -124,7 +126,9 @@ def tiny_transformer(
         patch_size=2,
         temporal_compression_ratio=4,
         max_text_seq_length=text_length,
-        use_rotary_positional_embeddings=rope,
+        use_rotary_positional_embeddings=rope or patch_size_t is not None,
+        patch_size_t=patch_size_t,
+        patch_bias=patch_size_t is None,
     ).eval()
 
 
@@ -147,13 +151,16 @@ def cogvideox_scheduler():
     )
 
 
-def tiny_cogvideox_pipeline(*, rope: bool = True, num_layers: int = 4, text_length: int = 16, seed: int = 0, words=()):
-    """A random CogVideoX pipeline small enough for CPU tests: 32x32 pixels, 9 frames, 48 video tokens."""
+def tiny_cogvideox_pipeline(*, rope: bool = True, num_layers: int = 4, text_length: int = 16, seed: int = 0, words=(),
+                            patch_size_t: int | None = None):
+    """A random CogVideoX pipeline small enough for CPU tests: 32x32 pixels, 9 frames, 48 video tokens
+    (patch_size_t=2: the CogVideoX 1.5 layout)."""
     from diffusers import CogVideoXPipeline
 
     tokenizer = build_word_tokenizer(list(BASIC_WORDS) + list(words), model_max_length=text_length)
     text_encoder = tiny_text_encoder(len(tokenizer), seed=seed)
-    transformer = tiny_transformer(rope=rope, num_layers=num_layers, text_length=text_length, seed=seed + 1)
+    transformer = tiny_transformer(rope=rope, num_layers=num_layers, text_length=text_length, seed=seed + 1,
+                                   patch_size_t=patch_size_t)
     vae = tiny_vae(seed=seed + 2)
     return CogVideoXPipeline(
         tokenizer=tokenizer,

@@ -222,11 +222,20 @@ class WanBackbone:
         spatial = self.pipe.vae_scale_factor_spatial
         return latent_frames // p_t, height // spatial // p_h, width // spatial // p_w
 
-    def latent_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A token-grid mask (F, h, w) as a mask over the latents (1, 1, F, H, W): each token's patch."""
+    def latent_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (1, C, F, H, W) as one row per video token (N, C*p_t*p_h*p_w), in the token order
+        the patch embedding makes (frame, row, column)."""
         p_t, p_h, p_w = self.transformer.config.patch_size
-        grid = tokens.repeat_interleave(p_t, 0).repeat_interleave(p_h, 1).repeat_interleave(p_w, 2)
-        return grid[None, None]
+        b, c, f, h, w = latents.shape
+        x = latents.reshape(b, c, f // p_t, p_t, h // p_h, p_h, w // p_w, p_w).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return x.reshape(b * (f // p_t) * (h // p_h) * (w // p_w), -1)
+
+    def tokens_to_latents(self, tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The inverse of `latent_tokens`, shaped like `like`."""
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        b, c, f, h, w = like.shape
+        x = tokens.reshape(b, f // p_t, h // p_h, w // p_w, c, p_t, p_h, p_w).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return x.reshape(like.shape)
 
     # Attention hooks -------------------------------------------------------------------------
     def install(self, controller: Controller) -> None:

@@ -7,7 +7,7 @@
 - `mask`: foreground masks read from video-to-text attention.
 - `match`: point matches between a shot and its identity.
 - `attention`: attention with extra (identity) keys that only some queries may see.
-- `background_lock`: beyond the paper, shots' background latents follow the identity's early on.
+- `latent_lock`: beyond the paper, some of a shot's latents follow the identity's early on.
 - `controller`: carries out a step plan at each attention call a backbone hands over.
 
 Nothing here imports a model library or a backbone (tests/test_method_imports.py checks it):

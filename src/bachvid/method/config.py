@@ -34,7 +34,11 @@ class BachVidConfig:
     background_latents_until: float = 0.0
     """Beyond the paper: until this fraction of the schedule, a shot's latents at background-in-both
     tokens are set to the identity's latents of the same step after every step (see
-    `background_lock`). 0 is the paper. Needs shared_background; assumes a still camera."""
+    `latent_lock`). 0 is the paper. Needs shared_background; assumes a still camera."""
+    character_latents_until: float = 0.0
+    """Beyond the paper: until this fraction of the schedule, a shot's matched character tokens are
+    set to the identity's latent tokens they match after every step (see `latent_lock`). 0 is the
+    paper."""
     injected_logit_bias: float = 0.0
     """Added to the attention logits of every injected identity key. 0 is the paper's plain
     concatenation; b > 0 weighs each injected key e^b times (beyond the paper: a strength knob)."""
@@ -105,8 +109,9 @@ class BachVidConfig:
             raise ValueError("foreground_logit_bias must be a finite number (or None)")
         if not 0.0 <= self.background_merge <= 1.0:
             raise ValueError("background_merge is a multiple of the merge weight and must lie in [0, 1]")
-        if not 0.0 <= self.background_latents_until <= 1.0:
-            raise ValueError("background_latents_until is a fraction of the schedule and must lie in [0, 1]")
+        for name in ("background_latents_until", "character_latents_until"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a fraction of the schedule and must lie in [0, 1]")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:

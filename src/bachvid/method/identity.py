@@ -50,8 +50,8 @@ class CachedIdentity:
         self._kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._out: dict[tuple[int, int], torch.Tensor] = {}
         self.trajectory: list[torch.Tensor] | None = None
-        """The identity's latent before every step, then its final one: kept only for a background
-        lock (`background_lock`), which sets shots' background latents to them."""
+        """The identity's latent before every step, then its final one: kept only for a latent
+        lock (`latent_lock`), which sets some of a shot's latents to them."""
 
     @staticmethod
     def _store(x: torch.Tensor) -> torch.Tensor:

@@ -419,8 +419,8 @@ class Bench:
         return truth, fg
 
     def _bachvid(self, condition: Condition, ws: list[dict]):
-        from ..method.background_lock import BackgroundLocks, background_lock
         from ..method.controller import VideoState
+        from ..method.latent_lock import LatentLocks, shot_locks
         from ..method.match import MatchAccumulator
         from ..modes import StoryRun
 
@@ -462,13 +462,13 @@ class Bench:
             p["readings"] = readings
             prerun_seconds[id(p)] = pre["seconds"]
             for v, (fg, matches) in zip(p["w"]["shots"], readings):
-                lock = background_lock(p["config"], p["identity_fg"], fg, self.base.num_inference_steps)
-                if lock is not None:
-                    locks[len(items)] = (lock, lambda i, _, after=p["w"]["identity_after"]: after[i])
+                shot = shot_locks(p["config"], p["identity_fg"], fg, matches, self.base.num_inference_steps)
+                if shot:
+                    locks[len(items)] = (shot, lambda i, _, after=p["w"]["identity_after"]: after[i])
                 items.append((condition.shot_video(v, p["w"]["identity"]), VideoState(source=p["w"]["record"]),
                               p["run"].maker.shot_plans(p["identity_fg"], fg, matches), None))
         start = time.perf_counter()
-        latents, _ = self._denoise(items, on_step_end=BackgroundLocks(locks, self.pipe.backbone.latent_mask) or None)
+        latents, _ = self._denoise(items, on_step_end=LatentLocks(locks, self.pipe.backbone) or None)
         frames = [per[0]["run"].frames(lat) for lat in latents]
         seconds = (time.perf_counter() - start) / len(items)
         outs, k = [], 0

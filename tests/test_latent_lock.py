@@ -1,0 +1,192 @@
+"""Latent locks (beyond the paper): with `background_latents_until`, a shot's latents at
+background-in-both tokens follow the identity's for that share of the schedule; with
+`character_latents_until`, its matched character tokens take the identity's tokens they match.
+Checked on tiny random models (float32): locked tokens carry the identity's latents exactly while
+the lock lasts and are free after it, every identity mode gives the same shots, switched
+backgrounds are never locked, and each backbone's latent tokens are the ones its patch embedding
+makes."""
+
+import pytest
+import torch
+
+from bachvid.backbones.tiny import tiny_wan_pipeline
+from bachvid.method.config import BachVidConfig
+from conftest import make_story
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ACTIONS = ("stands still", "walks to the left", "jumps")
+
+
+def run(pipe, settings, mode="cache", group=1, story=None, **knobs):
+    config = BachVidConfig(**knobs)
+    return list(pipe.generate(story or make_story(actions=ACTIONS), settings, config, identity_mode=mode,
+                              group=group, progress=False))
+
+
+def locked_latents(pipe, identity, shot):
+    """(the shot's latents as tokens, the identity's, the background-in-both token mask)."""
+    keep = ~(torch.from_numpy(identity.mask).bool() | torch.from_numpy(shot.mask).bool()).reshape(-1)
+    return pipe.backbone.latent_tokens(shot.latents), pipe.backbone.latent_tokens(identity.latents), keep
+
+
+def test_locked_to_the_end_the_background_is_the_identitys(tiny_pipe, settings):
+    identity, *shots = run(tiny_pipe, settings, background_latents_until=1.0)
+    for shot in shots:
+        mine, theirs, keep = locked_latents(tiny_pipe, identity, shot)
+        assert 0 < keep.sum() < keep.numel(), "the test needs locked and free tokens"
+        assert torch.equal(mine[keep], theirs[keep])
+        assert (mine[~keep] - theirs[~keep]).abs().max() > 1e-3  # the character is the shot's
+
+
+def test_a_lock_that_ends_leaves_the_rest_of_the_run_free(tiny_pipe, settings):
+    identity, *shots = run(tiny_pipe, settings, background_latents_until=0.5)
+    _, *unlocked = run(tiny_pipe, settings)
+    for shot, plain in zip(shots, unlocked):
+        mine, theirs, keep = locked_latents(tiny_pipe, identity, shot)
+        assert (shot.latents - plain.latents).abs().max() > 1e-3  # the lock changed the shot ...
+        assert (mine[keep] - theirs[keep]).abs().max() > 1e-4  # ... and then let go
+
+
+@pytest.mark.parametrize("mode,group", [("replay", 1), ("lockstep", 2)])
+def test_every_identity_mode_locks_the_same(tiny_pipe, settings, mode, group):
+    cached = run(tiny_pipe, settings, background_latents_until=0.6)
+    other = run(tiny_pipe, settings, mode, group, background_latents_until=0.6)
+    for a, b in zip(cached, other):
+        assert (a.latents - b.latents).abs().max() <= 1e-5, (mode, a.role, a.index)
+
+
+def test_a_saved_identity_locks_as_the_live_one(tiny_pipe, settings, tmp_path):
+    story = make_story(actions=ACTIONS)
+    config = BachVidConfig(background_latents_until=0.6)
+    path = tmp_path / "robot.bvid"
+    tiny_pipe.save_identity(story, path, settings, config)
+    saved = tiny_pipe.load_identity(path, settings, config)
+    later = list(tiny_pipe.generate(story, settings, config, identity=saved, identity_mode="replay", progress=False))
+    live = run(tiny_pipe, settings, background_latents_until=0.6)
+    for a, b in zip(live[1:], later[1:]):
+        assert (a.latents - b.latents).abs().max() <= 1e-5
+
+
+def test_switched_backgrounds_are_never_locked(tiny_pipe, settings):
+    story = make_story(actions=("stands still", "jumps"), backgrounds=["a green meadow", "a sandy desert"],
+                       shared_background=False)
+    locked = run(tiny_pipe, settings, story=story, background_latents_until=1.0)
+    plain = run(tiny_pipe, settings, story=story)
+    for a, b in zip(locked, plain):
+        assert torch.equal(a.latents, b.latents)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("knob", ["background_latents_until", "character_latents_until"])
+def test_a_lock_is_a_fraction_of_the_schedule(value, knob):
+    with pytest.raises(ValueError, match=knob):
+        BachVidConfig(**{knob: value})
+
+
+def changed_tokens(embed, backbone, latents, token):
+    """Indices of the tokens whose embedding changes when row `token` of the latent tokens changes;
+    also checks that latent_tokens and tokens_to_latents undo each other."""
+    rows = backbone.latent_tokens(latents)
+    assert torch.equal(backbone.tokens_to_latents(rows, latents), latents)
+    rows = rows.clone()
+    rows[token] += 1.0
+    change = (embed(backbone.tokens_to_latents(rows, latents)) - embed(latents)).abs().amax(-1)[0]
+    return (change > 1e-3 * change.max()).nonzero().flatten().tolist()  # not float noise of the conv
+
+
+@pytest.mark.parametrize("patch_t", [None, 2], ids=["cogvideox-1.0", "cogvideox-1.5-temporal-patches"])
+def test_cogvideox_latent_tokens_are_the_patch_embeddings_tokens(patch_t):
+    from bachvid.backbones.cogvideox import CogVideoXBackbone
+    from bachvid.backbones.tiny import tiny_cogvideox_pipeline
+
+    backbone = CogVideoXBackbone(tiny_cogvideox_pipeline(num_layers=1, patch_size_t=patch_t))
+    config = backbone.transformer.config
+    frames = 4 if patch_t else 3
+    latents = torch.randn(1, frames, config.in_channels, 8, 8)
+    text = torch.zeros(1, backbone.text_length, config.text_embed_dim)
+    token = 13  # frame 0 (of 2 or 3), row 3, column 1 of a 4 x 4 token grid
+
+    def embed(x):
+        return backbone.transformer.patch_embed(text, x)[:, backbone.text_length:]
+
+    assert changed_tokens(embed, backbone, latents, token) == [token]
+
+
+def test_wan_latent_tokens_are_the_patch_embeddings_tokens():
+    from bachvid.backbones.wan import WanBackbone
+
+    backbone = WanBackbone(tiny_wan_pipeline(num_layers=1))
+    latents = torch.randn(1, backbone.transformer.config.in_channels, 3, 8, 8)
+    token = 2 * 16 + 3 * 4 + 1  # frame 2, row 3, column 1
+
+    def embed(x):
+        return backbone.transformer.patch_embedding(x).flatten(2).transpose(1, 2)
+
+    assert changed_tokens(embed, backbone, latents, token) == [token]
+
+
+def test_wan_locks_through_its_multistep_scheduler():
+    """UniPC keeps earlier steps' state; a lock to the end still leaves the identity's background."""
+    from bachvid.pipeline import BachVidPipeline, GenerationSettings
+
+    pipe = BachVidPipeline(tiny_wan_pipeline(num_layers=2))
+    settings = GenerationSettings(seed=0, num_inference_steps=6, num_frames=9, height=32, width=32,
+                                  guidance_scale=6.0)
+    identity, *shots = run(pipe, settings, background_latents_until=1.0)
+    replayed = run(pipe, settings, "replay", 1, background_latents_until=1.0)
+    for shot, again in zip(shots, replayed[1:]):
+        mine, theirs, keep = locked_latents(pipe, identity, shot)
+        assert 0 < keep.sum() < keep.numel()
+        assert torch.equal(mine[keep], theirs[keep])
+        assert (shot.latents - again.latents).abs().max() <= 1e-5
+
+
+class GivenReadings:
+    """Readings a test chooses: the identity's character in the left columns of the token grid, the
+    shot's two columns to the right, each shot token matched to the identity token two columns left."""
+
+    def identity_mask(self, video, mask, latents):
+        given = torch.zeros_like(mask)
+        given[..., :2] = True
+        return given
+
+    def shot(self, video, mask, matches, identity_fg):
+        from bachvid.method.match import Matches
+
+        given = torch.zeros_like(mask)
+        given[..., 2:] = True
+        tokens = torch.arange(mask.numel())
+        return given, Matches(index=(tokens - 2).clamp(min=0), similarity=torch.ones(mask.numel()))
+
+
+def test_locked_to_the_end_matched_character_tokens_are_the_identitys(tiny_pipe, settings):
+    from bachvid.modes import Instruments
+
+    config = BachVidConfig(character_latents_until=1.0)
+    identity, *shots = tiny_pipe.generate(make_story(actions=ACTIONS), settings, config, identity_mode="cache",
+                                          progress=False, instruments=Instruments(readings=GivenReadings()))
+    identity_tokens = tiny_pipe.backbone.latent_tokens(identity.latents)
+    grid = torch.from_numpy(identity.mask).shape
+    columns = torch.arange(identity_tokens.shape[0]) % grid[-1]
+    taken = columns >= 2
+    for shot in shots:
+        tokens = tiny_pipe.backbone.latent_tokens(shot.latents)
+        assert torch.equal(tokens[taken], identity_tokens[taken.nonzero()[:, 0] - 2])
+        assert (tokens[~taken] - identity_tokens[~taken]).abs().max() > 1e-3  # the rest is the shot's own
+
+
+def test_character_lock_is_the_same_from_a_replayed_identity(tiny_pipe, settings):
+    """(The lockstep path, the identity's row of the batch, is the background lock's: tested above.)"""
+    from bachvid.modes import Instruments
+
+    def made(mode, **knobs):
+        return list(tiny_pipe.generate(make_story(actions=ACTIONS), settings, BachVidConfig(**knobs),
+                                       identity_mode=mode, progress=False,
+                                       instruments=Instruments(readings=GivenReadings())))
+
+    cached, replayed = made("cache", character_latents_until=0.5), made("replay", character_latents_until=0.5)
+    for a, b in zip(cached, replayed):
+        assert (a.latents - b.latents).abs().max() <= 1e-5, (a.role, a.index)
+    plain = made("cache")
+    assert min((a.latents - b.latents).abs().max() for a, b in zip(cached[1:], plain[1:])) > 1e-3
