@@ -190,3 +190,41 @@ def test_character_lock_is_the_same_from_a_replayed_identity(tiny_pipe, settings
         assert (a.latents - b.latents).abs().max() <= 1e-5, (a.role, a.index)
     plain = made("cache")
     assert min((a.latents - b.latents).abs().max() for a, b in zip(cached[1:], plain[1:])) > 1e-3
+
+
+def test_wan_takes_latents_set_after_a_step_as_they_are(monkeypatch):
+    """UniPC's corrector rebuilds a step's sample from the previous one; after a lock has set the
+    latents it must not run (or it would undo the lock), and it runs as stock everywhere else."""
+    from diffusers import UniPCMultistepScheduler
+
+    from bachvid.backbones import BatchVideo
+    from bachvid.backbones.wan import WanBackbone
+    from bachvid.method.controller import Controller, VideoState
+
+    backbone = WanBackbone(tiny_wan_pipeline(num_layers=1))
+    backbone.install(Controller())
+    corrected = []
+    corrector = UniPCMultistepScheduler.multistep_uni_c_bh_update
+
+    def spy(self, *args, **kwargs):
+        corrected.append(self.step_index)
+        return corrector(self, *args, **kwargs)
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "multistep_uni_c_bh_update", spy)
+    embeds, negative = backbone.encode("a red robot jumps", True)
+
+    def denoise(on_step_end=None):
+        corrected.clear()
+        state = VideoState()
+        backbone.denoise([BatchVideo(embeds, negative, seed=0)], num_frames=9, height=32, width=32,
+                         num_inference_steps=6, guidance_scale=5.0, step_states=lambda i: [(state, None)],
+                         on_step_end=on_step_end)
+        return list(corrected)
+
+    assert denoise() == [1, 2, 3, 4, 5]
+
+    def lock_after_step_2(i, latents):
+        if i == 2:
+            latents[0] = latents[0].clone()
+
+    assert denoise(lock_after_step_2) == [1, 2, 4, 5]

@@ -346,7 +346,13 @@ class WanBackbone:
                     pred = uncond + self.guidance_at(t, guidance_scale, guidance_scale_2) * (pred - uncond)
                 latents[j] = schedulers[j].step(pred, t, latents[j], return_dict=False)[0]
             if on_step_end is not None:
+                stepped = list(latents)
                 on_step_end(i, latents)
+                for j, (before, after) in enumerate(zip(stepped, latents)):
+                    if after is not before and hasattr(schedulers[j], "last_sample"):
+                        # Latents set from outside (a latent lock) are taken as they are: UniPC's
+                        # corrector would rebuild the next sample from the previous one and undo them.
+                        schedulers[j].last_sample = None
         self.controller.clear()
         return latents
 
