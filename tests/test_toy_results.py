@@ -310,15 +310,17 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
 
     out = tmp_path / "results"
     args = ["--stories", "2", "--shots", "1", "--steps", "4", "--out", str(out), "--conditions",
-            "vanilla-idseed,bachvid-idseed,bg-lock", "--batch", "2", "--resamples", "50", "--sheet-stories", "1"]
+            "vanilla-idseed,bachvid-idseed,bg-lock,locks", "--batch", "2", "--resamples", "50", "--sheet-stories", "1"]
     assert results.main(args) == 0
     bench = results.benchmark_stories(2, shots=1)[0]
     assert bench.shared  # the lock acts on shared backgrounds only
     pipe = BachVidPipeline.from_pretrained()
     settings = replace(pipe.default_settings(), num_inference_steps=4)
     story = replace(bench.story(), shot_seeds="identity")
+    both = {"background_latents_until": results.BACKGROUND_LOCK, "character_latents_until": results.CHARACTER_LOCK}
     for condition, config in (("bachvid-idseed", pipe.default_config()),
-                              ("bg-lock", pipe.default_config(background_latents_until=results.BACKGROUND_LOCK))):
+                              ("bg-lock", pipe.default_config(background_latents_until=results.BACKGROUND_LOCK)),
+                              ("locks", pipe.default_config(**both))):
         made = list(pipe.generate(story, settings.for_story(story), config, identity_mode="cache", progress=False))
         assert made[1].seed == made[0].seed
         saved = np.load(out / "videos" / bench.name / f"{condition}.npz")["frames"]
@@ -326,7 +328,9 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     locked = np.load(out / "videos" / bench.name / "bg-lock.npz")["frames"]
     unlocked = np.load(out / "videos" / bench.name / "bachvid-idseed.npz")["frames"]
     assert np.abs(locked.astype(int) - unlocked.astype(int)).max() > 2
-    assert "| background lock, on BachVid with shots on the identity's seed |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| background lock, on BachVid with shots on the identity's seed |" in table
+    assert "| both locks, on BachVid with shots on the identity's seed |" in table
 
 
 def test_records_know_the_model_by_its_weights_not_its_folder(tmp_path, capsys):

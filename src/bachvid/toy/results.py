@@ -23,6 +23,8 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | bachvid-idseed | BachVid, shots on the identity's seed |
 | fg-full | BachVid, foreground injection on at the paper's strength (for a model whose config weakens it: toy-wan) |
 | bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with bachvid-idseed |
+| char-lock | BachVid with the character lock (`CHARACTER_LOCK`), shots on the identity's seed: compared with bachvid-idseed |
+| locks | BachVid with both locks, shots on the identity's seed: compared with bachvid-idseed |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
@@ -79,10 +81,13 @@ TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "
           "oracle-both": "true masks and matches"}
 # Options beyond the paper that are off in the model's config: what one adds is the condition minus
 # the condition it is added to (same seeds), paired over stories.
-OPTIONS = {"bg-lock": ("bachvid-idseed", "background lock, on BachVid with shots on the identity's seed")}
+OPTIONS = {"bg-lock": ("bachvid-idseed", "background lock, on BachVid with shots on the identity's seed"),
+           "char-lock": ("bachvid-idseed", "character lock, on BachVid with shots on the identity's seed"),
+           "locks": ("bachvid-idseed", "both locks, on BachVid with shots on the identity's seed")}
 BACKGROUND_LOCK = 0.5
-"""The background lock the bg-lock condition measures (background_latents_until), chosen on the
-diagnosis stories (docs/DIAGNOSIS.md, "A background lock")."""
+CHARACTER_LOCK = 0.8
+"""The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
+character_latents_until), chosen on the diagnosis stories (docs/DIAGNOSIS.md, "Latent locks")."""
 
 
 @dataclass(frozen=True)
@@ -133,9 +138,14 @@ CONDITIONS = {c.name: c for c in (
               changes={"foreground_injection": True, "foreground_logit_bias": None}),
     Condition("bg-lock", f"BachVid + background lock (background_latents_until {BACKGROUND_LOCK}), shots on the "
               "identity's seed", changes={"background_latents_until": BACKGROUND_LOCK}, seeds="identity"),
+    Condition("char-lock", f"BachVid + character lock (character_latents_until {CHARACTER_LOCK}), shots on the "
+              "identity's seed", changes={"character_latents_until": CHARACTER_LOCK}, seeds="identity"),
+    Condition("locks", f"BachVid + both locks ({BACKGROUND_LOCK}, {CHARACTER_LOCK}), shots on the identity's seed",
+              changes={"background_latents_until": BACKGROUND_LOCK, "character_latents_until": CHARACTER_LOCK},
+              seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "bg-lock"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "bg-lock", "char-lock", "locks"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
