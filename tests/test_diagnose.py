@@ -167,3 +167,16 @@ def test_the_table_says_how_many_stories_the_belt_rests_on():
     assert "| 0.00 (n=1) |" in diagnose.markdown_table(summary, {})
     everyone = [dict(r, accessory_kept=1.0) for r in rows]
     assert "| 1.00 |" in diagnose.markdown_table(diagnose.summarise(everyone), {})
+
+
+def test_the_table_names_the_condition_it_compares_with():
+    rows = [{"story": s, "condition": c, "shot": 0, "bg_psnr": 20.0 + (c == "lock"), "bg_mae": 5.0,
+             "hist_distance": 0.2, "accessory_kept": None, "action_right": 1.0, "character_kept": 1.0}
+            for s in "abc" for c in (diagnose.BASELINE, "bachvid_identity_seed", "lock")]
+    labels = {"bachvid_identity_seed": "BachVid, shots on the identity's seed"}
+    default = diagnose.markdown_table(diagnose.summarise(rows), labels)
+    assert default.splitlines()[0].count("vs identity's seed") == 2
+    table = diagnose.markdown_table(diagnose.summarise(rows, "bachvid_identity_seed"), labels, "bachvid_identity_seed")
+    assert "vs identity's seed" not in table.splitlines()[0]
+    assert table.splitlines()[0].count("vs BachVid, shots on the identity's seed") == 2
+    assert "**+1.00 [+1.00, +1.00]**" in next(line for line in table.splitlines() if line.startswith("| lock"))

@@ -492,8 +492,14 @@ def _belt(entry: dict) -> str:
     return value if entry["accessory_kept"] is None or counted == entry["stories"] else f"{value} (n={counted})"
 
 
+def _versus(labels: dict, reference: str) -> str:
+    """The header of the columns that compare with `reference`."""
+    return "vs identity's seed" if reference == BASELINE else f"vs {labels.get(reference, reference)}"
+
+
 def markdown_table(summary: dict, labels: dict, reference: str = BASELINE, second: str = "bachvid") -> str:
-    head = ("| condition | bg PSNR dB | vs identity's seed | vs BachVid | char. hist. dist. | vs identity's seed "
+    against = _versus(labels, reference)
+    head = (f"| condition | bg PSNR dB | {against} | vs BachVid | char. hist. dist. | {against} "
             "| belt kept | action right | mask IoU (read) | match acc. (read) | mass bg | mass fg |")
     lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
     for name, e in summary.items():
@@ -512,7 +518,7 @@ def doc_table(summary: dict, labels: dict, reference: str = BASELINE, second: st
     and to `reference`, the character's histogram distance (difference to BachVid), belt kept,
     action right, the quality of the masks and matches that were used (attention-read ones scored
     against the truth; "truth" for oracles) and the attention mass on injected keys."""
-    head = ("| condition | bg PSNR dB | Δ vs BachVid | Δ vs identity's seed | char. hist. dist. | Δ vs BachVid "
+    head = (f"| condition | bg PSNR dB | Δ vs BachVid | Δ {_versus(labels, reference)} | char. hist. dist. | Δ vs BachVid "
             "| belt kept | action right | masks / matches used | mass on injected keys: bg / fg |")
     lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
     conditions = {**CONDITIONS, **(extra or {})}
