@@ -38,7 +38,7 @@ def test_each_backbone_row_shows_its_own_results(tmp_path):
     wan_bachvid = rows[5]
     assert "own seed per shot" in wan_bachvid and "**+4.2 [+3.5, +5.0]**" in wan_bachvid
     cog_bachvid = rows[2]
-    assert "identity's seed (the toy model's default)" in cog_bachvid and "+4.2" not in cog_bachvid
+    assert "BachVid, shots on the identity's seed" in cog_bachvid and "+4.2" not in cog_bachvid
     expected = backbone_table.format_delta("background_psnr",
                                            cog["conditions"]["bachvid-idseed"]["metrics"]["background_psnr"]["vs vanilla-idseed"])
     assert expected in cog_bachvid
@@ -56,3 +56,16 @@ def test_other_stories_or_a_missing_baseline_are_refused(tmp_path, capsys):
         backbone_table.backbone_table({"CogVideoX": cog, "Wan": wan})
     assert cli.main(["toy", "backbone-table", "--results", "Wan"]) == 2
     assert "NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_rows_chooses_the_bachvid_conditions_and_refuses_missing_ones(tmp_path, capsys):
+    cog, wan = _summaries()
+    cog["conditions"]["char-lock"] = copy.deepcopy(cog["conditions"]["bachvid-idseed"])
+    cog["conditions"]["char-lock"]["label"] = "BachVid + character lock"
+    wan["conditions"]["char-lock"] = copy.deepcopy(cog["conditions"]["char-lock"])
+    folders = [f"CogVideoX={_write(tmp_path / 'c', cog)}", f"Wan={_write(tmp_path / 'w', wan)}"]
+    assert cli.main(["toy", "backbone-table", "--results", *folders, "--rows", "bachvid,char-lock"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| CogVideoX", "| Wan"))]
+    assert len(rows) == 8 and sum("character lock" in r for r in rows) == 2
+    with pytest.raises(SystemExit, match="lack the condition"):
+        cli.main(["toy", "backbone-table", "--results", *folders, "--rows", "no-such-condition"])

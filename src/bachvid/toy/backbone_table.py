@@ -40,7 +40,8 @@ def default_row(summary: dict) -> str:
     raise SystemExit("a results folder without a BachVid condition (bachvid or bachvid-idseed)")
 
 
-def backbone_table(summaries: dict[str, dict]) -> str:
+def backbone_table(summaries: dict[str, dict], rows: list[str] | None = None) -> str:
+    """rows: the BachVid conditions shown per backbone (None: BachVid as the model ships it)."""
     stories = {name: s["story_list"] for name, s in summaries.items()}
     first = next(iter(stories.values()))
     other = [name for name, story_list in stories.items() if story_list != first]
@@ -55,7 +56,11 @@ def backbone_table(summaries: dict[str, dict]) -> str:
         missing = [c for c in BASELINE_ROWS if c not in summary["conditions"]]
         if missing:
             raise SystemExit(f"{backbone}: results lack the baseline(s) {', '.join(missing)}")
-        for c in (*BASELINE_ROWS, default_row(summary)):
+        wanted = rows or [default_row(summary)]
+        absent = [c for c in wanted if c not in summary["conditions"]]
+        if absent:
+            raise SystemExit(f"{backbone}: results lack the condition(s) {', '.join(absent)}")
+        for c in (*BASELINE_ROWS, *wanted):
             entry = summary["conditions"][c]
             row = [backbone, entry["label"]]
             for m in METRICS:
@@ -75,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", nargs="+", required=True, metavar="NAME=FOLDER",
                         help="a backbone's name and its `bachvid toy results` folder, e.g. Wan=runs/results-wan")
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
+    parser.add_argument("--rows", default=None, metavar="COND,...",
+                        help="BachVid conditions to show per backbone (default: the model's defaults, bachvid-idseed "
+                             "or bachvid), e.g. bachvid-idseed,char-lock,locks")
     parser.set_defaults(run=run)
 
 
@@ -86,7 +94,7 @@ def run(args) -> int:
             print(f"error: --results takes NAME=FOLDER, got {item!r}", file=sys.stderr)
             return 2
         summaries[name] = load(Path(folder))
-    table = backbone_table(summaries)
+    table = backbone_table(summaries, [c for c in (args.rows or "").split(",") if c] or None)
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

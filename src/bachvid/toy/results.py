@@ -133,7 +133,7 @@ CONDITIONS = {c.name: c for c in (
     Condition("oracle-matches", "BachVid, oracle matches", oracle_matches=True),
     Condition("paper-merge", "BachVid, the paper's token merge (background_merge 0)",
               changes={"background_merge": 0.0}),
-    Condition("bachvid-idseed", "BachVid, shots on the identity's seed (the toy model's default)", seeds="identity"),
+    Condition("bachvid-idseed", "BachVid, shots on the identity's seed", seeds="identity"),
     Condition("fg-full", "BachVid, foreground injection at the paper's full strength",
               changes={"foreground_injection": True, "foreground_logit_bias": None}),
     Condition("bg-lock", f"BachVid + background lock (background_latents_until {BACKGROUND_LOCK}), shots on the "
