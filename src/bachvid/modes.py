@@ -337,8 +337,8 @@ class StoryRun:
                   trajectory: list[torch.Tensor] | None = None):
         """The shots' real runs from their noise; with neither cache nor replay the identity is denoised
         in the same batch (lockstep) and its latents come back first. `trajectory` (the identity's
-        latent before every step, then its final one) is what a background lock follows where the
-        identity is not denoised in the batch."""
+        latent before every step, then its final one) is what latent locks follow where the identity
+        is not denoised in the batch."""
         source, row = self._source(identity, identity_fg, cache, replay, prerun=False)
         states, plan_fns = [], []
         probe = self.instruments.probe or (lambda video: None)
