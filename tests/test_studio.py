@@ -277,3 +277,13 @@ def test_the_studio_takes_no_longer_than_the_cli_for_the_same_story(studio, tmp_
     for name in ("identity", "shot-01", "shot-02"):
         assert (read_video(tmp_path / "cli" / "story-000" / f"{name}.mp4")
                 == read_video(studio.session_folder("timed") / "story-000" / f"{name}.mp4")).all()
+
+
+def test_the_lock_box_turns_the_background_lock_on_and_off(studio):
+    from bachvid.method.latent_lock import SUGGESTED_BACKGROUND_LOCK
+
+    assert callbacks.page_config(studio, {"background_lock": True}).background_latents_until == SUGGESTED_BACKGROUND_LOCK
+    assert callbacks.page_config(studio, {"background_lock": False}).background_latents_until == 0.0
+    default = studio.pipe.default_config().background_latents_until
+    assert callbacks.page_config(studio, {}).background_latents_until == default
+    assert callbacks.page_config(studio, {"background_lock": True}, enabled=False).enabled is False

@@ -28,6 +28,11 @@ import torch
 from .config import BachVidConfig, step_index
 from .match import Matches
 
+SUGGESTED_BACKGROUND_LOCK = 0.5
+"""The background lock chosen on the toy model's diagnosis stories (docs/DIAGNOSIS.md, "Latent locks"):
+what the studio's "Lock the background" box and `bachvid toy results`' bg-lock condition use. Longer
+locks keep more background and break more actions."""
+
 
 @dataclass(frozen=True)
 class LatentLock:

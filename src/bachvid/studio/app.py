@@ -102,6 +102,9 @@ def build(studio: Studio) -> gr.Blocks:
                                          info="inject the identity's background; off: only the character carries over")
                     merge = gr.Checkbox(default(config, 'token_merge') is not False, label="Token merge",
                                         info="blend matched character tokens toward the identity's")
+                    lock = gr.Checkbox(bool(default(config, 'background_latents_until')), label="Lock the background",
+                                       info="beyond the paper: the shots' background follows the identity's for the "
+                                            "first half of the steps; closer backgrounds, may cost some motion")
                     vital = gr.Textbox(layers_text(config),
                                        label="Vital layers",
                                        info="blocks where the identity's keys and values are injected, e.g. 0-4 "
@@ -154,7 +157,7 @@ def build(studio: Studio) -> gr.Blocks:
         down_btn.click(lambda rows, i: move_shot(rows, i, +1), [shots, selected], [shots, selected], queue=False)
 
         # generation: one at a time for this model (the queue shows the others their place) ------------
-        inputs = [story, name, seed, steps, frames, height, width, guidance, shared, merge, vital, mode,
+        inputs = [story, name, seed, steps, frames, height, width, guidance, shared, merge, lock, vital, mode,
                   want_baseline, use_character]
         outputs = [status, errors, videos, masks, baseline, sheet, download]
 
@@ -163,13 +166,14 @@ def build(studio: Studio) -> gr.Blocks:
                     gr.Gallery(value=result["baseline"], visible=bool(result["baseline"])), result["sheet"],
                     gr.DownloadButton(value=result["zip"], interactive=bool(result["zip"])))
 
-        def run(text, title, seed_, steps_, frames_, height_, width_, guidance_, shared_, merge_, vital_, mode_,
-                want_baseline_, character_, request: gr.Request):
+        def run(text, title, seed_, steps_, frames_, height_, width_, guidance_, shared_, merge_, lock_, vital_,
+                mode_, want_baseline_, character_, request: gr.Request):
             session = request.session_hash or "local"
             cancel = cancels.take(session)
             values = dict(seed=seed_, num_inference_steps=steps_, num_frames=frames_, height=height_, width=width_,
                           guidance_scale=guidance_)
-            knobs = dict(shared_background=shared_, token_merge=merge_, vital_layers=vital_, identity_mode=mode_)
+            knobs = dict(shared_background=shared_, token_merge=merge_, background_lock=lock_, vital_layers=vital_,
+                         identity_mode=mode_)
             try:
                 for result in callbacks.generate(studio, session, text, title, values, knobs, want_baseline_,
                                                  character_ or None, cancel):

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from .. import cli
+from ..method.latent_lock import SUGGESTED_BACKGROUND_LOCK
 from .runner import Studio, videos_of, zip_story
 from .stories import story_errors
 
@@ -55,10 +56,14 @@ def parse_layers(text) -> tuple[int, ...] | None:
 
 
 def page_config(studio: Studio, knobs: dict, enabled: bool = True):
-    """The BachVid config: the model's defaults with the page's knobs."""
+    """The BachVid config: the model's defaults with the page's knobs ("background_lock": the box
+    that turns the background lock on at its suggested setting, or off)."""
+    lock = knobs.get("background_lock")
     return studio.config(enabled=enabled, shared_background=knobs.get("shared_background"),
                          token_merge=knobs.get("token_merge") if enabled else None,
-                         vital_layers=parse_layers(knobs.get("vital_layers")) if enabled else None)
+                         vital_layers=parse_layers(knobs.get("vital_layers")) if enabled else None,
+                         background_latents_until=None if lock is None or not enabled
+                         else SUGGESTED_BACKGROUND_LOCK if lock else 0.0)
 
 
 def _result(status: str, folder: Path | None = None, names=(), baseline: Path | None = None, zip_path=None,

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from ..io.terminal import quiet_loading_bars_off_terminal
+from ..method.latent_lock import SUGGESTED_BACKGROUND_LOCK
 from . import world
 from .shot_metrics import METRICS, compare
 
@@ -84,7 +85,7 @@ TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "
 OPTIONS = {"bg-lock": ("bachvid-idseed", "background lock, on BachVid with shots on the identity's seed"),
            "char-lock": ("bachvid-idseed", "character lock, on BachVid with shots on the identity's seed"),
            "locks": ("bachvid-idseed", "both locks, on BachVid with shots on the identity's seed")}
-BACKGROUND_LOCK = 0.5
+BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
 """The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
 character_latents_until), chosen on the diagnosis stories (docs/DIAGNOSIS.md, "Latent locks")."""
