@@ -80,8 +80,10 @@ PARTS = {"no-bg": "the shared background (its injection and its merge)", "no-fg"
 # attention-read masks or matches), the microscope's answer to "are the readings the bottleneck?".
 TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "true matches instead of read ones",
           "oracle-both": "true masks and matches"}
-# Options beyond the paper that are off in the model's config: what one adds is the condition minus
-# the condition it is added to (same seeds), paired over stories.
+# Options beyond the paper: what one adds is the condition minus the condition it is added to (same
+# seeds), paired over stories. The reference must run without the option: true of bachvid-idseed for
+# records made before the character lock became the toy models' default (runs/results, -wan3); a
+# fresh run with today's defaults needs a reference with the locks off (roadmap).
 OPTIONS = {"bg-lock": ("bachvid-idseed", "background lock, on BachVid with shots on the identity's seed"),
            "char-lock": ("bachvid-idseed", "character lock, on BachVid with shots on the identity's seed"),
            "locks": ("bachvid-idseed", "both locks, on BachVid with shots on the identity's seed")}
