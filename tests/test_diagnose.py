@@ -34,6 +34,7 @@ def test_shot_metrics_of_a_clip_against_itself_and_another_seed():
     same, _ = diagnose.shot_metrics(clip.frames, clip.frames, "stand")
     assert same["bg_psnr"] > 59 and same["bg_mae"] == 0 and same["hist_distance"] == pytest.approx(0, abs=1e-9)
     assert same["accessory_kept"] == 1.0 and same["action_right"] == 1.0
+    assert same["belt_kept"] == 1.0 and same["shot_belt_read"] == 1.0 and same["belt_distance"] == 0
     other = world.render_clip("meadow", "robot", "left", 2)
     row, _ = diagnose.shot_metrics(clip.frames, other.frames, "left")
     assert row["bg_psnr"] < same["bg_psnr"] and row["bg_mae"] > 0 and row["action_right"] == 1.0
@@ -81,13 +82,20 @@ def test_conditions_choose_the_shots_seeds_whatever_the_models_default(tmp_path,
 
     monkeypatch.setattr(BachVidPipeline, "generate", spy)
     args = ["--stories", "1", "--steps", "3", "--out", str(tmp_path), "--threads", "1", "--conditions", "bachvid",
-            "--condition", "locked:identity_seed=1;background_latents_until=0.5"]
+            "--condition", "locked:identity_seed=1;background_latents_until=0.5", "--keep-frames"]
     assert diagnose.main(args) == 0
     own, identity = seen[0.0], seen[0.5]
     assert own[0] == "own" and len(set(own[1])) == 4
     assert identity[0] == "identity" and set(identity[1]) == {identity[1][0]}
     rows = [json.loads(line) for f in tmp_path.glob("rows-*.jsonl") for line in f.read_text().splitlines()]
     assert {r["condition"] for r in rows} == {"bachvid", "locked"} and len(rows) == 6
+    # --keep-frames: every video of the run, the very frames the rows were scored on.
+    kept = {f.stem: np.load(f)["frames"] for f in (tmp_path / "frames").glob("*.npz")}
+    assert len(kept) == 8
+    for r in rows:
+        name = f"{r['story']}-{r['condition']}"
+        again, _ = diagnose.shot_metrics(kept[f"{name}-identity"], kept[f"{name}-{r['shot']}"], r["action"])
+        assert again["bg_psnr"] == pytest.approx(r["bg_psnr"]) and again["belt_kept"] == r["belt_kept"]
 
 
 def test_foreground_logit_bias_reweighs_only_the_foreground_injection():

@@ -179,6 +179,21 @@ def background_error(identity_frames, frames, both) -> tuple[float, float]:
     return float(np.abs(diff)[both].mean()), float(10 * np.log10(255.0**2 / max(mse, 1e-6)))
 
 
+def belt_fields(identity_frames, shot_frames, ident, shot) -> dict:
+    """The results table's palette-free belt reader (`shot_metrics.belt_colour`), kept apart from
+    `accessory_of` so that a diagnosis can say why a belt is lost: unreadable in the shot
+    (`shot_belt_read` 0) or read in another colour (`belt_distance` > BELT_MATCH)."""
+    from .shot_metrics import BELT_MATCH, belt_colour
+
+    identity_belt = belt_colour(identity_frames, ident.mask, ident.character_kind)
+    if identity_belt is None:
+        return {"belt_kept": None, "shot_belt_read": None, "belt_distance": None}
+    shot_belt = belt_colour(shot_frames, shot.mask, ident.character_kind)
+    distance = None if shot_belt is None else float(np.sqrt(((shot_belt - identity_belt) ** 2).sum()))
+    return {"belt_kept": float(distance is not None and distance <= BELT_MATCH),
+            "shot_belt_read": float(shot_belt is not None), "belt_distance": distance}
+
+
 def shot_metrics(identity_frames: np.ndarray, shot_frames: np.ndarray, action: str, identity_score=None):
     """(metrics row, the shot's ClipScore) of a shot against its identity video."""
     ident = identity_score or score_clip(identity_frames)
@@ -190,6 +205,7 @@ def shot_metrics(identity_frames: np.ndarray, shot_frames: np.ndarray, action: s
     id_acc = accessory_of(identity_frames, ident.mask)
     row = {"bg_psnr": psnr, "bg_mae": mae, "hist_distance": distance,
            "accessory_kept": None if id_acc is None else float(accessory_of(shot_frames, shot.mask) == id_acc),
+           **belt_fields(identity_frames, shot_frames, ident, shot),
            "action_right": float(shot.action == action),
            "character_kept": float(shot.character_kind == ident.character_kind)}
     return row, shot
@@ -278,8 +294,10 @@ def vanilla(pipe, spans, seed, settings, capture: X0Capture | None):
     return out.frames, (capture.take()[0] if capture is not None else {})
 
 
-def run_story(pipe, story: Story, base_settings, conditions: list[Condition], done: set, write) -> None:
-    """Every condition not in `done` on one story; `write(row)` gets one row per shot."""
+def run_story(pipe, story: Story, base_settings, conditions: list[Condition], done: set, write,
+              keep=None) -> None:
+    """Every condition not in `done` on one story; `write(row)` gets one row per shot; `keep(name,
+    frames)`, when given, gets every video made (to look at what a number hides)."""
     import torch
 
     from ..modes import Instruments
@@ -318,6 +336,8 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                 for i, shot in enumerate(story.shots):
                     frames, x0 = plain[condition.kind, i]
                     row, shot_score = shot_metrics(ident_frames, frames, action_key(shot.action), ident_score)
+                    if keep is not None:
+                        keep(f"{story.name}-{condition.name}-{i}", frames)
                     if condition.x0:
                         row["x0_error"] = x0_errors(pipe, settings, x0, ident_frames,
                                                     background_both(ident_score, shot_score))
@@ -347,8 +367,12 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
             id_score = score_clip(identity.frames)
             logs = [e for e in readings.log if e["role"] == "shot"]
             id_log = next((e for e in readings.log if e["role"] == "identity"), {})
+            if keep is not None:
+                keep(f"{story.name}-{condition.name}-identity", identity.frames)
             for k, (shot, result) in enumerate(zip(story.shots, shots)):
                 row, shot_score = shot_metrics(identity.frames, result.frames, action_key(shot.action), id_score)
+                if keep is not None:
+                    keep(f"{story.name}-{condition.name}-{k}", result.frames)
                 row.update(seconds_story=seconds, identity_mask_iou=id_log.get("mask_iou"),
                            mask_iou=logs[k].get("mask_iou") if k < len(logs) else None,
                            match_accuracy=logs[k].get("match_accuracy") if k < len(logs) else None,
@@ -378,8 +402,8 @@ def _str_keys(table: dict) -> dict:
 
 # Aggregation ----------------------------------------------------------------------------------------
 
-METRICS = ("bg_psnr", "bg_mae", "hist_distance", "accessory_kept", "action_right", "character_kept",
-           "mask_iou", "match_accuracy")
+METRICS = ("bg_psnr", "bg_mae", "hist_distance", "accessory_kept", "belt_kept", "shot_belt_read", "action_right",
+           "character_kept", "mask_iou", "match_accuracy")
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -593,6 +617,13 @@ def report(out: Path, reference: str = BASELINE, extra_labels: dict | None = Non
     return summary
 
 
+def keep_frames(out: Path):
+    """A `keep` for run_story: each video as OUT/frames/NAME.npz."""
+    folder = out / "frames"
+    folder.mkdir(exist_ok=True)
+    return lambda name, frames: np.savez_compressed(folder / f"{name}.npz", frames=np.asarray(frames))
+
+
 # The command --------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -613,6 +644,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="with --report: these conditions only, in this order")
     parser.add_argument("--label", action="append", default=[], metavar="NAME=TEXT",
                         help="with --report: how a condition is named in the tables (repeatable)")
+    parser.add_argument("--keep-frames", action="store_true",
+                        help="also write every video as OUT/frames/STORY-CONDITION-SHOT.npz (uint8 frames)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -665,7 +698,7 @@ def main(argv=None) -> int:
             todo = [c for c in conditions if (story.name, c.name) not in done]
             if not todo:
                 continue
-            run_story(pipe, story, settings, conditions, done, write)
+            run_story(pipe, story, settings, conditions, done, write, keep_frames(out) if args.keep_frames else None)
             print(f"[diagnose] {story.name} ({k + 1}/{len(stories)}): {len(todo)} conditions in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
     return 0
