@@ -305,12 +305,14 @@ def test_evaluate_scores_a_generate_folder(tmp_path, capsys):
 
 
 def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tmp_path):
-    """... and so is the background lock's row, with the lock in the config; the table says what it adds."""
+    """... and so are the locks' rows, with the locks in the config (no-locks: both off); the table says
+    what a lock adds against the run without locks, not against today's defaults (which hold one)."""
     from bachvid.pipeline import BachVidPipeline
 
     out = tmp_path / "results"
     args = ["--stories", "2", "--shots", "1", "--steps", "4", "--out", str(out), "--conditions",
-            "vanilla-idseed,bachvid-idseed,bg-lock,locks", "--batch", "2", "--resamples", "50", "--sheet-stories", "1"]
+            "vanilla-idseed,bachvid-idseed,no-locks,bg-lock,locks", "--batch", "2", "--resamples", "50",
+            "--sheet-stories", "1"]
     assert results.main(args) == 0
     bench = results.benchmark_stories(2, shots=1)[0]
     assert bench.shared  # the lock acts on shared backgrounds only
@@ -320,7 +322,9 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     both = {"background_latents_until": results.BACKGROUND_LOCK, "character_latents_until": results.CHARACTER_LOCK}
     for condition, config in (("bachvid-idseed", pipe.default_config()),
                               ("bg-lock", pipe.default_config(background_latents_until=results.BACKGROUND_LOCK)),
-                              ("locks", pipe.default_config(**both))):
+                              ("locks", pipe.default_config(**both)),
+                              ("no-locks", pipe.default_config(background_latents_until=0.0,
+                                                               character_latents_until=0.0))):
         made = list(pipe.generate(story, settings.for_story(story), config, identity_mode="cache", progress=False))
         assert made[1].seed == made[0].seed
         saved = np.load(out / "videos" / bench.name / f"{condition}.npz")["frames"]
@@ -328,9 +332,21 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     locked = np.load(out / "videos" / bench.name / "bg-lock.npz")["frames"]
     unlocked = np.load(out / "videos" / bench.name / "bachvid-idseed.npz")["frames"]
     assert np.abs(locked.astype(int) - unlocked.astype(int)).max() > 2
+    assert pipe.default_config().character_latents_until > 0  # so bachvid-idseed is no reference for a lock
     table = (out / "table.md").read_text()
-    assert "| background lock, on BachVid with shots on the identity's seed |" in table
-    assert "| both locks, on BachVid with shots on the identity's seed |" in table
+    assert "| background lock, on BachVid with shots on the identity's seed (against no-locks) |" in table
+    assert "| both locks, on BachVid with shots on the identity's seed (against no-locks) |" in table
+    summary = json.loads((out / "results.json").read_text())
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    values = results.story_values(records)
+    adds = summary["conditions"]["locks"]["metrics"]["histogram_distance"]["part adds"]
+    expected = np.nanmean([values["locks"]["histogram_distance"][n] - values["no-locks"]["histogram_distance"][n]
+                           for n in values["locks"]["histogram_distance"]])
+    assert adds["mean"] == pytest.approx(expected)
+    # Records without a no-locks run (made before it existed) fall back to bachvid-idseed.
+    older = results.summarize([r for r in records if r["condition"] != "no-locks"],
+                              results.benchmark_stories(2, shots=1), ["bachvid-idseed", "locks"], resamples=50)
+    assert older["conditions"]["locks"]["compared_with"] == "bachvid-idseed"
 
 
 def test_records_know_the_model_by_its_weights_not_its_folder(tmp_path, capsys):

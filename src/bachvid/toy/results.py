@@ -22,9 +22,10 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | paper-merge | BachVid, the paper's token merge (background_merge 0) |
 | bachvid-idseed | BachVid, shots on the identity's seed |
 | fg-full | BachVid, foreground injection on at the paper's strength (for a model whose config weakens it: toy-wan) |
-| bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with bachvid-idseed |
-| char-lock | BachVid with the character lock (`CHARACTER_LOCK`), shots on the identity's seed: compared with bachvid-idseed |
-| locks | BachVid with both locks, shots on the identity's seed: compared with bachvid-idseed |
+| bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
+| char-lock | BachVid with the character lock (`CHARACTER_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
+| locks | BachVid with both locks, shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
+| no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: when run, what bg-lock, char-lock and locks are compared with |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
@@ -80,13 +81,14 @@ PARTS = {"no-bg": "the shared background (its injection and its merge)", "no-fg"
 # attention-read masks or matches), the microscope's answer to "are the readings the bottleneck?".
 TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "true matches instead of read ones",
           "oracle-both": "true masks and matches"}
-# Options beyond the paper: what one adds is the condition minus the condition it is added to (same
-# seeds), paired over stories. The reference must run without the option: true of bachvid-idseed for
-# records made before the character lock became the toy models' default (runs/results, -wan3); a
-# fresh run with today's defaults needs a reference with the locks off (roadmap).
-OPTIONS = {"bg-lock": ("bachvid-idseed", "background lock, on BachVid with shots on the identity's seed"),
-           "char-lock": ("bachvid-idseed", "character lock, on BachVid with shots on the identity's seed"),
-           "locks": ("bachvid-idseed", "both locks, on BachVid with shots on the identity's seed")}
+# Options beyond the paper: what one adds is the condition minus the same run without it (same seeds),
+# paired over stories. That reference is no-locks (BachVid with both locks off) when it ran; else
+# bachvid-idseed, which ran without locks only in records made before the character lock became the
+# toy models' default (docs/results: runs/results, -wan3), so `option_reference` says which it was.
+OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's seed",
+           "char-lock": "character lock, on BachVid with shots on the identity's seed",
+           "locks": "both locks, on BachVid with shots on the identity's seed"}
+OPTION_REFERENCES = ("no-locks", "bachvid-idseed")
 BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
 """The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
@@ -146,9 +148,11 @@ CONDITIONS = {c.name: c for c in (
     Condition("locks", f"BachVid + both locks ({BACKGROUND_LOCK}, {CHARACTER_LOCK}), shots on the identity's seed",
               changes={"background_latents_until": BACKGROUND_LOCK, "character_latents_until": CHARACTER_LOCK},
               seeds="identity"),
+    Condition("no-locks", "BachVid without the latent locks (the paper's form), shots on the identity's seed",
+              changes={"background_latents_until": 0.0, "character_latents_until": 0.0}, seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "bg-lock", "char-lock", "locks"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "bg-lock", "char-lock", "locks"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
@@ -562,6 +566,8 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
         if c not in values:
             continue
         entry = {"label": CONDITIONS[c].label, "metrics": {}}
+        if c in OPTIONS:
+            entry["compared_with"] = option_reference(values)
         for metric in (*METRICS, "seconds", "mask_iou"):
             column = np.array([values[c].get(metric, {}).get(n, np.nan) for n in names])
             finite = column[np.isfinite(column)]
@@ -574,8 +580,8 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
                 full = np.array([values["bachvid"][metric].get(n, np.nan) for n in names])
                 with_, without = (full, column) if c in PARTS else (column, full)
                 m["part adds"] = paired_bootstrap(with_, without, resamples, seed)
-            elif c in OPTIONS and OPTIONS[c][0] in values and metric in values[OPTIONS[c][0]]:
-                reference = np.array([values[OPTIONS[c][0]][metric].get(n, np.nan) for n in names])
+            elif c in OPTIONS and option_reference(values) and metric in values[option_reference(values)]:
+                reference = np.array([values[option_reference(values)][metric].get(n, np.nan) for n in names])
                 m["part adds"] = paired_bootstrap(column, reference, resamples, seed)
             entry["metrics"][metric] = m
         oracle = [e for r in records if r["condition"] == c for e in r.get("oracle_log") or []]
@@ -587,6 +593,11 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
             }
         summary["conditions"][c] = entry
     return summary
+
+
+def option_reference(values: dict) -> str | None:
+    """What an option beyond the paper is compared with: the first of OPTION_REFERENCES that ran."""
+    return next((c for c in OPTION_REFERENCES if c in values), None)
 
 
 def _mean(xs):
@@ -651,7 +662,7 @@ def markdown_table(summary: dict) -> str:
         for c in sorted(parts, key=lambda c: (c in TRUTHS, c in OPTIONS)):
             cells = [format_delta(m, summary["conditions"][c]["metrics"].get(m, {}).get("part adds")) or "-"
                      for m in METRICS]
-            label = PARTS.get(c) or TRUTHS.get(c) or OPTIONS[c][1]
+            label = PARTS.get(c) or TRUTHS.get(c) or f"{OPTIONS[c]} (against {summary['conditions'][c].get('compared_with')})"
             notes.append(f"| {label} | " + " | ".join(cells) + " |")
     readings = {c: e["attention_readings"] for c, e in summary["conditions"].items() if "attention_readings" in e}
     if readings:
