@@ -188,3 +188,15 @@ def test_the_table_names_the_condition_it_compares_with():
     assert "vs identity's seed" not in table.splitlines()[0]
     assert table.splitlines()[0].count("vs BachVid, shots on the identity's seed") == 2
     assert "**+1.00 [+1.00, +1.00]**" in next(line for line in table.splitlines() if line.startswith("| lock"))
+
+
+def test_belt_table_says_per_action_where_the_belt_is_lost():
+    rows = [{"condition": "a", "action": "left", "belt_kept": 1.0, "shot_belt_read": 1.0},
+            {"condition": "a", "action": "jump", "belt_kept": 0.0, "shot_belt_read": 0.0},
+            {"condition": "a", "action": "jump", "belt_kept": 0.0, "shot_belt_read": 1.0},
+            {"condition": "a", "action": "closer", "belt_kept": None, "shot_belt_read": None},  # unreadable identity
+            {"condition": "b", "action": "left", "belt_kept": None, "shot_belt_read": None}]
+    table = diagnose.belt_table(rows, {"a": "with lock"})
+    assert "| condition | belt kept | left | jump | shot's belt readable | shots |" in table
+    assert "| with lock | 0.33 | 1.00 | 0.00 | 0.67 | 3 |" in table
+    assert "| b |" not in table  # no shot with a readable identity belt

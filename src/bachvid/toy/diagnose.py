@@ -564,6 +564,25 @@ def doc_table(summary: dict, labels: dict, reference: str = BASELINE, second: st
     return "\n".join(lines) + "\n"
 
 
+def belt_table(rows: list[dict], labels: dict) -> str:
+    """Where the belt is lost, per condition: kept overall and per action (the results' palette-free
+    reader; shots whose identity belt is readable), and how often the shot's belt is readable at
+    all: a lock that pastes the identity's belt in the wrong place leaves no readable belt, a shot
+    that draws its own belt shows another colour."""
+    actions = [a for a in MOVING if any(r.get("action") == a and r.get("belt_kept") is not None for r in rows)]
+    head = "| condition | belt kept | " + " | ".join(actions) + " | shot's belt readable | shots |"
+    lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
+    for c in dict.fromkeys(r["condition"] for r in rows):
+        scored = [r for r in rows if r["condition"] == c and r.get("belt_kept") is not None]
+        if not scored:
+            continue
+        share = lambda rs, key: f"{np.mean([r[key] for r in rs]):.2f}" if rs else "-"  # noqa: E731
+        per_action = [share([r for r in scored if r["action"] == a], "belt_kept") for a in actions]
+        lines.append(f"| {labels.get(c, c)} | {share(scored, 'belt_kept')} | " + " | ".join(per_action)
+                     + f" | {share(scored, 'shot_belt_read')} | {len(scored)} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_x0(rows, conditions, labels, path: Path) -> None:
     import matplotlib
 
@@ -601,6 +620,8 @@ def report(out: Path, reference: str = BASELINE, extra_labels: dict | None = Non
     table = markdown_table(summary, labels, reference)
     (out / "table.md").write_text(table)
     (out / "doc_table.md").write_text(doc_table(summary, labels, reference, extra=extra))
+    if any("belt_kept" in r for r in rows):
+        (out / "belt.md").write_text(belt_table(rows, labels))
     curves = {c: x0_curves(rows, c) for c in summary}
     masses = {c: mass_tables(rows, c) for c in summary}
     (out / "summary.json").write_text(json.dumps({"summary": summary, "x0": curves,
