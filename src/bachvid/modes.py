@@ -87,7 +87,7 @@ class Video:
 # how strongly shots weigh the injected character, and whether shots lock latents to the identity's
 # saved ones (files saved before these knobs existed still load).
 _FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias", "background_latents_until",
-                       "character_latents_until")
+                       "background_latents_weight", "character_latents_until")
 
 
 def identity_config(config: BachVidConfig) -> dict:

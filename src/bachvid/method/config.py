@@ -35,6 +35,10 @@ class BachVidConfig:
     """Beyond the paper: until this fraction of the schedule, a shot's latents at background-in-both
     tokens are set to the identity's latents of the same step after every step (see
     `latent_lock`). 0 is the paper. Needs shared_background; assumes a still camera."""
+    background_latents_weight: float = 1.0
+    """How far the background lock moves those latents toward the identity's after each step: 1 sets
+    them (blended-latent inpainting), w < 1 blends (1 - w) * shot + w * identity, a softer pull that
+    leaves the model room to move the character into them."""
     character_latents_until: float = 0.0
     """Beyond the paper: until this fraction of the schedule, a shot's matched character tokens are
     set to the identity's latent tokens they match after every step (see `latent_lock`). 0 is the
@@ -112,6 +116,8 @@ class BachVidConfig:
         for name in ("background_latents_until", "character_latents_until"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a fraction of the schedule and must lie in [0, 1]")
+        if not 0.0 < self.background_latents_weight <= 1.0:
+            raise ValueError("background_latents_weight is a blend weight and must lie in (0, 1]")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:

@@ -36,11 +36,13 @@ locks keep more background and break more actions."""
 
 @dataclass(frozen=True)
 class LatentLock:
-    """Shot tokens that take the identity's latent tokens after each of the first `steps` steps."""
+    """Shot tokens that take the identity's latent tokens after each of the first `steps` steps
+    (`weight` < 1: move that share of the way toward them)."""
 
     current: torch.Tensor  # long (P,) the shot's video tokens
     identity: torch.Tensor  # long (P,) the identity's video tokens they take
     steps: int
+    weight: float = 1.0
 
     def apply(self, step: int, shot: torch.Tensor, identity: torch.Tensor, view) -> torch.Tensor:
         """The shot's latents after `step`. `view`: the backbone (latent_tokens, tokens_to_latents)."""
@@ -48,7 +50,9 @@ class LatentLock:
             return shot
         tokens = view.latent_tokens(shot).clone()
         source = view.latent_tokens(identity.to(shot.device, shot.dtype))
-        tokens[self.current.to(shot.device)] = source[self.identity.to(shot.device)]
+        current = self.current.to(shot.device)
+        target = source[self.identity.to(shot.device)]
+        tokens[current] = target if self.weight == 1.0 else torch.lerp(tokens[current], target, self.weight)
         return view.tokens_to_latents(tokens, shot)
 
 
@@ -60,7 +64,7 @@ def background_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: t
     if not config.shared_background or steps == 0:
         return None
     both = (~(identity_fg.bool() | shot_fg.bool())).reshape(-1).nonzero(as_tuple=True)[0]
-    return LatentLock(both, both, steps)
+    return LatentLock(both, both, steps, config.background_latents_weight)
 
 
 def character_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: torch.Tensor, matches: Matches,
