@@ -84,6 +84,12 @@ def test_a_lock_is_a_fraction_of_the_schedule(value, knob):
         BachVidConfig(**{knob: value})
 
 
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5, float("nan")])
+def test_a_soft_lock_weight_is_a_blend_weight(value):
+    with pytest.raises(ValueError, match="background_latents_weight"):
+        BachVidConfig(background_latents_weight=value)
+
+
 def changed_tokens(embed, backbone, latents, token):
     """Indices of the tokens whose embedding changes when row `token` of the latent tokens changes;
     also checks that latent_tokens and tokens_to_latents undo each other."""
@@ -228,3 +234,28 @@ def test_wan_takes_latents_set_after_a_step_as_they_are(monkeypatch):
             latents[0] = latents[0].clone()
 
     assert denoise(lock_after_step_2) == [1, 2, 4, 5]
+
+
+def test_a_soft_lock_moves_the_tokens_that_share_of_the_way():
+    from bachvid.method.latent_lock import LatentLock
+
+    class Flat:  # latents that are their own tokens
+        latent_tokens = staticmethod(lambda x: x)
+        tokens_to_latents = staticmethod(lambda tokens, like: tokens)
+
+    shot, identity = torch.zeros(4, 2), torch.ones(4, 2) * 2
+    lock = LatentLock(torch.tensor([1, 3]), torch.tensor([0, 2]), steps=2, weight=0.25)
+    after = lock.apply(0, shot, identity, Flat)
+    assert torch.equal(after[[1, 3]], torch.full((2, 2), 0.5)) and torch.equal(after[[0, 2]], shot[[0, 2]])
+    assert torch.equal(lock.apply(2, shot, identity, Flat), shot)  # the lock has ended
+    assert torch.equal(LatentLock(lock.current, lock.identity, 2).apply(0, shot, identity, Flat)[[1, 3]],
+                       identity[[0, 2]])  # weight 1: set
+
+
+def test_a_soft_background_lock_pulls_the_background_part_of_the_way(tiny_pipe, settings):
+    identity, *soft = run(tiny_pipe, settings, background_latents_until=1.0, background_latents_weight=0.5)
+    _, *free = run(tiny_pipe, settings)
+    for shot, plain in zip(soft, free):
+        mine, theirs, keep = locked_latents(tiny_pipe, identity, shot)
+        unlocked = tiny_pipe.backbone.latent_tokens(plain.latents)
+        assert 0 < (mine[keep] - theirs[keep]).abs().mean() < 0.8 * (unlocked[keep] - theirs[keep]).abs().mean()
