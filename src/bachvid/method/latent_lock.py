@@ -33,6 +33,11 @@ SUGGESTED_BACKGROUND_LOCK = 0.5
 what the studio's "Lock the background" box and `bachvid toy results`' bg-lock condition use. Longer
 locks keep more background and break more actions."""
 
+SUGGESTED_SOFT_BACKGROUND_LOCK = (1.0, 0.1)
+"""(background_latents_until, background_latents_weight) of the soft background lock chosen on the toy
+model's diagnosis stories by the same rule (docs/DIAGNOSIS.md, "A soft background lock"): a tenth of the
+way toward the identity's latents after every step, to the end. `bachvid toy results`' bg-soft."""
+
 
 @dataclass(frozen=True)
 class LatentLock:

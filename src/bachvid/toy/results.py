@@ -25,6 +25,7 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
 | char-lock | BachVid with the character lock (`CHARACTER_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
 | locks | BachVid with both locks, shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
+| bg-soft | BachVid with the soft background lock (`SOFT_BACKGROUND_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
 | no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: when run, what bg-lock, char-lock and locks are compared with |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
@@ -64,7 +65,7 @@ import numpy as np
 import torch
 
 from ..io.terminal import quiet_loading_bars_off_terminal
-from ..method.latent_lock import SUGGESTED_BACKGROUND_LOCK
+from ..method.latent_lock import SUGGESTED_BACKGROUND_LOCK, SUGGESTED_SOFT_BACKGROUND_LOCK
 from . import world
 from .shot_metrics import METRICS, compare
 
@@ -87,10 +88,12 @@ TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "
 # toy models' default (docs/results: runs/results, -wan3), so `option_reference` says which it was.
 OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's seed",
            "char-lock": "character lock, on BachVid with shots on the identity's seed",
-           "locks": "both locks, on BachVid with shots on the identity's seed"}
+           "locks": "both locks, on BachVid with shots on the identity's seed",
+           "bg-soft": "soft background lock, on BachVid with shots on the identity's seed"}
 OPTION_REFERENCES = ("no-locks", "bachvid-idseed")
 BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
+SOFT_BACKGROUND_LOCK = SUGGESTED_SOFT_BACKGROUND_LOCK
 """The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
 character_latents_until), chosen on the diagnosis stories (docs/DIAGNOSIS.md, "Latent locks")."""
 
@@ -148,11 +151,15 @@ CONDITIONS = {c.name: c for c in (
     Condition("locks", f"BachVid + both locks ({BACKGROUND_LOCK}, {CHARACTER_LOCK}), shots on the identity's seed",
               changes={"background_latents_until": BACKGROUND_LOCK, "character_latents_until": CHARACTER_LOCK},
               seeds="identity"),
+    Condition("bg-soft", f"BachVid + soft background lock (background_latents_until {SOFT_BACKGROUND_LOCK[0]}, "
+              f"weight {SOFT_BACKGROUND_LOCK[1]}), shots on the identity's seed",
+              changes={"background_latents_until": SOFT_BACKGROUND_LOCK[0],
+                       "background_latents_weight": SOFT_BACKGROUND_LOCK[1]}, seeds="identity"),
     Condition("no-locks", "BachVid without the latent locks (the paper's form), shots on the identity's seed",
               changes={"background_latents_until": 0.0, "character_latents_until": 0.0}, seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
-          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "bg-lock", "char-lock", "locks"))
+          ("oracle-masks", "oracle-matches"), ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "bg-lock", "bg-soft", "char-lock", "locks"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
