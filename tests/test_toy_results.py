@@ -306,7 +306,8 @@ def test_evaluate_scores_a_generate_folder(tmp_path, capsys):
 
 def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tmp_path):
     """... and so are the locks' rows, with the locks in the config (no-locks: both off); the table says
-    what a lock adds against the run without locks, not against today's defaults (which hold one)."""
+    what an option adds against the same run without it: the background lock against the model's
+    defaults, both locks against no-locks (the defaults hold the character lock)."""
     from bachvid.pipeline import BachVidPipeline
 
     out = tmp_path / "results"
@@ -334,7 +335,7 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     assert np.abs(locked.astype(int) - unlocked.astype(int)).max() > 2
     assert pipe.default_config().character_latents_until > 0  # so bachvid-idseed is no reference for a lock
     table = (out / "table.md").read_text()
-    assert "| background lock, on BachVid with shots on the identity's seed (against no-locks) |" in table
+    assert "| background lock, on BachVid with shots on the identity's seed (against bachvid-idseed) |" in table
     assert "| both locks, on BachVid with shots on the identity's seed (against no-locks) |" in table
     summary = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -343,10 +344,17 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     expected = np.nanmean([values["locks"]["histogram_distance"][n] - values["no-locks"]["histogram_distance"][n]
                            for n in values["locks"]["histogram_distance"]])
     assert adds["mean"] == pytest.approx(expected)
-    # Records without a no-locks run (made before it existed) fall back to bachvid-idseed.
-    older = results.summarize([r for r in records if r["condition"] != "no-locks"],
-                              results.benchmark_stories(2, shots=1), ["bachvid-idseed", "locks"], resamples=50)
-    assert older["conditions"]["locks"]["compared_with"] == "bachvid-idseed"
+    # Without a run that lacks only the locks there is nothing to compare with ...
+    kept = [r for r in records if r["condition"] != "no-locks"]
+    stories = results.benchmark_stories(2, shots=1)
+    assert results.summarize(kept, stories, ["bachvid-idseed", "locks"], resamples=50)["conditions"]["locks"] \
+        .get("compared_with") is None
+    # ... but in records made when the defaults held no character lock, bachvid-idseed is that run.
+    older = [{**r, "fingerprint": {**r["fingerprint"], "config": {**r["fingerprint"]["config"],
+                                                                  "character_latents_until": 0.0}}} for r in kept]
+    summary = results.summarize(older, stories, ["bachvid-idseed", "bg-lock", "locks"], resamples=50)
+    assert summary["conditions"]["locks"]["compared_with"] == "bachvid-idseed"
+    assert summary["conditions"]["bg-lock"]["compared_with"] == "bachvid-idseed"
 
 
 def test_records_know_the_model_by_its_weights_not_its_folder(tmp_path, capsys):

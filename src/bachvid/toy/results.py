@@ -22,11 +22,11 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | paper-merge | BachVid, the paper's token merge (background_merge 0) |
 | bachvid-idseed | BachVid, shots on the identity's seed |
 | fg-full | BachVid, foreground injection on at the paper's strength (for a model whose config weakens it: toy-wan) |
-| bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
-| char-lock | BachVid with the character lock (`CHARACTER_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
-| locks | BachVid with both locks, shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
-| bg-soft | BachVid with the soft background lock (`SOFT_BACKGROUND_LOCK`), shots on the identity's seed: compared with no-locks (else bachvid-idseed) |
-| no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: when run, what bg-lock, char-lock and locks are compared with |
+| bg-lock | BachVid with the background lock (`BACKGROUND_LOCK`), shots on the identity's seed: compared with the same run without it |
+| char-lock | BachVid with the character lock (`CHARACTER_LOCK`), shots on the identity's seed: compared with the same run without it |
+| locks | BachVid with both locks, shots on the identity's seed: compared with the same run without it |
+| bg-soft | BachVid with the soft background lock (`SOFT_BACKGROUND_LOCK`), shots on the identity's seed: compared with the same run without it |
+| no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: what locks and char-lock are compared with where the model's config holds a lock |
 
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
@@ -83,14 +83,13 @@ PARTS = {"no-bg": "the shared background (its injection and its merge)", "no-fg"
 TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "true matches instead of read ones",
           "oracle-both": "true masks and matches"}
 # Options beyond the paper: what one adds is the condition minus the same run without it (same seeds),
-# paired over stories. That reference is no-locks (BachVid with both locks off) when it ran; else
-# bachvid-idseed, which ran without locks only in records made before the character lock became the
-# toy models' default (docs/results: runs/results, -wan3), so `option_reference` says which it was.
+# paired over stories: the run whose config is the option's with the option's own knobs back at their
+# defaults (`option_reference`). Today bg-lock is compared with bachvid-idseed and locks with no-locks;
+# in records made before the character lock became the toy models' default, both with bachvid-idseed.
 OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's seed",
            "char-lock": "character lock, on BachVid with shots on the identity's seed",
            "locks": "both locks, on BachVid with shots on the identity's seed",
            "bg-soft": "soft background lock, on BachVid with shots on the identity's seed"}
-OPTION_REFERENCES = ("no-locks", "bachvid-idseed")
 BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
 SOFT_BACKGROUND_LOCK = SUGGESTED_SOFT_BACKGROUND_LOCK
@@ -573,8 +572,9 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
         if c not in values:
             continue
         entry = {"label": CONDITIONS[c].label, "metrics": {}}
+        reference = option_reference(c, records) if c in OPTIONS else None
         if c in OPTIONS:
-            entry["compared_with"] = option_reference(values)
+            entry["compared_with"] = reference
         for metric in (*METRICS, "seconds", "mask_iou"):
             column = np.array([values[c].get(metric, {}).get(n, np.nan) for n in names])
             finite = column[np.isfinite(column)]
@@ -587,9 +587,9 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
                 full = np.array([values["bachvid"][metric].get(n, np.nan) for n in names])
                 with_, without = (full, column) if c in PARTS else (column, full)
                 m["part adds"] = paired_bootstrap(with_, without, resamples, seed)
-            elif c in OPTIONS and option_reference(values) and metric in values[option_reference(values)]:
-                reference = np.array([values[option_reference(values)][metric].get(n, np.nan) for n in names])
-                m["part adds"] = paired_bootstrap(column, reference, resamples, seed)
+            elif reference in values and metric in values[reference]:
+                without = np.array([values[reference][metric].get(n, np.nan) for n in names])
+                m["part adds"] = paired_bootstrap(column, without, resamples, seed)
             entry["metrics"][metric] = m
         oracle = [e for r in records if r["condition"] == c for e in r.get("oracle_log") or []]
         if oracle:
@@ -602,9 +602,31 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
     return summary
 
 
-def option_reference(values: dict) -> str | None:
-    """What an option beyond the paper is compared with: the first of OPTION_REFERENCES that ran."""
-    return next((c for c in OPTION_REFERENCES if c in values), None)
+def run_config(records: list[dict], condition: str) -> dict | None:
+    """The BachVid config a condition ran with: its records' model config (`with_new_knobs`) and the
+    condition's changes."""
+    record = next((r for r in records if r["condition"] == condition and "fingerprint" in r), None)
+    if record is None:
+        return None
+    return {**with_new_knobs(record["fingerprint"]).get("config", {}), **_jsonable(CONDITIONS[condition].changes)}
+
+
+def option_reference(option: str, records: list[dict]) -> str | None:
+    """What an option beyond the paper is compared with: the run on the same seeds, without oracles,
+    whose config is the option's with the option's own knobs back at their defaults (None: not run)."""
+    from ..method.config import BachVidConfig
+
+    mine = run_config(records, option)
+    if mine is None:
+        return None
+    defaults = _jsonable(BachVidConfig().to_dict())
+    want = {**mine, **{k: defaults[k] for k in CONDITIONS[option].changes}}
+    for c in dict.fromkeys(r["condition"] for r in records):
+        other = CONDITIONS.get(c)
+        if (c != option and other is not None and other.bachvid and not other.oracle
+                and other.seeds == CONDITIONS[option].seeds and run_config(records, c) == want):
+            return c
+    return None
 
 
 def _mean(xs):
