@@ -22,3 +22,23 @@ def test_results_sheet_has_a_row_per_story_with_identity_same_seed_and_bachvid_s
     last = image[26 + 136:26 + 136 + 128:2, 320 + 14 * 136:320 + 14 * 136 + 128:2]
     assert np.array_equal(last, ours[1, 16])  # second story, last shot's last frame, enlarged x2
     assert not results.sheet(tmp_path, stories[2:], 5, tmp_path / "none.png")
+
+
+def test_results_sheet_puts_each_options_shots_under_bachvids(tmp_path):
+    """A locks-only run (no own-seed BachVid) still makes a sheet: BachVid on the identity's seed, then a
+    row per option that ran, its shots in BachVid's columns."""
+    stories = results.benchmark_stories(1, shots=2)
+    folder = tmp_path / "videos" / stories[0].name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    videos = {"identity": (17, 64, 64, 3)} | {c: (2, 17, 64, 64, 3) for c in ("vanilla-idseed", "bachvid-idseed",
+                                                                           "bg-soft")}
+    for condition, shape in videos.items():
+        np.savez(folder / f"{condition}.npz", frames=rng.integers(0, 255, shape, dtype=np.uint8))
+    assert results.sheet(tmp_path, stories, 5, tmp_path / "sheet.png")
+    image = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    assert image.shape == (26 + 2 * (128 + 8), 320 + 5 * 3 * (128 + 8), 3)  # a story row and an option row
+    soft = np.load(folder / "bg-soft.npz")["frames"]
+    last = image[26 + 136:26 + 136 + 128:2, 320 + 14 * 136:320 + 14 * 136 + 128:2]
+    assert np.array_equal(last, soft[1, 16])  # the option's last shot sits under BachVid's last shot
+    assert (image[26 + 136:26 + 136 + 128, 320:320 + 128] == 255).all()  # no identity repeated

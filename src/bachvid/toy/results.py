@@ -48,7 +48,7 @@ cache mode, shot for shot (tests/test_toy_results.py checks it against `pipe.gen
 finished (story, condition) is appended to `OUT/records.jsonl` with its videos in `OUT/videos/`,
 so the same command resumes; conditions run in priority groups (baselines, bachvid, oracle-both
 first) so an interrupted run has complete columns. Outputs: table.md, results.json, plot.png,
-sheet.png (a few stories: identity | vanilla identity's seed | BachVid).
+sheet.png (a few stories: identity | vanilla identity's seed | BachVid, and a row per option that ran).
 """
 
 from __future__ import annotations
@@ -744,20 +744,31 @@ def plot(summary: dict, path: Path) -> None:
 
 def sheet(out: Path, stories: list[BenchStory], count: int, path: Path) -> bool:
     """identity | vanilla identity's seed shots | BachVid shots, one row per story (first `count`
-    stories with both conditions made)."""
+    stories with those made; BachVid: own seeds, else on the identity's seed), and under it a row per
+    option beyond the paper that ran (e.g. "+ soft background lock"), its shots under BachVid's."""
     from ..io.outputs import contact_sheet
 
-    rows = []
+    rows, shown = [], 0
     for bs in stories:
         ident = _load_frames(out, bs.name, "identity")
         same = _load_frames(out, bs.name, "vanilla-idseed")
-        ours = _load_frames(out, bs.name, "bachvid")
-        if ident is None or same is None or ours is None:
+        made = [(c, f) for c in ("bachvid", "bachvid-idseed") if (f := _load_frames(out, bs.name, c)) is not None]
+        if ident is None or same is None or not made:
             continue
+        name, ours = made[0]
         bg = "shared" if bs.shared else "switched"
+        seeds = "" if name == "bachvid" else " (identity's seed)"
         rows.append((f"{bs.name} {bs.character} {bs.background} ({bg}): identity | same seed: "
-                     f"{', '.join(bs.actions)} | BachVid: {', '.join(bs.actions)}", np.stack([ident, *same, *ours])))
-        if len(rows) >= count:
+                     f"{', '.join(bs.actions)} | BachVid{seeds}: {', '.join(bs.actions)}",
+                     np.stack([ident, *same, *ours])))
+        blank = np.full_like(ident, 255)
+        for option, text in OPTIONS.items():
+            extra = _load_frames(out, bs.name, option)
+            if extra is not None:
+                rows.append((f"  + {text.split(',')[0]}: {', '.join(bs.actions)}",
+                             np.stack([blank, *[blank] * len(same), *extra])))
+        shown += 1
+        if shown >= count:
             break
     if not rows:
         return False
