@@ -183,13 +183,13 @@ def belt_fields(identity_frames, shot_frames, ident, shot) -> dict:
     """The results table's palette-free belt reader (`shot_metrics.belt_colour`), kept apart from
     `accessory_of` so that a diagnosis can say why a belt is lost: unreadable in the shot
     (`shot_belt_read` 0) or read in another colour (`belt_distance` > BELT_MATCH)."""
-    from .shot_metrics import BELT_MATCH, belt_colour
+    from .shot_metrics import BELT_MATCH, belt_colour, belt_distance
 
     identity_belt = belt_colour(identity_frames, ident.mask, ident.character_kind)
     if identity_belt is None:
         return {"belt_kept": None, "shot_belt_read": None, "belt_distance": None}
     shot_belt = belt_colour(shot_frames, shot.mask, ident.character_kind)
-    distance = None if shot_belt is None else float(np.sqrt(((shot_belt - identity_belt) ** 2).sum()))
+    distance = belt_distance(identity_belt, shot_belt)
     return {"belt_kept": float(distance is not None and distance <= BELT_MATCH),
             "shot_belt_read": float(shot_belt is not None), "belt_distance": distance}
 

@@ -92,9 +92,9 @@ OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's 
            "bg-soft": "soft background lock, on BachVid with shots on the identity's seed"}
 BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
-SOFT_BACKGROUND_LOCK = SUGGESTED_SOFT_BACKGROUND_LOCK
 """The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
 character_latents_until), chosen on the diagnosis stories (docs/DIAGNOSIS.md, "Latent locks")."""
+SOFT_BACKGROUND_LOCK = SUGGESTED_SOFT_BACKGROUND_LOCK  # bg-soft's (until, weight)
 
 
 @dataclass(frozen=True)
@@ -752,10 +752,11 @@ def sheet(out: Path, stories: list[BenchStory], count: int, path: Path) -> bool:
     for bs in stories:
         ident = _load_frames(out, bs.name, "identity")
         same = _load_frames(out, bs.name, "vanilla-idseed")
-        made = [(c, f) for c in ("bachvid", "bachvid-idseed") if (f := _load_frames(out, bs.name, c)) is not None]
-        if ident is None or same is None or not made:
+        made = next(((c, f) for c in ("bachvid", "bachvid-idseed")
+                     if (f := _load_frames(out, bs.name, c)) is not None), None)
+        if ident is None or same is None or made is None:
             continue
-        name, ours = made[0]
+        name, ours = made
         bg = "shared" if bs.shared else "switched"
         seeds = "" if name == "bachvid" else " (identity's seed)"
         rows.append((f"{bs.name} {bs.character} {bs.background} ({bg}): identity | same seed: "

@@ -72,6 +72,13 @@ def belt_colour(frames: np.ndarray, mask: np.ndarray, character_kind: str) -> np
     return colour if contrast >= BELT_MIN_CONTRAST else None
 
 
+def belt_distance(identity_belt, shot_belt) -> float | None:
+    """RGB distance between two read belt colours (None when either is unreadable); kept when <= BELT_MATCH."""
+    if identity_belt is None or shot_belt is None:
+        return None
+    return float(np.sqrt(((shot_belt - identity_belt) ** 2).sum()))
+
+
 def belt_name(colour) -> str | None:
     """The world's accessory colour nearest to a read belt colour (for reports)."""
     if colour is None:
@@ -98,9 +105,7 @@ def compare(identity_frames: np.ndarray, shot_frames: np.ndarray, action: str | 
     if isinstance(identity_belt, str):
         identity_belt = belt_colour(identity_frames, ident.mask, ident.character_kind)
     shot_belt = belt_colour(shot_frames, shot.mask, ident.character_kind)
-    distance = None
-    if identity_belt is not None and shot_belt is not None:
-        distance = float(np.sqrt(((shot_belt - identity_belt) ** 2).sum()))
+    distance = belt_distance(identity_belt, shot_belt)
     similarity = float(np.minimum(colour_histogram(identity_frames, ident.mask),
                                   colour_histogram(shot_frames, shot.mask)).sum())
     return {
