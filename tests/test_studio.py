@@ -279,11 +279,20 @@ def test_the_studio_takes_no_longer_than_the_cli_for_the_same_story(studio, tmp_
                 == read_video(studio.session_folder("timed") / "story-000" / f"{name}.mp4")).all()
 
 
-def test_the_lock_box_turns_the_background_lock_on_and_off(studio):
-    from bachvid.method.latent_lock import SUGGESTED_BACKGROUND_LOCK
+def test_the_lock_box_turns_the_background_lock_on_and_off(studio, monkeypatch):
+    """On: the model's own lock (the toy model's mild soft lock), or the suggested hard lock where the
+    model has none; off: no lock."""
+    from bachvid.method.latent_lock import MILD_BACKGROUND_LOCK, SUGGESTED_BACKGROUND_LOCK
 
-    assert callbacks.page_config(studio, {"background_lock": True}).background_latents_until == SUGGESTED_BACKGROUND_LOCK
+    def lock(config):
+        return config.background_latents_until, config.background_latents_weight
+
+    assert lock(studio.pipe.default_config()) == MILD_BACKGROUND_LOCK
+    assert lock(callbacks.page_config(studio, {"background_lock": True})) == MILD_BACKGROUND_LOCK
     assert callbacks.page_config(studio, {"background_lock": False}).background_latents_until == 0.0
-    default = studio.pipe.default_config().background_latents_until
-    assert callbacks.page_config(studio, {}).background_latents_until == default
+    assert lock(callbacks.page_config(studio, {})) == MILD_BACKGROUND_LOCK
     assert callbacks.page_config(studio, {"background_lock": True}, enabled=False).enabled is False
+    unlocked = studio.pipe.default_config(background_latents_until=0.0)
+    monkeypatch.setattr(studio.pipe, "default_config", lambda **knobs: unlocked.replace(**knobs))
+    assert lock(callbacks.page_config(studio, {"background_lock": True})) == (SUGGESTED_BACKGROUND_LOCK, 1.0)
+    assert callbacks.page_config(studio, {"background_lock": False}).background_latents_until == 0.0

@@ -306,13 +306,13 @@ def test_evaluate_scores_a_generate_folder(tmp_path, capsys):
 
 def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tmp_path):
     """... and so are the locks' rows, with the locks in the config (no-locks: both off); the table says
-    what an option adds against the same run without it: the background lock against the model's
-    defaults, both locks against no-locks (the defaults hold the character lock)."""
+    what an option adds against the same run without it: the hard background lock against no-bg-lock,
+    both locks against no-locks (the defaults hold the character lock and the mild background lock)."""
     from bachvid.pipeline import BachVidPipeline
 
     out = tmp_path / "results"
     args = ["--stories", "2", "--shots", "1", "--steps", "4", "--out", str(out), "--conditions",
-            "vanilla-idseed,bachvid-idseed,no-locks,bg-lock,locks", "--batch", "2", "--resamples", "50",
+            "vanilla-idseed,bachvid-idseed,no-locks,no-bg-lock,bg-lock,locks", "--batch", "2", "--resamples", "50",
             "--sheet-stories", "1"]
     assert results.main(args) == 0
     bench = results.benchmark_stories(2, shots=1)[0]
@@ -320,9 +320,11 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     pipe = BachVidPipeline.from_pretrained()
     settings = replace(pipe.default_settings(), num_inference_steps=4)
     story = replace(bench.story(), shot_seeds="identity")
-    both = {"background_latents_until": results.BACKGROUND_LOCK, "character_latents_until": results.CHARACTER_LOCK}
+    hard = {"background_latents_until": results.BACKGROUND_LOCK, "background_latents_weight": 1.0}
+    both = {**hard, "character_latents_until": results.CHARACTER_LOCK}
     for condition, config in (("bachvid-idseed", pipe.default_config()),
-                              ("bg-lock", pipe.default_config(background_latents_until=results.BACKGROUND_LOCK)),
+                              ("bg-lock", pipe.default_config(**hard)),
+                              ("no-bg-lock", pipe.default_config(background_latents_until=0.0)),
                               ("locks", pipe.default_config(**both)),
                               ("no-locks", pipe.default_config(background_latents_until=0.0,
                                                                character_latents_until=0.0))):
@@ -333,9 +335,10 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     locked = np.load(out / "videos" / bench.name / "bg-lock.npz")["frames"]
     unlocked = np.load(out / "videos" / bench.name / "bachvid-idseed.npz")["frames"]
     assert np.abs(locked.astype(int) - unlocked.astype(int)).max() > 2
-    assert pipe.default_config().character_latents_until > 0  # so bachvid-idseed is no reference for a lock
+    # The defaults hold both locks, so bachvid-idseed is no reference for a lock.
+    assert pipe.default_config().character_latents_until > 0 and pipe.default_config().background_latents_until > 0
     table = (out / "table.md").read_text()
-    assert "| background lock, on BachVid with shots on the identity's seed (against bachvid-idseed) |" in table
+    assert "| background lock, on BachVid with shots on the identity's seed (against no-bg-lock) |" in table
     assert "| both locks, on BachVid with shots on the identity's seed (against no-locks) |" in table
     summary = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -349,9 +352,10 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     stories = results.benchmark_stories(2, shots=1)
     assert results.summarize(kept, stories, ["bachvid-idseed", "locks"], resamples=50)["conditions"]["locks"] \
         .get("compared_with") is None
-    # ... but in records made when the defaults held no character lock, bachvid-idseed is that run.
-    older = [{**r, "fingerprint": {**r["fingerprint"], "config": {**r["fingerprint"]["config"],
-                                                                  "character_latents_until": 0.0}}} for r in kept]
+    # ... but in records made when the defaults held no lock, bachvid-idseed is that run.
+    unlocked = {"character_latents_until": 0.0, "background_latents_until": 0.0, "background_latents_weight": 1.0}
+    older = [{**r, "fingerprint": {**r["fingerprint"], "config": {**r["fingerprint"]["config"], **unlocked}}}
+             for r in kept]
     summary = results.summarize(older, stories, ["bachvid-idseed", "bg-lock", "locks"], resamples=50)
     assert summary["conditions"]["locks"]["compared_with"] == "bachvid-idseed"
     assert summary["conditions"]["bg-lock"]["compared_with"] == "bachvid-idseed"

@@ -33,6 +33,12 @@ SUGGESTED_BACKGROUND_LOCK = 0.5
 what the studio's "Lock the background" box and `bachvid toy results`' bg-lock condition use. Longer
 locks keep more background and break more actions."""
 
+MILD_BACKGROUND_LOCK = (0.5, 0.5)
+"""(background_latents_until, background_latents_weight) of the mild soft lock: half-way toward the
+identity's latents after each step, for the first half of the steps. The largest background gain on the
+toy model's diagnosis stories that loses no action (docs/DIAGNOSIS.md, "A mild soft lock"); the toy
+CogVideoX model's default (its bachvid.json)."""
+
 SUGGESTED_SOFT_BACKGROUND_LOCK = (1.0, 0.1)
 """(background_latents_until, background_latents_weight) of the soft background lock chosen on the toy
 model's diagnosis stories by the same rule (docs/DIAGNOSIS.md, "A soft background lock"): a tenth of the

@@ -57,13 +57,17 @@ def parse_layers(text) -> tuple[int, ...] | None:
 
 def page_config(studio: Studio, knobs: dict, enabled: bool = True):
     """The BachVid config: the model's defaults with the page's knobs ("background_lock": the box
-    that turns the background lock on at its suggested setting, or off)."""
-    lock = knobs.get("background_lock")
-    return studio.config(enabled=enabled, shared_background=knobs.get("shared_background"),
-                         token_merge=knobs.get("token_merge") if enabled else None,
-                         vital_layers=parse_layers(knobs.get("vital_layers")) if enabled else None,
-                         background_latents_until=None if lock is None or not enabled
-                         else SUGGESTED_BACKGROUND_LOCK if lock else 0.0)
+    that keeps the model's own background lock on, or the suggested hard lock where the model has
+    none, or turns it off)."""
+    lock = knobs.get("background_lock") if enabled else None
+    config = studio.config(enabled=enabled, shared_background=knobs.get("shared_background"),
+                           token_merge=knobs.get("token_merge") if enabled else None,
+                           vital_layers=parse_layers(knobs.get("vital_layers")) if enabled else None)
+    if lock is None or bool(lock) == (config.background_latents_until > 0):
+        return config
+    if lock:
+        return config.replace(background_latents_until=SUGGESTED_BACKGROUND_LOCK, background_latents_weight=1.0)
+    return config.replace(background_latents_until=0.0)
 
 
 def _result(status: str, folder: Path | None = None, names=(), baseline: Path | None = None, zip_path=None,
