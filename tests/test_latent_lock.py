@@ -259,3 +259,52 @@ def test_a_soft_background_lock_pulls_the_background_part_of_the_way(tiny_pipe, 
         mine, theirs, keep = locked_latents(tiny_pipe, identity, shot)
         unlocked = tiny_pipe.backbone.latent_tokens(plain.latents)
         assert 0 < (mine[keep] - theirs[keep]).abs().mean() < 0.8 * (unlocked[keep] - theirs[keep]).abs().mean()
+
+
+# The agreement lock: the background lock on the tokens the pre-run already shares with the identity --
+
+def test_agreeing_tokens_are_those_within_a_multiple_of_the_median_distance():
+    from bachvid.method.latent_lock import agreeing_tokens
+
+    class Flat:
+        latent_tokens = staticmethod(lambda x: x)
+
+    identity = torch.zeros(5, 2)
+    shot = torch.tensor([[0.0, 0.1], [0.0, 0.2], [0.0, 0.3], [0.0, 3.0], [0.0, 0.25]])
+    assert agreeing_tokens(shot, identity, Flat, 1.0).tolist() == [True, True, False, False, True]
+    assert agreeing_tokens(shot, identity, Flat, 2.0).tolist() == [True, True, True, False, True]
+
+
+def test_an_agreement_lock_holds_what_the_pre_run_shares_with_the_identity(tiny_pipe, settings, monkeypatch):
+    """A hard lock to the end on the agreeing tokens: after the last step they are the identity's,
+    whatever the masks say; the rest is the shot's; every identity mode gives the same shots."""
+    from dataclasses import replace
+
+    import bachvid.modes as modes
+
+    held = []
+    agreeing = modes.agreeing_tokens
+    monkeypatch.setattr(modes, "agreeing_tokens", lambda *a: held.append(agreeing(*a)) or held[-1])
+    on_seed = replace(settings, shot_seeds="identity")
+    knobs = dict(background_latents_until=1.0, background_lock_agreement=1.0)
+    identity, *shots = run(tiny_pipe, on_seed, **knobs)
+    assert len(held) == len(shots)
+    for shot, agree in zip(shots, held):
+        mine, theirs = tiny_pipe.backbone.latent_tokens(shot.latents), tiny_pipe.backbone.latent_tokens(identity.latents)
+        assert 0 < agree.sum() < agree.numel()
+        assert torch.equal(mine[agree], theirs[agree])
+        assert (mine[~agree] - theirs[~agree]).abs().max() > 1e-3
+    for mode, group in (("replay", 1), ("lockstep", 2)):
+        for a, b in zip(run(tiny_pipe, on_seed, **knobs), run(tiny_pipe, on_seed, mode, group, **knobs)):
+            assert (a.latents - b.latents).abs().max() <= 1e-5, (mode, a.role, a.index)
+
+
+def test_an_agreement_lock_refuses_shots_on_other_noise(tiny_pipe, settings):
+    with pytest.raises(ValueError, match="shot_seeds='identity'"):
+        run(tiny_pipe, settings, background_latents_until=1.0, background_lock_agreement=1.0)
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_agreement_must_be_a_finite_non_negative_multiple(value):
+    with pytest.raises(ValueError, match="background_lock_agreement"):
+        BachVidConfig(background_lock_agreement=value)

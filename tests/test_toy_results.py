@@ -312,7 +312,7 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
 
     out = tmp_path / "results"
     args = ["--stories", "2", "--shots", "1", "--steps", "4", "--out", str(out), "--conditions",
-            "vanilla-idseed,bachvid-idseed,no-locks,no-bg-lock,bg-lock,locks", "--batch", "2", "--resamples", "50",
+            "vanilla-idseed,bachvid-idseed,no-locks,no-bg-lock,bg-lock,bg-agree,locks", "--batch", "2", "--resamples", "50",
             "--sheet-stories", "1"]
     assert results.main(args) == 0
     bench = results.benchmark_stories(2, shots=1)[0]
@@ -325,6 +325,9 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     for condition, config in (("bachvid-idseed", pipe.default_config()),
                               ("bg-lock", pipe.default_config(**hard)),
                               ("no-bg-lock", pipe.default_config(background_latents_until=0.0)),
+                              ("bg-agree", pipe.default_config(**dict(zip(
+                                  ("background_latents_until", "background_latents_weight", "background_lock_agreement"),
+                                  results.AGREEMENT_LOCK)))),
                               ("locks", pipe.default_config(**both)),
                               ("no-locks", pipe.default_config(background_latents_until=0.0,
                                                                character_latents_until=0.0))):
@@ -339,6 +342,7 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     assert pipe.default_config().character_latents_until > 0 and pipe.default_config().background_latents_until > 0
     table = (out / "table.md").read_text()
     assert "| background lock, on BachVid with shots on the identity's seed (against no-bg-lock) |" in table
+    assert "| agreement lock, on BachVid with shots on the identity's seed (against no-bg-lock) |" in table
     assert "| both locks, on BachVid with shots on the identity's seed (against no-locks) |" in table
     summary = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

@@ -40,7 +40,7 @@ from .backbones import BatchVideo
 from .method.config import BachVidConfig
 from .method.controller import VideoState
 from .method.identity import CachedIdentity, LiveIdentity
-from .method.latent_lock import LatentLocks, shot_locks
+from .method.latent_lock import LatentLocks, agreeing_tokens, shot_locks
 from .method.mask import MaskReader
 from .method.match import MatchAccumulator, Matches
 from .method.plan import PlanMaker, StepPlan
@@ -74,6 +74,9 @@ class Video:
     seed: int
     embeds: torch.Tensor
     negative: torch.Tensor | None
+    agreeing: torch.Tensor | None = None
+    """A shot's tokens whose pre-run latent agrees with the identity's (`background_lock_agreement`):
+    set by its pre-run, held by its background lock."""
 
     def denoised(self) -> BatchVideo:
         return BatchVideo(self.embeds, self.negative, seed=self.seed)
@@ -87,7 +90,7 @@ class Video:
 # how strongly shots weigh the injected character, and whether shots lock latents to the identity's
 # saved ones (files saved before these knobs existed still load).
 _FREE_CONFIG_FIELDS = ("extra", "shared_background", "foreground_logit_bias", "background_latents_until",
-                       "background_latents_weight", "character_latents_until")
+                       "background_latents_weight", "background_lock_agreement", "character_latents_until")
 
 
 def identity_config(config: BachVidConfig) -> dict:
@@ -329,9 +332,32 @@ class StoryRun:
             return ([row[1](i)] if row else []) + [(state, None) for state in states]
 
         run_steps = (self.maker.schedule.prerun_steps - 1) // k + 1
-        self._denoise(batch, step_states, run_steps, label="pre-run", num_steps=self.settings.num_inference_steps // k)
+        ends = self._denoise(batch, step_states, run_steps, label="pre-run", num_steps=self.settings.num_inference_steps // k)
+        if self.agreement_lock:  # the identity's latent at the pre-run's end: full-schedule step run_steps * k
+            latents, step = (cache.trajectory, run_steps * k) if cache is not None else (replay, run_steps)
+            self._agreement(shots, identity, ends[len(ends) - len(shots):], latents, step)
         return [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
                 for state in states]
+
+    @property
+    def agreement_lock(self) -> bool:
+        """Whether the shots' background lock holds the tokens their pre-runs agree on."""
+        c = self.config
+        return c.background_lock_agreement > 0 and c.shared_background and c.background_latents_until > 0
+
+    def _agreement(self, shots: list[Video], identity: Video, ends: list[torch.Tensor], identity_latents, step: int):
+        """Each shot's tokens whose latent at the end of its pre-run agrees with the identity's at that
+        step (`identity_latents[step]`): the noise must be the identity's for latents to agree."""
+        if identity_latents is None:
+            raise ValueError("the agreement lock needs the identity's latents at every step; this identity was "
+                             "made without them (make it again with the same config)")
+        for video, end in zip(shots, ends):
+            if video.seed != identity.seed:
+                raise ValueError(f"background_lock_agreement compares latents drawn from the same noise, but shot "
+                                 f"{video.index} has seed {video.seed} and the identity {identity.seed}: "
+                                 "use shot_seeds='identity'")
+            video.agreeing = agreeing_tokens(end, identity_latents[step], self.backbone,
+                                             self.config.background_lock_agreement)
 
     def real_runs(self, shots: list[Video], identity: Video, identity_fg, readings, *, cache=None, replay=None,
                   trajectory: list[torch.Tensor] | None = None):
@@ -352,18 +378,18 @@ class StoryRun:
                 state.plan = plans(i)
             return ([row[1](i)] if row else []) + [(state, None) for state in states]
 
-        return self._denoise(batch, step_states, on_step_end=self._locks(identity_fg, readings, row, cache, trajectory),
-                             label="shots")
+        locks = self._locks(shots, identity_fg, readings, row, cache, trajectory)
+        return self._denoise(batch, step_states, on_step_end=locks, label="shots")
 
-    def _locks(self, identity_fg, readings, row, cache, trajectory) -> LatentLocks | None:
+    def _locks(self, shots, identity_fg, readings, row, cache, trajectory) -> LatentLocks | None:
         """The shots' latent locks (None: no shot has one). The identity's latent after step i is its
         trajectory's, or, denoised in this batch (lockstep), its row's."""
         if trajectory is None and cache is not None:
             trajectory = cache.trajectory
         live = row is not None and trajectory is None
         first, rows = (1 if row else 0), {}
-        for k, (fg, matches) in enumerate(readings):
-            locks = shot_locks(self.config, identity_fg, fg, matches, self.settings.num_inference_steps)
+        for k, ((fg, matches), video) in enumerate(zip(readings, shots)):
+            locks = shot_locks(self.config, identity_fg, fg, matches, self.settings.num_inference_steps, video.agreeing)
             if not locks:
                 continue
             if trajectory is None and not live:

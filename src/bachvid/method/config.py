@@ -39,6 +39,12 @@ class BachVidConfig:
     """How far the background lock moves those latents toward the identity's after each step: 1 sets
     them (blended-latent inpainting), w < 1 blends (1 - w) * shot + w * identity, a softer pull that
     leaves the model room to move the character into them."""
+    background_lock_agreement: float = 0.0
+    """Beyond the paper: where the background lock holds. 0: background-in-both tokens (outside the
+    identity's mask and the shot's). a > 0: every video token whose latent at the end of the shot's
+    pre-run lies within a x the median token distance of the identity's latent at that step, masks
+    ignored (what the pre-run already shares with the identity, background or not). Needs shots on
+    the identity's seed (`shot_seeds="identity"`): latents drawn from other noise do not agree."""
     character_latents_until: float = 0.0
     """Beyond the paper: until this fraction of the schedule, a shot's matched character tokens are
     set to the identity's latent tokens they match after every step (see `latent_lock`). 0 is the
@@ -118,6 +124,8 @@ class BachVidConfig:
                 raise ValueError(f"{name} is a fraction of the schedule and must lie in [0, 1]")
         if not 0.0 < self.background_latents_weight <= 1.0:
             raise ValueError("background_latents_weight is a blend weight and must lie in (0, 1]")
+        if not (math.isfinite(self.background_lock_agreement) and self.background_lock_agreement >= 0):
+            raise ValueError("background_lock_agreement is a multiple of the median token distance and must be >= 0")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:

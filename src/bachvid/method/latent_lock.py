@@ -11,6 +11,8 @@ freely and heals the seams.
 - `background_lock`: background-in-both tokens (outside the identity's mask and the shot's own) take
   the identity's token at the same position (`background_latents_until`; assumes a still camera,
   as `background_merge` does).
+  With `background_lock_agreement` a > 0 it holds instead the tokens whose latents the shot's
+  pre-run already shares with the identity (`agreeing_tokens`): no mask is read for it.
 - `character_lock`: the shot's matched character tokens take the identity's tokens they match
   (`character_latents_until`): the identity's character, moved to where the shot puts it.
 
@@ -38,6 +40,12 @@ MILD_BACKGROUND_LOCK = (0.5, 0.5)
 identity's latents after each step, for the first half of the steps. The largest background gain on the
 toy model's diagnosis stories that loses no action (docs/DIAGNOSIS.md, "A mild soft lock"); the toy
 CogVideoX model's default (its bachvid.json)."""
+
+AGREEMENT_LOCK = (1.0, 0.25, 1.0)
+"""(background_latents_until, background_latents_weight, background_lock_agreement) of the agreement
+lock tried on the toy model's diagnosis stories: a quarter of the way toward the identity's latents after
+every step, to the end, on the tokens the shot's pre-run already shares with the identity
+(docs/DIAGNOSIS.md, "An agreement lock")."""
 
 SUGGESTED_SOFT_BACKGROUND_LOCK = (1.0, 0.1)
 """(background_latents_until, background_latents_weight) of the soft background lock chosen on the toy
@@ -67,15 +75,30 @@ class LatentLock:
         return view.tokens_to_latents(tokens, shot)
 
 
+def agreeing_tokens(shot: torch.Tensor, identity: torch.Tensor, view, factor: float) -> torch.Tensor:
+    """(video tokens,) bool on the host: tokens whose shot latent lies within `factor` x the median
+    token distance (L2 over channels) of the identity's latent of the same step. `view`: the backbone."""
+    ours = view.latent_tokens(shot.float())
+    theirs = view.latent_tokens(identity.to(shot.device).float())
+    distance = (ours - theirs).norm(dim=-1)
+    return (distance <= factor * distance.median()).cpu()
+
+
 def background_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: torch.Tensor,
-                    num_steps: int) -> LatentLock | None:
-    """The background-in-both tokens, each from the same position; None where the config has no
-    background lock (the paper) or the story switches backgrounds."""
+                    num_steps: int, agreeing: torch.Tensor | None = None) -> LatentLock | None:
+    """The background-in-both tokens (or, with `background_lock_agreement`, the `agreeing` tokens),
+    each from the same position; None where the config has no background lock (the paper) or the
+    story switches backgrounds."""
     steps = step_index(config.background_latents_until, num_steps)
     if not config.shared_background or steps == 0:
         return None
-    both = (~(identity_fg.bool() | shot_fg.bool())).reshape(-1).nonzero(as_tuple=True)[0]
-    return LatentLock(both, both, steps, config.background_latents_weight)
+    if config.background_lock_agreement > 0:
+        if agreeing is None:
+            raise ValueError("background_lock_agreement needs the shot's agreeing tokens from its pre-run")
+        held = agreeing.reshape(-1).nonzero(as_tuple=True)[0]
+    else:
+        held = (~(identity_fg.bool() | shot_fg.bool())).reshape(-1).nonzero(as_tuple=True)[0]
+    return LatentLock(held, held, steps, config.background_latents_weight)
 
 
 def character_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: torch.Tensor, matches: Matches,
@@ -89,9 +112,9 @@ def character_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: to
 
 
 def shot_locks(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: torch.Tensor, matches: Matches,
-               num_steps: int) -> list[LatentLock]:
+               num_steps: int, agreeing: torch.Tensor | None = None) -> list[LatentLock]:
     """Every lock of one shot (none in the paper's config)."""
-    locks = (background_lock(config, identity_fg, shot_fg, num_steps),
+    locks = (background_lock(config, identity_fg, shot_fg, num_steps, agreeing),
              character_lock(config, identity_fg, shot_fg, matches, num_steps))
     return [lock for lock in locks if lock is not None]
 

@@ -27,6 +27,7 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | locks | BachVid with both locks, shots on the identity's seed: compared with the same run without it |
 | bg-soft | BachVid with the soft background lock (`SOFT_BACKGROUND_LOCK`), shots on the identity's seed: compared with the same run without it |
 | bg-mild | BachVid with the mild soft background lock (`MILD_BACKGROUND_LOCK`), shots on the identity's seed: compared with the same run without it |
+| bg-agree | BachVid with the agreement lock (`AGREEMENT_LOCK`: the background lock on the tokens the shot's pre-run shares with the identity), shots on the identity's seed: compared with the same run without a background lock |
 | no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: what locks and char-lock are compared with where the model's config holds a lock |
 | no-bg-lock | BachVid without the background lock, shots on the identity's seed: what the background locks are compared with where the model's config holds one |
 
@@ -67,7 +68,7 @@ import numpy as np
 import torch
 
 from ..io.terminal import quiet_loading_bars_off_terminal
-from ..method.latent_lock import MILD_BACKGROUND_LOCK, SUGGESTED_BACKGROUND_LOCK, SUGGESTED_SOFT_BACKGROUND_LOCK
+from ..method.latent_lock import AGREEMENT_LOCK, MILD_BACKGROUND_LOCK, SUGGESTED_BACKGROUND_LOCK, SUGGESTED_SOFT_BACKGROUND_LOCK
 from . import world
 from .shot_metrics import METRICS, compare
 
@@ -93,7 +94,8 @@ OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's 
            "char-lock": "character lock, on BachVid with shots on the identity's seed",
            "locks": "both locks, on BachVid with shots on the identity's seed",
            "bg-soft": "soft background lock, on BachVid with shots on the identity's seed",
-           "bg-mild": "mild soft background lock, on BachVid with shots on the identity's seed"}
+           "bg-mild": "mild soft background lock, on BachVid with shots on the identity's seed",
+           "bg-agree": "agreement lock, on BachVid with shots on the identity's seed"}
 BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
 """The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
@@ -164,6 +166,10 @@ CONDITIONS = {c.name: c for c in (
               f"weight {MILD_BACKGROUND_LOCK[1]}), shots on the identity's seed",
               changes={"background_latents_until": MILD_BACKGROUND_LOCK[0],
                        "background_latents_weight": MILD_BACKGROUND_LOCK[1]}, seeds="identity"),
+    Condition("bg-agree", f"BachVid + agreement lock (background_latents_until {AGREEMENT_LOCK[0]}, weight "
+              f"{AGREEMENT_LOCK[1]}, background_lock_agreement {AGREEMENT_LOCK[2]}), shots on the identity's seed",
+              changes={"background_latents_until": AGREEMENT_LOCK[0], "background_latents_weight": AGREEMENT_LOCK[1],
+                       "background_lock_agreement": AGREEMENT_LOCK[2]}, seeds="identity"),
     Condition("no-locks", "BachVid without the latent locks (the paper's form), shots on the identity's seed",
               changes={"background_latents_until": 0.0, "background_latents_weight": 1.0, "character_latents_until": 0.0},
               seeds="identity"),
@@ -173,7 +179,7 @@ CONDITIONS = {c.name: c for c in (
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
           ("oracle-masks", "oracle-matches"),
-          ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "no-bg-lock", "bg-lock", "bg-soft", "bg-mild",
+          ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "no-bg-lock", "bg-lock", "bg-soft", "bg-mild", "bg-agree",
            "char-lock", "locks"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
@@ -459,7 +465,7 @@ class Bench:
 
     def _bachvid(self, condition: Condition, ws: list[dict]):
         from ..method.controller import VideoState
-        from ..method.latent_lock import LatentLocks, shot_locks
+        from ..method.latent_lock import LatentLocks, agreeing_tokens, shot_locks
         from ..method.match import MatchAccumulator
         from ..modes import StoryRun
 
@@ -485,12 +491,14 @@ class Bench:
                     items.append((p["condition"].shot_video(v, p["w"]["identity"]), state, plans, None))
                     owners.append(p)
             steps = missing[0]["run"].maker.schedule.prerun_steps
-            _, seconds = self._denoise(items, run_steps=steps)
+            ends, seconds = self._denoise(items, run_steps=steps)
             for p in missing:
-                p["w"]["preruns"][p["prerun"]] = {"readings": [], "seconds": seconds / len(items)}
-            for (_, state, _, _), p in zip(items, owners):
+                p["w"]["preruns"][p["prerun"]] = {"readings": [], "ends": [], "steps": steps,
+                                                  "seconds": seconds / len(items)}
+            for (_, state, _, _), p, end in zip(items, owners, ends):
                 read = (state.mask_reader.mask(p["run"].grid, p["config"].mask_open_kernel), state.matcher.result())
                 p["w"]["preruns"][p["prerun"]]["readings"].append(read)
+                p["w"]["preruns"][p["prerun"]]["ends"].append(end)
         items, locks = [], {}
         for p in per:
             pre = p["w"]["preruns"][p["prerun"]]
@@ -500,8 +508,14 @@ class Bench:
                             for v, (fg, m) in zip(p["w"]["shots"], readings)]
             p["readings"] = readings
             prerun_seconds[id(p)] = pre["seconds"]
-            for v, (fg, matches) in zip(p["w"]["shots"], readings):
-                shot = shot_locks(p["config"], p["identity_fg"], fg, matches, self.base.num_inference_steps)
+            for v, (fg, matches), end in zip(p["w"]["shots"], readings, pre["ends"]):
+                agreeing = None
+                if p["run"].agreement_lock:
+                    if condition.seeds != "identity":
+                        raise ValueError(f"{condition.name}: the agreement lock needs shots on the identity's seed")
+                    agreeing = agreeing_tokens(end, p["w"]["identity_after"][pre["steps"] - 1], self.pipe.backbone,
+                                               p["config"].background_lock_agreement)
+                shot = shot_locks(p["config"], p["identity_fg"], fg, matches, self.base.num_inference_steps, agreeing)
                 if shot:
                     locks[len(items)] = (shot, lambda i, _, after=p["w"]["identity_after"]: after[i])
                 items.append((condition.shot_video(v, p["w"]["identity"]), VideoState(source=p["w"]["record"]),
