@@ -84,8 +84,8 @@ def test_conditions_choose_the_shots_seeds_whatever_the_models_default(tmp_path,
     args = ["--stories", "1", "--steps", "3", "--out", str(tmp_path), "--threads", "1", "--conditions", "bachvid",
             "--condition", "unlocked:identity_seed=1;background_latents_until=0", "--keep-frames"]
     assert diagnose.main(args) == 0
-    assert BachVidPipeline.from_pretrained().default_config().background_latents_until == 0.5  # the toy default
-    own, identity = seen[0.5], seen[0.0]
+    assert BachVidPipeline.from_pretrained().default_config().background_latents_until == 1.0  # the toy default
+    own, identity = seen[1.0], seen[0.0]
     assert own[0] == "own" and len(set(own[1])) == 4
     assert identity[0] == "identity" and set(identity[1]) == {identity[1][0]}
     rows = [json.loads(line) for f in tmp_path.glob("rows-*.jsonl") for line in f.read_text().splitlines()]

@@ -307,7 +307,7 @@ def test_evaluate_scores_a_generate_folder(tmp_path, capsys):
 def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tmp_path):
     """... and so are the locks' rows, with the locks in the config (no-locks: both off); the table says
     what an option adds against the same run without it: the hard background lock against no-bg-lock,
-    both locks against no-locks (the defaults hold the character lock and the mild background lock)."""
+    both locks against no-locks (the defaults hold the character lock and the agreement lock)."""
     from bachvid.pipeline import BachVidPipeline
 
     out = tmp_path / "results"
@@ -320,7 +320,8 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     pipe = BachVidPipeline.from_pretrained()
     settings = replace(pipe.default_settings(), num_inference_steps=4)
     story = replace(bench.story(), shot_seeds="identity")
-    hard = {"background_latents_until": results.BACKGROUND_LOCK, "background_latents_weight": 1.0}
+    hard = {"background_latents_until": results.BACKGROUND_LOCK, "background_latents_weight": 1.0,
+            "background_lock_agreement": 0.0}
     both = {**hard, "character_latents_until": results.CHARACTER_LOCK}
     for condition, config in (("bachvid-idseed", pipe.default_config()),
                               ("bg-lock", pipe.default_config(**hard)),
@@ -357,7 +358,8 @@ def test_bachvid_on_the_identity_seed_is_the_pipeline_with_shots_on_that_seed(tm
     assert results.summarize(kept, stories, ["bachvid-idseed", "locks"], resamples=50)["conditions"]["locks"] \
         .get("compared_with") is None
     # ... but in records made when the defaults held no lock, bachvid-idseed is that run.
-    unlocked = {"character_latents_until": 0.0, "background_latents_until": 0.0, "background_latents_weight": 1.0}
+    unlocked = {"character_latents_until": 0.0, "background_latents_until": 0.0, "background_latents_weight": 1.0,
+                "background_lock_agreement": 0.0}
     older = [{**r, "fingerprint": {**r["fingerprint"], "config": {**r["fingerprint"]["config"], **unlocked}}}
              for r in kept]
     summary = results.summarize(older, stories, ["bachvid-idseed", "bg-lock", "locks"], resamples=50)

@@ -347,15 +347,15 @@ class StoryRun:
 
     def _agreement(self, shots: list[Video], identity: Video, ends: list[torch.Tensor], identity_latents, step: int):
         """Each shot's tokens whose latent at the end of its pre-run agrees with the identity's at that
-        step (`identity_latents[step]`): the noise must be the identity's for latents to agree."""
-        if identity_latents is None:
-            raise ValueError("the agreement lock needs the identity's latents at every step; this identity was "
-                             "made without them (make it again with the same config)")
+        step (`identity_latents[step]`). Latents agree only when drawn from the same noise: a shot on
+        another seed has no agreeing token, so its background lock holds nothing."""
         for video, end in zip(shots, ends):
             if video.seed != identity.seed:
-                raise ValueError(f"background_lock_agreement compares latents drawn from the same noise, but shot "
-                                 f"{video.index} has seed {video.seed} and the identity {identity.seed}: "
-                                 "use shot_seeds='identity'")
+                video.agreeing = torch.zeros(self.backbone.latent_tokens(end).shape[0], dtype=torch.bool)
+                continue
+            if identity_latents is None:
+                raise ValueError("the agreement lock needs the identity's latents at every step; this identity "
+                                 "was made without them (make it again with the same config)")
             video.agreeing = agreeing_tokens(end, identity_latents[step], self.backbone,
                                              self.config.background_lock_agreement)
 

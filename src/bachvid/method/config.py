@@ -43,8 +43,9 @@ class BachVidConfig:
     """Beyond the paper: where the background lock holds. 0: background-in-both tokens (outside the
     identity's mask and the shot's). a > 0: every video token whose latent at the end of the shot's
     pre-run lies within a x the median token distance of the identity's latent at that step, masks
-    ignored (what the pre-run already shares with the identity, background or not). Needs shots on
-    the identity's seed (`shot_seeds="identity"`): latents drawn from other noise do not agree."""
+    ignored (what the pre-run already shares with the identity, background or not). Works with shots
+    on the identity's seed (`shot_seeds="identity"`): latents drawn from other noise do not agree, so
+    a shot on its own seed gets no background lock."""
     character_latents_until: float = 0.0
     """Beyond the paper: until this fraction of the schedule, a shot's matched character tokens are
     set to the identity's latent tokens they match after every step (see `latent_lock`). 0 is the

@@ -38,14 +38,14 @@ locks keep more background and break more actions."""
 MILD_BACKGROUND_LOCK = (0.5, 0.5)
 """(background_latents_until, background_latents_weight) of the mild soft lock: half-way toward the
 identity's latents after each step, for the first half of the steps. The largest background gain on the
-toy model's diagnosis stories that loses no action (docs/DIAGNOSIS.md, "A mild soft lock"); the toy
-CogVideoX model's default (its bachvid.json)."""
+toy model's diagnosis stories that loses no action among the mask-based locks (docs/DIAGNOSIS.md, "A mild
+soft lock"); `bachvid toy results`' bg-mild."""
 
 AGREEMENT_LOCK = (1.0, 0.25, 1.0)
 """(background_latents_until, background_latents_weight, background_lock_agreement) of the agreement
-lock tried on the toy model's diagnosis stories: a quarter of the way toward the identity's latents after
-every step, to the end, on the tokens the shot's pre-run already shares with the identity
-(docs/DIAGNOSIS.md, "An agreement lock")."""
+lock: a quarter of the way toward the identity's latents after every step, to the end, on the tokens the
+shot's pre-run already shares with the identity. The largest background gain on the toy model's diagnosis
+stories that loses no action; the toy CogVideoX model's default (docs/DIAGNOSIS.md, "An agreement lock")."""
 
 SUGGESTED_SOFT_BACKGROUND_LOCK = (1.0, 0.1)
 """(background_latents_until, background_latents_weight) of the soft background lock chosen on the toy
@@ -96,6 +96,8 @@ def background_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: t
         if agreeing is None:
             raise ValueError("background_lock_agreement needs the shot's agreeing tokens from its pre-run")
         held = agreeing.reshape(-1).nonzero(as_tuple=True)[0]
+        if held.numel() == 0:  # a shot on other noise agrees nowhere
+            return None
     else:
         held = (~(identity_fg.bool() | shot_fg.bool())).reshape(-1).nonzero(as_tuple=True)[0]
     return LatentLock(held, held, steps, config.background_latents_weight)

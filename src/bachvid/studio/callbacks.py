@@ -66,7 +66,8 @@ def page_config(studio: Studio, knobs: dict, enabled: bool = True):
     if lock is None or bool(lock) == (config.background_latents_until > 0):
         return config
     if lock:
-        return config.replace(background_latents_until=SUGGESTED_BACKGROUND_LOCK, background_latents_weight=1.0)
+        return config.replace(background_latents_until=SUGGESTED_BACKGROUND_LOCK, background_latents_weight=1.0,
+                              background_lock_agreement=0.0)
     return config.replace(background_latents_until=0.0)
 
 

@@ -150,31 +150,36 @@ CONDITIONS = {c.name: c for c in (
     Condition("fg-full", "BachVid, foreground injection at the paper's full strength",
               changes={"foreground_injection": True, "foreground_logit_bias": None}),
     Condition("bg-lock", f"BachVid + background lock (background_latents_until {BACKGROUND_LOCK}), shots on the "
-              "identity's seed", changes={"background_latents_until": BACKGROUND_LOCK, "background_latents_weight": 1.0},
+              "identity's seed", changes={"background_latents_until": BACKGROUND_LOCK, "background_latents_weight": 1.0,
+                                         "background_lock_agreement": 0.0},
               seeds="identity"),
     Condition("char-lock", f"BachVid + character lock (character_latents_until {CHARACTER_LOCK}), shots on the "
               "identity's seed", changes={"character_latents_until": CHARACTER_LOCK}, seeds="identity"),
     Condition("locks", f"BachVid + both locks ({BACKGROUND_LOCK}, {CHARACTER_LOCK}), shots on the identity's seed",
               changes={"background_latents_until": BACKGROUND_LOCK, "background_latents_weight": 1.0,
-                       "character_latents_until": CHARACTER_LOCK},
+                       "background_lock_agreement": 0.0, "character_latents_until": CHARACTER_LOCK},
               seeds="identity"),
     Condition("bg-soft", f"BachVid + soft background lock (background_latents_until {SOFT_BACKGROUND_LOCK[0]}, "
               f"weight {SOFT_BACKGROUND_LOCK[1]}), shots on the identity's seed",
               changes={"background_latents_until": SOFT_BACKGROUND_LOCK[0],
-                       "background_latents_weight": SOFT_BACKGROUND_LOCK[1]}, seeds="identity"),
+                       "background_latents_weight": SOFT_BACKGROUND_LOCK[1], "background_lock_agreement": 0.0},
+              seeds="identity"),
     Condition("bg-mild", f"BachVid + mild soft background lock (background_latents_until {MILD_BACKGROUND_LOCK[0]}, "
               f"weight {MILD_BACKGROUND_LOCK[1]}), shots on the identity's seed",
               changes={"background_latents_until": MILD_BACKGROUND_LOCK[0],
-                       "background_latents_weight": MILD_BACKGROUND_LOCK[1]}, seeds="identity"),
+                       "background_latents_weight": MILD_BACKGROUND_LOCK[1], "background_lock_agreement": 0.0},
+              seeds="identity"),
     Condition("bg-agree", f"BachVid + agreement lock (background_latents_until {AGREEMENT_LOCK[0]}, weight "
               f"{AGREEMENT_LOCK[1]}, background_lock_agreement {AGREEMENT_LOCK[2]}), shots on the identity's seed",
               changes={"background_latents_until": AGREEMENT_LOCK[0], "background_latents_weight": AGREEMENT_LOCK[1],
                        "background_lock_agreement": AGREEMENT_LOCK[2]}, seeds="identity"),
     Condition("no-locks", "BachVid without the latent locks (the paper's form), shots on the identity's seed",
-              changes={"background_latents_until": 0.0, "background_latents_weight": 1.0, "character_latents_until": 0.0},
+              changes={"background_latents_until": 0.0, "background_latents_weight": 1.0, "background_lock_agreement": 0.0,
+                       "character_latents_until": 0.0},
               seeds="identity"),
     Condition("no-bg-lock", "BachVid without the background lock (the character lock as the model sets it), shots on "
-              "the identity's seed", changes={"background_latents_until": 0.0, "background_latents_weight": 1.0},
+              "the identity's seed", changes={"background_latents_until": 0.0, "background_latents_weight": 1.0,
+                                              "background_lock_agreement": 0.0},
               seeds="identity"),
 )}
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
@@ -510,9 +515,9 @@ class Bench:
             prerun_seconds[id(p)] = pre["seconds"]
             for v, (fg, matches), end in zip(p["w"]["shots"], readings, pre["ends"]):
                 agreeing = None
-                if p["run"].agreement_lock:
-                    if condition.seeds != "identity":
-                        raise ValueError(f"{condition.name}: the agreement lock needs shots on the identity's seed")
+                if p["run"].agreement_lock and condition.seeds != "identity":  # other noise: nothing agrees
+                    agreeing = torch.zeros(self.pipe.backbone.latent_tokens(end).shape[0], dtype=torch.bool)
+                elif p["run"].agreement_lock:
                     agreeing = agreeing_tokens(end, p["w"]["identity_after"][pre["steps"] - 1], self.pipe.backbone,
                                                p["config"].background_lock_agreement)
                 shot = shot_locks(p["config"], p["identity_fg"], fg, matches, self.base.num_inference_steps, agreeing)
