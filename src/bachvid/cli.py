@@ -116,8 +116,8 @@ def add_generate(sub) -> None:
                    help="shots' noise: own (seed + 1 + i) or the identity's seed for every shot; beats the "
                         "story's shot_seeds")
     p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", dest="knobs",
-                   help="a BachVid knob over the model's config (repeatable), e.g. background_latents_until=0.5 "
-                        "for the background lock; knobs: bachvid.method.config.BachVidConfig")
+                   help="a BachVid knob over the model's config (repeatable), e.g. background_latents_until=0 "
+                        "turns the background lock off; knobs: bachvid.method.config.BachVidConfig")
     p.add_argument("--identity-mode", choices=IDENTITY_MODE_CHOICES, default="auto",
                    help="how shots read the identity, all giving the same videos: cache (keeps its keys/values; "
                         "small models), replay (keeps its latents), lockstep (keeps nothing); auto: cache when "

@@ -103,8 +103,9 @@ def build(studio: Studio) -> gr.Blocks:
                     merge = gr.Checkbox(default(config, 'token_merge') is not False, label="Token merge",
                                         info="blend matched character tokens toward the identity's")
                     lock = gr.Checkbox(bool(default(config, 'background_latents_until')), label="Lock the background",
-                                       info="beyond the paper: the shots' background is pulled toward the identity's "
-                                            "in the first half of the steps; closer backgrounds, may cost some motion")
+                                       info="beyond the paper: the shots' latents are pulled toward the identity's "
+                                            "(the model's own background lock, else for the first half of the "
+                                            "steps); closer backgrounds")
                     vital = gr.Textbox(layers_text(config),
                                        label="Vital layers",
                                        info="blocks where the identity's keys and values are injected, e.g. 0-4 "
