@@ -76,7 +76,7 @@ class Video:
     negative: torch.Tensor | None
     agreeing: torch.Tensor | None = None
     """A shot's tokens whose pre-run latent agrees with the identity's (`background_lock_agreement`):
-    set by its pre-run, held by its background lock."""
+    set by its pre-run, held by its background lock (None: agrees nowhere)."""
 
     def denoised(self) -> BatchVideo:
         return BatchVideo(self.embeds, self.negative, seed=self.seed)
@@ -348,10 +348,9 @@ class StoryRun:
     def _agreement(self, shots: list[Video], identity: Video, ends: list[torch.Tensor], identity_latents, step: int):
         """Each shot's tokens whose latent at the end of its pre-run agrees with the identity's at that
         step (`identity_latents[step]`). Latents agree only when drawn from the same noise: a shot on
-        another seed has no agreeing token, so its background lock holds nothing."""
+        another seed keeps `agreeing` None, so its background lock holds nothing."""
         for video, end in zip(shots, ends):
             if video.seed != identity.seed:
-                video.agreeing = torch.zeros(self.backbone.latent_tokens(end).shape[0], dtype=torch.bool)
                 continue
             if identity_latents is None:
                 raise ValueError("the agreement lock needs the identity's latents at every step; this identity "

@@ -86,17 +86,15 @@ def agreeing_tokens(shot: torch.Tensor, identity: torch.Tensor, view, factor: fl
 
 def background_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: torch.Tensor,
                     num_steps: int, agreeing: torch.Tensor | None = None) -> LatentLock | None:
-    """The background-in-both tokens (or, with `background_lock_agreement`, the `agreeing` tokens),
-    each from the same position; None where the config has no background lock (the paper) or the
-    story switches backgrounds."""
+    """The background-in-both tokens (or, with `background_lock_agreement`, the `agreeing` tokens;
+    None: the shot agrees nowhere, as on other noise), each from the same position; None where the
+    config has no background lock (the paper), the story switches backgrounds or nothing agrees."""
     steps = step_index(config.background_latents_until, num_steps)
     if not config.shared_background or steps == 0:
         return None
     if config.background_lock_agreement > 0:
-        if agreeing is None:
-            raise ValueError("background_lock_agreement needs the shot's agreeing tokens from its pre-run")
-        held = agreeing.reshape(-1).nonzero(as_tuple=True)[0]
-        if held.numel() == 0:  # a shot on other noise agrees nowhere
+        held = torch.zeros(0, dtype=torch.long) if agreeing is None else agreeing.reshape(-1).nonzero(as_tuple=True)[0]
+        if held.numel() == 0:
             return None
     else:
         held = (~(identity_fg.bool() | shot_fg.bool())).reshape(-1).nonzero(as_tuple=True)[0]

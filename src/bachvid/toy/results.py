@@ -87,8 +87,8 @@ TRUTHS = {"oracle-masks": "true masks instead of read ones", "oracle-matches": "
           "oracle-both": "true masks and matches"}
 # Options beyond the paper: what one adds is the condition minus the same run without it (same seeds),
 # paired over stories: the run whose config is the option's with the option's own knobs back at their
-# defaults (`option_reference`). With the toy CogVideoX model's defaults (both locks, the background one
-# mild) the background locks are compared with no-bg-lock and locks with no-locks; in records made before
+# defaults (`option_reference`). With the toy CogVideoX model's defaults (the character lock and the
+# agreement lock) the background locks are compared with no-bg-lock and locks with no-locks; in records made before
 # those defaults, with bachvid-idseed (which then held no background lock, or no lock at all).
 OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's seed",
            "char-lock": "character lock, on BachVid with shots on the identity's seed",
@@ -514,10 +514,8 @@ class Bench:
             p["readings"] = readings
             prerun_seconds[id(p)] = pre["seconds"]
             for v, (fg, matches), end in zip(p["w"]["shots"], readings, pre["ends"]):
-                agreeing = None
-                if p["run"].agreement_lock and condition.seeds != "identity":  # other noise: nothing agrees
-                    agreeing = torch.zeros(self.pipe.backbone.latent_tokens(end).shape[0], dtype=torch.bool)
-                elif p["run"].agreement_lock:
+                agreeing = None  # other noise agrees nowhere: no background lock
+                if p["run"].agreement_lock and condition.seeds == "identity":
                     agreeing = agreeing_tokens(end, p["w"]["identity_after"][pre["steps"] - 1], self.pipe.backbone,
                                                p["config"].background_lock_agreement)
                 shot = shot_locks(p["config"], p["identity_fg"], fg, matches, self.base.num_inference_steps, agreeing)
