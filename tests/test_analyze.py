@@ -131,6 +131,30 @@ def test_mass_on_duplicated_keys_is_a_half_and_grows_with_the_bias(bias):
         assert torch.allclose(out, injected_attention(q, k, v, None), atol=1e-5)
 
 
+def test_injected_spread_tells_a_copy_by_place_from_a_uniform_average():
+    """Queries that attend to the injected key at their own place read distance 0 and own share 1;
+    queries that attend uniformly read exactly the uniform values; text keys and queries have no place."""
+    from bachvid.method.attention import KeyGroup
+
+    torch.manual_seed(0)
+    grid, text, heads, dim = (2, 3, 4), 2, 2, 16
+    tokens = text + 24
+    keys = torch.nn.functional.normalize(torch.randn(heads, tokens, dim), dim=-1) * 4  # own key: the largest dot
+    everything = torch.arange(tokens)
+    group = KeyGroup(everything, keys, keys, sources=everything)  # text included, as full_copy_injection does
+    by_place = analyze.injected_spread(keys * 50, keys, group, grid)
+    assert by_place["distance"] < 0.01 and by_place["own_place"] > 0.99
+    uniform = analyze.injected_spread(torch.zeros(heads, tokens, dim), keys, group, grid)
+    assert uniform["distance"] == pytest.approx(uniform["distance_uniform"], abs=1e-6)
+    assert uniform["own_place"] == pytest.approx(uniform["own_place_uniform"], abs=1e-6)
+    assert uniform["own_place_uniform"] == pytest.approx(2 / 24)  # its own place in each of the 2 frames
+    assert uniform["distance_uniform"] > 1
+    shifted = KeyGroup(everything[text:], keys[:, text:], keys[:, text:], sources=(everything[text:] - text + 1) % 24 + text)
+    one_over = analyze.injected_spread(keys * 50, keys, shifted, grid)  # the key a query likes sits one token on
+    assert one_over["own_place"] < 0.2 and 0.9 < one_over["distance"] < 3.1
+    assert analyze.injected_spread(keys, keys, KeyGroup(everything, keys, keys), grid) is None  # no sources
+
+
 @pytest.mark.slow
 def test_mass_probe_on_the_toy_model_grows_with_injected_logit_bias(toy):
     from bachvid.modes import Instruments

@@ -90,6 +90,13 @@ def test_conditions_choose_the_shots_seeds_whatever_the_models_default(tmp_path,
     assert identity[0] == "identity" and set(identity[1]) == {identity[1][0]}
     rows = [json.loads(line) for f in tmp_path.glob("rows-*.jsonl") for line in f.read_text().splitlines()]
     assert {r["condition"] for r in rows} == {"bachvid", "unlocked"} and len(rows) == 6
+    # Where the injected attention goes, per vital layer, for both query sets; the report tabulates it.
+    vital = {str(layer) for layer in BachVidPipeline.from_pretrained().default_config().vital_layers}
+    for r in rows:
+        assert set(r["spread"]) == {"background", "foreground"} and set(r["spread"]["background"]) == vital
+    assert diagnose.main(["--report", "--out", str(tmp_path)]) == 0
+    spread = (tmp_path / "spread.md").read_text()
+    assert all(f"| unlocked | background | {layer} |" in spread for layer in vital)
     # --keep-frames: every video of the run, the very frames the rows were scored on.
     kept = {f.stem: np.load(f)["frames"] for f in (tmp_path / "frames").glob("*.npz")}
     assert len(kept) == 8

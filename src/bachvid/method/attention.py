@@ -39,6 +39,9 @@ class KeyGroup:
     keys: torch.Tensor
     values: torch.Tensor
     bias: float = 0.0  # added to the logits of these keys only
+    sources: torch.Tensor | None = None
+    """The identity sequence indices the keys came from, (M,): not read by the attention, kept for
+    research probes that ask where in the identity the injected mass goes."""
 
 
 def injected_attention(

@@ -451,6 +451,40 @@ def injected_mass(query, key, groups) -> list[float]:
     return masses
 
 
+def injected_spread(query, key, group, grid: tuple[int, int, int]) -> dict | None:
+    """Where in the identity a query set's attention on its injected keys goes: the attention-weighted
+    spatial distance (tokens, Chebyshev in h and w, any latent frame) from each query to the injected
+    keys' sources, and the share of that attention on keys at the query's own (h, w); each beside the
+    value a spatially uniform attention over the same keys would give. A copy that keeps per-place
+    detail needs attention near the query's place (distance ~0, own share ~1); near the uniform values
+    the injection hands every query the same average of the identity's tokens.
+
+    query, key: (H, N, D) rotated queries and own keys of one row; group: a KeyGroup with `sources`;
+    grid: (latent frames, h, w). None when the group has no queries, keys or sources."""
+    import torch
+
+    if group.sources is None or group.queries.numel() == 0 or group.keys.shape[1] == 0:
+        return None
+    frames, height, width = grid
+    text = key.shape[1] - frames * height * width  # text tokens come first in the sequence
+    queries, sources = group.queries.cpu() - text, group.sources.cpu() - text
+    video_queries, video_keys = queries >= 0, sources >= 0  # places exist for video tokens only
+    if not video_queries.any() or not video_keys.any():
+        return None
+    q = query[:, group.queries[video_queries.to(group.queries.device)]].float()
+    scale = q.shape[-1] ** -0.5
+    logits = q @ group.keys[:, video_keys.to(group.keys.device)].to(q.device).float().transpose(1, 2) * scale
+    weights = torch.softmax(logits, dim=-1).mean(0)  # within the injected keys (their total is the mass)
+    queries, sources = queries[video_queries], sources[video_keys]
+    qh, qw = (queries % (height * width)) // width, queries % width
+    sh, sw = (sources % (height * width)) // width, sources % width
+    distance = torch.maximum((qh[:, None] - sh).abs(), (qw[:, None] - sw).abs()).float()
+    same = (distance == 0).float()
+    weights = weights.cpu()
+    return {"distance": float((weights * distance).sum(-1).mean()), "distance_uniform": float(distance.mean()),
+            "own_place": float((weights * same).sum(-1).mean()), "own_place_uniform": float(same.mean(-1).mean())}
+
+
 class MassProbe:
     """`Instruments.probe` factory that averages, per shot, the attention mass on injected keys per
     (kind, step, layer), where kind is "background" or "foreground" (the plan's injection order:
@@ -460,16 +494,20 @@ class MassProbe:
     shot's own table; `share(i, kind)` the injected keys' share of all keys a group's queries see
     (the mass a uniform attention would give them)."""
 
-    def __init__(self, shared_background: bool = True):
+    def __init__(self, shared_background: bool = True, grid: tuple[int, int, int] | None = None):
         self.kinds = ("background", "foreground") if shared_background else ("foreground",)
+        self.grid = grid  # with a token grid, also where the injected mass goes (`injected_spread`)
         self.per_video: list[dict] = []
         self.shares: list[dict] = []
+        self.spreads: list[dict] = []
 
     def __call__(self, video):
         sums: dict = {}
         shares: dict = {}
+        spreads: dict = {}
         self.per_video.append(sums)
         self.shares.append(shares)
+        self.spreads.append(spreads)
 
         def probe(step, layer, query, key, groups):
             for kind, group, mass in zip(self.kinds, groups, injected_mass(query, key, groups)):
@@ -477,8 +515,18 @@ class MassProbe:
                 entry.append(mass)
                 m = group.keys.shape[1]
                 shares.setdefault(kind, []).append(m / (m + key.shape[1]))
+                spread = injected_spread(query, key, group, self.grid) if self.grid else None
+                if spread is not None:
+                    spreads.setdefault(kind, {}).setdefault(layer, []).append(spread)
 
         return probe
+
+    def spread(self, index: int, kind: str) -> dict:
+        """Shot `index`'s `injected_spread` per layer, mean over the injected steps: {layer: {...}}."""
+        import numpy as np
+
+        return {layer: {name: float(np.mean([s[name] for s in values])) for name in values[0]}
+                for layer, values in sorted(self.spreads[index].get(kind, {}).items())}
 
     def share(self, index: int, kind: str) -> float | None:
         """The injected keys' share of all keys the group's queries see (shot `index`): the mass a

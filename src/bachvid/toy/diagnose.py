@@ -14,13 +14,15 @@ Per shot, from pixels (the toy evaluator; identity and shot of the same run):
   action asked for are read back;
 - for BachVid runs: IoU of the attention-read mask and accuracy of the attention-read matches
   against the truth (`TruthReadings.log`), and the attention mass that background and
-  foreground queries put on the injected identity keys per (step, vital layer) (`MassProbe`);
+  foreground queries put on the injected identity keys per (step, vital layer) (`MassProbe`), and
+  where that attention goes in the identity (`injected_spread`: near the query's own place, or
+  spread over the identity's tokens like a uniform average);
 - for conditions marked `x0`: the background error of the *predicted x0* (the scheduler's
   `pred_original_sample`, decoded by the VAE) at several steps, to the identity's final video.
 
 Rows go to `OUT/rows-*.jsonl` (resumable per story and condition; `--shard i/k` splits the
 stories over processes); `--report` reads every rows file in OUT and writes `table.md`,
-`summary.json` and PNGs (attention-mass heatmaps, x0 error curves). Differences to a reference
+`belt.md`, `spread.md`, `summary.json` and PNGs (attention-mass heatmaps, x0 error curves). Differences to a reference
 condition get a paired bootstrap CI over stories.
 
     python -m bachvid.toy.diagnose --stories 16 --seed 7000 --out runs/diagnosis --shard 0/2
@@ -349,7 +351,8 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
             shot_settings = replace(settings, shot_seeds="identity" if condition.identity_seed else "own")
             readings = TruthReadings(pipe, settings, masks=condition.oracle_masks, matches=condition.oracle_matches,
                                      cache=cache)
-            masses = MassProbe(shared_background=config.shared_background)
+            masses = MassProbe(shared_background=config.shared_background,
+                               grid=pipe.backbone.token_grid(settings.num_frames, settings.height, settings.width))
             armed = {"count": 0}
 
             def probe(video):
@@ -384,6 +387,8 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                     if k < len(masses.per_video) else {}
                 row["mass_share"] = {kind: masses.share(k, kind) for kind in masses.kinds} \
                     if k < len(masses.per_video) else {}
+                row["spread"] = {kind: {str(l): v for l, v in masses.spread(k, kind).items()} for kind in masses.kinds} \
+                    if k < len(masses.spreads) else {}
                 if condition.x0 and k < len(predicted):
                     row["x0_error"] = x0_errors(pipe, settings, predicted[k], identity.frames,
                                                 background_both(id_score, shot_score))
@@ -583,6 +588,27 @@ def belt_table(rows: list[dict], labels: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread_table(rows: list[dict], labels: dict) -> str:
+    """Where the injected attention goes, per condition, kind and vital layer (mean over shots of
+    `analyze.injected_spread`): a copy that keeps per-place detail attends near the query's own place;
+    a spread near the uniform one hands every query the same average of the identity's tokens."""
+    head = ("| condition | queries | layer | distance to the attended keys (tokens) | uniform | share at the "
+            "query's own (h, w) | uniform |")
+    lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
+    for c in dict.fromkeys(r["condition"] for r in rows):
+        for kind in ("background", "foreground"):
+            per_layer: dict = {}
+            for r in rows:
+                if r["condition"] == c:
+                    for layer, values in (r.get("spread") or {}).get(kind, {}).items():
+                        per_layer.setdefault(int(layer), []).append(values)
+            for layer, values in sorted(per_layer.items()):
+                mean = {name: np.mean([v[name] for v in values]) for name in values[0]}
+                lines.append(f"| {labels.get(c, c)} | {kind} | {layer} | {mean['distance']:.2f} | "
+                             f"{mean['distance_uniform']:.2f} | {mean['own_place']:.3f} | {mean['own_place_uniform']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_x0(rows, conditions, labels, path: Path) -> None:
     import matplotlib
 
@@ -622,6 +648,8 @@ def report(out: Path, reference: str = BASELINE, extra_labels: dict | None = Non
     (out / "doc_table.md").write_text(doc_table(summary, labels, reference, extra=extra))
     if any("belt_kept" in r for r in rows):
         (out / "belt.md").write_text(belt_table(rows, labels))
+    if any(r.get("spread") for r in rows):
+        (out / "spread.md").write_text(spread_table(rows, labels))
     curves = {c: x0_curves(rows, c) for c in summary}
     masses = {c: mass_tables(rows, c) for c in summary}
     (out / "summary.json").write_text(json.dumps({"summary": summary, "x0": curves,
