@@ -68,8 +68,27 @@ class Tokens:
         return (self.text if self.joint else 0) + self.video
 
 
+class _Backbone:
+    """What both transformers' cost models share: width, and a forward's FLOPs from its parts
+    (each subclass gives `embed_flops`, `block_flops` and `patch_volume`)."""
+
+    @property
+    def dim(self) -> int:
+        return self.heads * self.head_dim
+
+    def forward_flops(self, tokens: Tokens) -> int:
+        head = 2 * tokens.video * self.dim * self.patch_volume * self.out_channels
+        return self.embed_flops(tokens) + self.layers * self.block_flops(tokens).total + head
+
+    def prefix_fraction(self, blocks: int, tokens: Tokens) -> float:
+        """Share of a forward spent embedding and running the first `blocks` blocks (replay's price)."""
+        if blocks <= 0:
+            return 0.0
+        return (self.embed_flops(tokens) + blocks * self.block_flops(tokens).total) / self.forward_flops(tokens)
+
+
 @dataclass(frozen=True)
-class Transformer:
+class Transformer(_Backbone):
     """The shape facts of a diffusers `CogVideoXTransformer3DModel` that cost anything."""
 
     separate_cfg = False  # CFG branches are rows of one forward
@@ -126,10 +145,6 @@ class Transformer:
             )
         except (TypeError, ValueError) as error:
             raise BudgetError(f"not a usable CogVideoX transformer config: {error}") from None
-
-    @property
-    def dim(self) -> int:
-        return self.heads * self.head_dim
 
     @property
     def ff_dim(self) -> int:
@@ -197,16 +212,6 @@ class Transformer:
         patches = 2 * tokens.video * self.in_channels * self.patch_volume * self.dim
         return patches + 2 * tokens.text * self.text_embed_dim * self.dim
 
-    def forward_flops(self, tokens: Tokens) -> int:
-        head = 2 * tokens.video * self.dim * self.patch_volume * self.out_channels
-        return self.embed_flops(tokens) + self.layers * self.block_flops(tokens).total + head
-
-    def prefix_fraction(self, blocks: int, tokens: Tokens) -> float:
-        """Share of a forward spent embedding and running the first `blocks` blocks (replay's price)."""
-        if blocks <= 0:
-            return 0.0
-        return (self.embed_flops(tokens) + blocks * self.block_flops(tokens).total) / self.forward_flops(tokens)
-
     # Activations -------------------------------------------------------------------------------
     def activation_units(self, tokens: Tokens, rows: int, dtype_bytes: int, injected: bool = False,
                          extra_key_share: float = 0.0) -> float:
@@ -238,7 +243,7 @@ class Transformer:
 
 
 @dataclass(frozen=True)
-class WanTransformer:
+class WanTransformer(_Backbone):
     """The shape facts of a diffusers `WanTransformer3DModel` (Wan 2.1 / 2.2) that cost anything.
 
     Wan differs from CogVideoX where it costs: self-attention (`attn1`) runs over video tokens
@@ -298,10 +303,6 @@ class WanTransformer:
             )
         except (TypeError, ValueError) as error:
             raise BudgetError(f"not a usable Wan transformer config: {error}") from None
-
-    @property
-    def dim(self) -> int:
-        return self.heads * self.head_dim
 
     @property
     def patch_volume(self) -> int:
@@ -368,15 +369,6 @@ class WanTransformer:
     def embed_flops(self, tokens: Tokens) -> int:
         patches = 2 * tokens.video * self.in_channels * self.patch_volume * self.dim
         return patches + 2 * tokens.text * (self.text_embed_dim + self.dim) * self.dim
-
-    def forward_flops(self, tokens: Tokens) -> int:
-        head = 2 * tokens.video * self.dim * self.patch_volume * self.out_channels
-        return self.embed_flops(tokens) + self.layers * self.block_flops(tokens).total + head
-
-    def prefix_fraction(self, blocks: int, tokens: Tokens) -> float:
-        if blocks <= 0:
-            return 0.0
-        return (self.embed_flops(tokens) + blocks * self.block_flops(tokens).total) / self.forward_flops(tokens)
 
     # Activations -------------------------------------------------------------------------------
     ATTENTION_UNITS = 12.2
