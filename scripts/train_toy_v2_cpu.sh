@@ -11,7 +11,7 @@
 # VAE: 1,000 steps of batch 4 (~17 min); transformer: STEPS (6,000) of batch 12, warmup + cosine to
 # 10% over STEPS, phrase dropout 0.2, EMA 0.998 (~125 min). A run that the clock stops keeps its
 # checkpoint (every 2 min); the next run resumes it exactly on the same schedule.
-# Overrides: MINUTES (this run's wall-clock budget per stage, default 600), STEPS (6000), VAE_STEPS (1000),
+# Overrides: SCALE (full; smoke for the test), MINUTES (this run's wall-clock budget per stage, default 600), STEPS (6000), VAE_STEPS (1000),
 # THREADS (2), SEED (0), EXTRA (more `bachvid toy train` arguments).
 set -euo pipefail
 OUT=${1:?usage: scripts/train_toy_v2_cpu.sh OUTDIR}
@@ -23,7 +23,7 @@ if [ -f "$OUT/work/latents.pt" ]; then
 fi
 # --minutes bounds each stage's clock; --vae-share 0.5 gives both stages the same bound.
 # shellcheck disable=SC2086
-"$PY" -m bachvid.toy.train --world v2 --scale full --device cpu --work "$OUT/work" --out "$OUT/model" \
+"$PY" -m bachvid.toy.train --world v2 --scale "${SCALE:-full}" --device cpu --work "$OUT/work" --out "$OUT/model" \
     --stages "$stages" --resume --schedule steps --minutes "$(( 2 * ${MINUTES:-600} ))" --vae-share 0.5 \
     --vae-steps "${VAE_STEPS:-1000}" --vae-batch 4 --clips-per-combo 20 --steps "${STEPS:-6000}" --batch-size 12 \
     --lr 1e-3 --phrase-dropout 0.2 --ema-decay 0.998 --guidance 8 --threads "${THREADS:-2}" --workers 1 \

@@ -173,3 +173,27 @@ def test_continuing_an_exported_model_keeps_its_vae(tmp_path):
     assert not torch.equal(after.proj_out.weight, marked.proj_out.weight.to(after.dtype))  # and trained on
     with pytest.raises(SystemExit):
         train.main([*common, "--work", str(work), "--init-from", str(first), "--stages", "vae"])
+
+
+@pytest.mark.slow
+def test_the_cpu_v2_recipe_resumes_where_its_clock_stopped_it(tmp_path):
+    """scripts/train_toy_v2_cpu.sh trains in sessions: a second run skips the finished VAE and latents
+    and takes the transformer on from its checkpoint to the new STEPS, then exports a v2 model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_toy_v2_cpu.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "SCALE": "smoke", "VAE_STEPS": "2", "THREADS": "1",
+           "EXTRA": "--clips-per-combo 1 --batch-size 2 --sample-steps 3"}
+    for steps in (2, 4):
+        subprocess.run(["bash", str(script), str(tmp_path)], env={**env, "STEPS": str(steps)}, check=True,
+                       capture_output=True, text=True)
+        assert torch.load(tmp_path / "work" / "transformer.pt", map_location="cpu")["step"] == steps
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("vae done") == 1 and "transformer: resumed at step 2" in log
+    defaults = json.loads((tmp_path / "model" / "bachvid.json").read_text())
+    assert defaults["world"] == "v2" and defaults["height"] == 96 and defaults["trained_steps"] == 4
