@@ -5,9 +5,10 @@
 #
 #   scripts/train_toy_v2_cpu.sh OUTDIR        -> OUTDIR/work (checkpoints), OUTDIR/model, OUTDIR/train.log
 #   MINUTES=100 scripts/train_toy_v2_cpu.sh OUTDIR   # stop after 100 min; run again to go on (--resume)
+#   EXTRA="--restart-at 2757" STEPS=6000 scripts/train_toy_v2_cpu.sh OUTDIR   # continue a finished run longer
 #
 # Why the v1 size (8 layers, 4 heads x 32, VAE (16, 32, 32); 4.9 M + 0.6 M params) and not --scale v2
-# (16.4 M): on 2 cores, batch 12, the v1 size trains 0.8 steps/s on v2's 720 tokens, v2's size 0.3.
+# (16.4 M): on 2 cores, batch 12, the v1 size trains 0.74 steps/s on v2's 720 tokens, v2's size 0.3.
 # VAE: 1,000 steps of batch 4 (~17 min); transformer: STEPS (6,000) of batch 12, warmup + cosine to
 # 10% over STEPS, phrase dropout 0.2, EMA 0.998 (~125 min). A run that the clock stops keeps its
 # checkpoint (every 2 min); the next run resumes it exactly on the same schedule.
