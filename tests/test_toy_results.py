@@ -103,10 +103,11 @@ def _centre_coords(clip, grid):
     return clip.coords[frames][:, centres][:, :, centres]
 
 
-def test_oracle_matches_follow_true_body_points_on_rendered_clips():
-    identity = world.render_clip("meadow", "robot", "stand", seed=11)
+@pytest.mark.parametrize("spec", ["v1", "v2"])
+def test_oracle_matches_follow_true_body_points_on_rendered_clips(spec):
+    identity = world.render_clip("meadow", "robot", "stand", seed=11, world=spec)
     for action, seed in (("left", 12), ("right", 13), ("jump", 14)):
-        shot = world.render_clip("meadow", "robot", action, seed=seed)
+        shot = world.render_clip("meadow", "robot", action, seed=seed, world=spec)
         identity_fg = oracle.token_mask(identity.mask)
         index, valid = oracle.body_matches(shot.mask, identity.mask, identity_fg)
         grid = identity_fg.shape
@@ -126,12 +127,13 @@ def test_oracle_matches_follow_true_body_points_on_rendered_clips():
 # Metrics -----------------------------------------------------------------------------------------------------
 
 
-def test_belt_colour_is_read_as_the_world_draws_it():
+@pytest.mark.parametrize("spec", ["v1", "v2"])
+def test_belt_colour_is_read_as_the_world_draws_it(spec):
     rng = np.random.default_rng(4)
     combos = world.all_combinations()
     names = set()
     for _ in range(24):
-        clip = world.render_clip(*combos[rng.integers(len(combos))], seed=int(rng.integers(1 << 20)))
+        clip = world.render_clip(*combos[rng.integers(len(combos))], seed=int(rng.integers(1 << 20)), world=spec)
         band = (clip.coords[..., 1] > 0.51) & (clip.coords[..., 1] < 0.57) & clip.mask
         colour = np.median(clip.frames[band], axis=0)
         truth = int(np.argmin(((np.array(shot_metrics.ACCESSORY_COLOURS) - colour) ** 2).sum(-1)))
@@ -144,13 +146,14 @@ def test_belt_colour_is_read_as_the_world_draws_it():
     assert len(names) >= 3
 
 
-def test_belt_kept_tells_the_same_belt_from_another():
-    a = world.render_clip("meadow", "robot", "stand", seed=3)
+@pytest.mark.parametrize("spec", ["v1", "v2"])
+def test_belt_kept_tells_the_same_belt_from_another(spec):
+    a = world.render_clip("meadow", "robot", "stand", seed=3, world=spec)
     ident = score_clip(a.frames)
     belt = shot_metrics.belt_colour(a.frames, ident.mask, ident.character_kind)
     kept, other = [], []
     for seed in range(4, 40):
-        clip = world.render_clip("meadow", "robot", "left", seed=seed)
+        clip = world.render_clip("meadow", "robot", "left", seed=seed, world=spec)
         score = score_clip(clip.frames)
         same = shot_metrics.belt_name(shot_metrics.belt_colour(clip.frames, score.mask, score.character_kind)) == \
             shot_metrics.belt_name(belt)
@@ -158,12 +161,13 @@ def test_belt_kept_tells_the_same_belt_from_another():
     assert kept and other and all(k == 1.0 for k in kept) and all(o == 0.0 for o in other)
 
 
-def test_compare_a_clip_with_itself_and_with_another_seed():
-    a = world.render_clip("desert", "cat", "stand", seed=3)
+@pytest.mark.parametrize("spec", ["v1", "v2"])
+def test_compare_a_clip_with_itself_and_with_another_seed(spec):
+    a = world.render_clip("desert", "cat", "stand", seed=3, world=spec)
     same = shot_metrics.compare(a.frames, a.frames, "stand", True)
     assert same["background_psnr"] > 60 and same["histogram_distance"] == pytest.approx(0)
     assert same["belt_kept"] == 1.0 and same["action_right"] == 1.0
-    other = world.render_clip("desert", "cat", "left", seed=4)
+    other = world.render_clip("desert", "cat", "left", seed=4, world=spec)
     diff = shot_metrics.compare(a.frames, other.frames, "left", True)
     assert diff["background_psnr"] < same["background_psnr"] and diff["action_right"] == 1.0
     switched = shot_metrics.compare(a.frames, other.frames, "jump", False)

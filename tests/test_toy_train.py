@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from bachvid.io.story import Shot, Story
@@ -197,3 +198,13 @@ def test_the_cpu_v2_recipe_resumes_where_its_clock_stopped_it(tmp_path):
     assert log.count("vae done") == 1 and "transformer: resumed at step 2" in log
     defaults = json.loads((tmp_path / "model" / "bachvid.json").read_text())
     assert defaults["world"] == "v2" and defaults["height"] == 96 and defaults["trained_steps"] == 4
+    # the quality bars' tool reads the world from the model: v2's 96 x 96 clips, rendered and generated
+    from bachvid.toy import quality
+
+    pipe, defaults, _ = quality.load(tmp_path / "model")
+    assert (defaults["size"], defaults["num_frames"]) == (96, 17)
+    report = quality.measure(pipe, defaults, samples=2, steps=1, batch=2, out=tmp_path / "q", log=lambda m: None)
+    assert report["samples"] == 2
+    assert np.load(tmp_path / "q" / "videos.npz")["videos"].shape[1:4] == (17, 96, 96)
+    refs = quality.references(pipe, samples=2, size=defaults["size"])
+    assert refs["rendered"]["background"] == 1.0 and refs["rendered"]["mask_iou_vs_truth"] > 0.9

@@ -7,7 +7,7 @@ pixels background in both (shots asked for the identity's background), character
 distance, the identity's belt colour kept, action right (prompts in the toy world's words). It
 prints a table and writes OUT_DIR/evaluation.json.
 
-The scorer knows only the toy world (its palette, 64 x 64 clips): videos of other models are
+The scorer knows only the toy worlds (their palette, 64 x 64 or 96 x 96 clips): videos of other models are
 scored, but the numbers mean little. Module imports stay light: `bachvid --help` must answer at once.
 """
 
@@ -90,9 +90,10 @@ def evaluate_story(folder: Path) -> dict:
     identity = frames_of("identity")
     if identity is None:
         raise NotBachvidOutput(f"{folder}: identity.mp4 is missing (an unfinished story? run `bachvid generate` again)")
-    if identity.shape[1:3] != (world.SIZE, world.SIZE):
-        notes.append(f"videos are {identity.shape[2]}x{identity.shape[1]}, not the toy world's "
-                     f"{world.SIZE}x{world.SIZE}: the toy scorer's numbers mean little here")
+    sizes = sorted({spec.size for spec in world.WORLDS.values()})
+    if identity.shape[1] != identity.shape[2] or identity.shape[1] not in sizes:
+        notes.append(f"videos are {identity.shape[2]}x{identity.shape[1]}, not a toy world's square "
+                     f"({' or '.join(str(s) for s in sizes)} px): the toy scorer's numbers mean little here")
     actions, characters = _keys(world.ACTIONS), _keys(world.CHARACTERS)
     if story["character"] not in characters:
         notes.append(f"character {story['character']!r} is not a toy-world character")

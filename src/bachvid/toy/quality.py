@@ -7,9 +7,10 @@
 
 Generation is the stock diffusers `CogVideoXPipeline` loaded from the folder (BachVid is not
 involved): its scheduler, the model's default steps and guidance from bachvid.json unless
-overridden, 17 x 64 x 64, one seed per sample (`torch.Generator().manual_seed(seed)`; videos are
+overridden, one seed per sample (`torch.Generator().manual_seed(seed)`; videos are
 generated several per call, each with its own generator, so each gets the noise it would get
-alone). Prompts: the 16 *held-out* combinations of `world.split_combinations()` (never seen in
+alone). The world (v1: 17 x 64 x 64, v2: 17 x 96 x 96) is the model's: its bachvid.json frames
+and size. Prompts: the 16 *held-out* combinations of `world.split_combinations()` (never seen in
 training), in turn. The pixel scorer (`evaluate.score_clip`) reads background kind, character kind,
 action and a character mask. Bars: background >= 90%, character >= 90%, action >= 80%.
 
@@ -41,7 +42,7 @@ from . import world
 from .evaluate import iou, score_clip
 
 BARS = {"background": 0.9, "character": 0.9, "action": 0.8}
-FRAMES, SIZE = world.FRAMES, world.SIZE  # the toy world's clips (17 x 64 x 64), which the model learnt
+FRAMES, SIZE = world.FRAMES, world.SIZE  # world v1's clips (17 x 64 x 64), for callers without a model's defaults
 
 
 def held_out_prompts(samples: int, seed: int = 0):
@@ -52,7 +53,7 @@ def held_out_prompts(samples: int, seed: int = 0):
 
 
 def load(model=None):
-    """(stock diffusers pipeline in float32, the model's default steps and guidance, folder).
+    """(stock diffusers pipeline in float32, the model's default steps, guidance, frames and size, folder).
 
     Loaded by `BachVidPipeline.from_pretrained` (one loading path for everything), then with
     BachVid's attention processors taken out again: the bars are about the model alone."""
@@ -67,8 +68,14 @@ def load(model=None):
     bachvid.backbone.uninstall()
     bachvid.pipe.set_progress_bar_config(disable=True)
     settings = bachvid.default_settings()
-    defaults = {"num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
-    return bachvid.pipe, defaults, folder
+    return bachvid.pipe, _defaults(settings), folder
+
+
+def _defaults(settings) -> dict:
+    """What `measure` needs of a model's GenerationSettings: steps, guidance and the clip shape
+    (which says the world: `world.world_of_size`)."""
+    return {"num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
+            "num_frames": settings.num_frames, "size": settings.height}
 
 
 def steps_and_guidance(defaults: dict, steps: int | None = None, guidance: float | None = None) -> tuple[int, float]:
@@ -77,15 +84,16 @@ def steps_and_guidance(defaults: dict, steps: int | None = None, guidance: float
             float(guidance if guidance is not None else defaults["guidance_scale"]))
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+             frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
     """uint8 (B, F, H, W, 3) from the stock pipeline, one generator per video. The text length is the
     tokenizer's (the toy models are built with it equal to the model's: CogVideoX's
     max_text_seq_length; Wan has no such config field)."""
-    frames = pipe(prompt=prompts, negative_prompt=[""] * len(prompts), num_frames=FRAMES, height=SIZE, width=SIZE,
-                  num_inference_steps=steps, guidance_scale=guidance,
-                  generator=[torch.Generator().manual_seed(s) for s in seeds],
-                  max_sequence_length=pipe.tokenizer.model_max_length, output_type="np").frames
-    return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
+    video = pipe(prompt=prompts, negative_prompt=[""] * len(prompts), num_frames=frames, height=size, width=size,
+                 num_inference_steps=steps, guidance_scale=guidance,
+                 generator=[torch.Generator().manual_seed(s) for s in seeds],
+                 max_sequence_length=pipe.tokenizer.model_max_length, output_type="np").frames
+    return (np.clip(np.asarray(video), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _record(score, combo, sample_seed) -> dict:
@@ -125,8 +133,7 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
     if defaults is None:  # a BachVidPipeline knows its own; a stock one needs `load`'s
         if not hasattr(pipe, "default_settings"):
             raise TypeError("measure: give the model's defaults (quality.load returns them) with a stock pipeline")
-        settings = pipe.default_settings()
-        defaults = {"num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
+        defaults = _defaults(pipe.default_settings())
     pipe = getattr(pipe, "pipe", pipe)
     steps, guidance = steps_and_guidance(defaults, steps, guidance)
     items = held_out_prompts(samples, seed)
@@ -148,7 +155,7 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
     for i in range(len(records), len(items), batch):
         chunk = items[i : i + batch]
         frames = generate(pipe, [compose_prompt(*world.texts(*c)) for c, _ in chunk], [s for _, s in chunk],
-                          steps, guidance)
+                          steps, guidance, defaults.get("num_frames", FRAMES), defaults.get("size", SIZE))
         new = [_record(score_clip(v), c, s) for v, (c, s) in zip(frames, chunk)]
         records += new
         videos += list(frames)
@@ -167,12 +174,13 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
 
 
 @torch.no_grad()
-def references(pipe, samples: int = 64, seed: int = 0) -> dict:
-    """The scorer on rendered held-out clips and on their VAE round trips, masks against the truth."""
+def references(pipe, samples: int = 64, seed: int = 0, size: int = SIZE) -> dict:
+    """The scorer on rendered held-out clips of the world of this frame size and on their VAE round
+    trips, masks against the truth."""
     vae = getattr(pipe, "pipe", pipe).vae
     rendered, round_trip, ious, l1 = [], [], {"rendered": [], "vae": []}, []
     for combo, sample_seed in held_out_prompts(samples, seed):
-        clip = world.render_clip(*combo, seed=sample_seed, frames=FRAMES, size=SIZE)
+        clip = world.render_clip(*combo, seed=sample_seed, world=world.world_of_size(size))
         x = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample[0]
         recon = ((y.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).numpy()
@@ -187,12 +195,13 @@ def references(pipe, samples: int = 64, seed: int = 0) -> dict:
 
 
 def time_one_video(model=None, steps: int | None = None, guidance: float | None = None) -> dict:
-    """Wall time of loading the model and of one plain 17 x 64 x 64 video (batch 1) at the defaults."""
+    """Wall time of loading the model and of one plain video (batch 1) at the defaults."""
     start = time.perf_counter()
     pipe, defaults, _ = load(model)
     loaded = time.perf_counter()
     steps, guidance = steps_and_guidance(defaults, steps, guidance)
-    generate(pipe, [compose_prompt(*world.texts("meadow", "robot", "jump"))], [0], steps, guidance)
+    generate(pipe, [compose_prompt(*world.texts("meadow", "robot", "jump"))], [0], steps, guidance,
+             defaults["num_frames"], defaults["size"])
     done = time.perf_counter()
     return {"load_seconds": round(loaded - start, 2), "generate_seconds": round(done - loaded, 2), "steps": steps,
             "guidance": guidance, "threads": torch.get_num_threads()}
@@ -225,7 +234,7 @@ def main(argv=None) -> int:
         f"{folder.resolve().name}-n{args.samples}-s{args.seed}-{steps}-{guidance:g}")
     report["model"] = str(folder)
     if args.references:
-        report["references"] = references(pipe, args.samples, args.seed)
+        report["references"] = references(pipe, args.samples, args.seed, defaults["size"])
     report["generated"] = measure(pipe, defaults, args.samples, args.seed, steps, guidance, args.batch, out,
                                   log=lambda m: print(m, flush=True))
     print(json.dumps(report, indent=2))
