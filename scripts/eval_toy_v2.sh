@@ -3,7 +3,7 @@
 # (quality bars on held-out prompts; held-out and training combinations side by side), then the
 # paper's analysis against the truth (mask IoU and match accuracy per layer and step).
 #
-#   scripts/eval_toy_v2.sh MODEL OUTDIR      -> OUTDIR/quality/, OUTDIR/check.txt, OUTDIR/analyze/
+#   scripts/eval_toy_v2.sh MODEL OUTDIR      -> OUTDIR/quality/, OUTDIR/quality-training/, OUTDIR/analyze/
 #
 # ~10 min on 2 CPU cores for the defaults. Overrides: SAMPLES (32), VIDEOS (8), THREADS (2).
 set -euo pipefail
@@ -13,6 +13,7 @@ PY=${PYTHON:-python}
 mkdir -p "$OUT"
 "$PY" -m bachvid.toy.quality --model "$MODEL" --samples "${SAMPLES:-32}" --threads "${THREADS:-2}" \
     --out "$OUT/quality" | tail -4
-"$PY" "$(dirname "$0")/check_toy_v2.py" "$MODEL" 16 --cpu 2>/dev/null | tee "$OUT/check.txt"
+"$PY" -m bachvid.toy.quality --model "$MODEL" --samples 16 --combinations training --threads "${THREADS:-2}" \
+    --out "$OUT/quality-training" | tail -4
 "$PY" -m bachvid.cli analyze --model "$MODEL" --videos "${VIDEOS:-8}" --fractions 0.0,0.1,0.2,0.4,0.6 \
     --threads "${THREADS:-2}" --out "$OUT/analyze" 2>/dev/null | tail -4

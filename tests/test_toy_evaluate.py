@@ -38,3 +38,18 @@ def test_evaluator_is_not_fooled_by_an_empty_scene():
     clip = world.render_clip("city", "robot", "stand", seed=0)
     score = score_clip(clip.background)
     assert score.background_kind == "city" and score.character_share < 0.01
+
+
+def test_quality_prompts_come_from_the_asked_combinations_and_refuse_others():
+    """The bars are measured on held-out combinations; `--combinations training` asks the same of the
+    training ones (fit against generalisation); each sample has its own seed, the same on a rerun."""
+    from bachvid.toy import quality, world
+
+    training, held_out = world.split_combinations()
+    held = quality.held_out_prompts(32, seed=3)
+    fit = quality.held_out_prompts(32, seed=3, combinations="training")
+    assert {c for c, _ in held} == set(held_out) and {c for c, _ in fit} <= set(training)
+    assert len({c for c, _ in fit}) == 32 and held == quality.held_out_prompts(32, seed=3)
+    assert len({s for _, s in held}) == 32
+    with pytest.raises(ValueError, match="held-out"):
+        quality.held_out_prompts(4, combinations="train")

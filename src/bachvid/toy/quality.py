@@ -7,12 +7,13 @@
 
 Generation is the stock diffusers `CogVideoXPipeline` loaded from the folder (BachVid is not
 involved): its scheduler, the model's default steps and guidance from bachvid.json unless
-overridden, one seed per sample (`torch.Generator().manual_seed(seed)`; videos are
-generated several per call, each with its own generator, so each gets the noise it would get
-alone). The world (v1: 17 x 64 x 64, v2: 17 x 96 x 96) is the model's: its bachvid.json frames
-and size. Prompts: the 16 *held-out* combinations of `world.split_combinations()` (never seen in
-training), in turn. The pixel scorer (`evaluate.score_clip`) reads background kind, character kind,
-action and a character mask. Bars: background >= 90%, character >= 90%, action >= 80%.
+overridden, one seed per sample (`torch.Generator().manual_seed(seed)`; videos are generated
+several per call, each with its own generator, so each gets the noise it would get alone). The
+world (v1: 17 x 64 x 64, v2: 17 x 96 x 96) is the model's: its bachvid.json frames and size.
+Prompts: the 16 *held-out* combinations of `world.split_combinations()` (never seen in training),
+in turn; `--combinations training` draws the training ones instead, to tell generalisation from
+fit. The pixel scorer (`evaluate.score_clip`) reads background kind, character kind, action and a
+character mask. Bars: background >= 90%, character >= 90%, action >= 80%.
 
 Rendered clips carry a true mask, so `--references` also reports the scorer's accuracy and mask IoU
 against the truth on rendered held-out clips and on their VAE round trips (the best a model with
@@ -45,11 +46,18 @@ BARS = {"background": 0.9, "character": 0.9, "action": 0.8}
 FRAMES, SIZE = world.FRAMES, world.SIZE  # world v1's clips (17 x 64 x 64), for callers without a model's defaults
 
 
-def held_out_prompts(samples: int, seed: int = 0):
-    """[(combo, seed)]: the held-out combinations in turn, each sample with its own seed."""
-    _, held = world.split_combinations()
+COMBINATIONS = ("held-out", "training")
+
+
+def held_out_prompts(samples: int, seed: int = 0, combinations: str = "held-out"):
+    """[(combo, seed)]: the held-out combinations (or, to tell generalisation from fit, the training
+    ones) in turn, each sample with its own seed."""
+    if combinations not in COMBINATIONS:
+        raise ValueError(f"combinations must be one of {COMBINATIONS}, not {combinations!r}")
+    training, held = world.split_combinations()
+    combos = held if combinations == "held-out" else training
     rng = np.random.default_rng(seed)
-    return [(held[i % len(held)], int(rng.integers(1 << 20))) for i in range(samples)]
+    return [(combos[i % len(combos)], int(rng.integers(1 << 20))) for i in range(samples)]
 
 
 def load(model=None):
@@ -126,7 +134,8 @@ def summarize(records: list[dict]) -> dict:
 
 
 def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0, steps: int | None = None,
-            guidance: float | None = None, batch: int = 8, out: Path | None = None, log=print) -> dict:
+            guidance: float | None = None, batch: int = 8, out: Path | None = None, log=print,
+            combinations: str = "held-out") -> dict:
     """Generate and score `samples` held-out videos; with `out`, append each record to out/samples.jsonl
     and skip the ones already there (resume). `pipe` is a stock CogVideoXPipeline (or a BachVidPipeline,
     whose stock pipeline is used)."""
@@ -136,7 +145,7 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
         defaults = _defaults(pipe.default_settings())
     pipe = getattr(pipe, "pipe", pipe)
     steps, guidance = steps_and_guidance(defaults, steps, guidance)
-    items = held_out_prompts(samples, seed)
+    items = held_out_prompts(samples, seed, combinations)
     records: list[dict] = []
     videos: list[np.ndarray] = []
     done_file = None
@@ -165,7 +174,7 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
                 f.writelines(json.dumps(r) + "\n" for r in new)
             np.savez_compressed(out / "videos.npz", videos=np.stack(videos))
         log(f"{len(records)}/{len(items)} videos, {(time.perf_counter() - start) / made:.2f} s each")
-    report = {**summarize(records), "steps": steps, "guidance": guidance, "seed": seed}
+    report = {**summarize(records), "steps": steps, "guidance": guidance, "seed": seed, "combinations": combinations}
     if made:
         report["seconds_per_video_batched"] = (time.perf_counter() - start) / made
     if out is not None and videos:
@@ -216,6 +225,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the model's default steps")
     parser.add_argument("--guidance", type=float, default=None, help="override the model's default guidance")
     parser.add_argument("--batch", type=int, default=8, help="videos per pipeline call")
+    parser.add_argument("--combinations", choices=COMBINATIONS, default="held-out",
+                        help="prompts from the held-out combinations (the bars) or the training ones (fit)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default=None,
                         help="folder for samples.jsonl (resume), report.json, sheet.png, videos.npz "
@@ -231,12 +242,13 @@ def main(argv=None) -> int:
     pipe, defaults, folder = load(args.model)
     steps, guidance = steps_and_guidance(defaults, args.steps, args.guidance)
     out = Path(args.out) if args.out else Path("runs/quality") / (
-        f"{folder.resolve().name}-n{args.samples}-s{args.seed}-{steps}-{guidance:g}")
+        f"{folder.resolve().name}-n{args.samples}-s{args.seed}-{steps}-{guidance:g}"
+        + ("" if args.combinations == "held-out" else f"-{args.combinations}"))
     report["model"] = str(folder)
     if args.references:
         report["references"] = references(pipe, args.samples, args.seed, defaults["size"])
     report["generated"] = measure(pipe, defaults, args.samples, args.seed, steps, guidance, args.batch, out,
-                                  log=lambda m: print(m, flush=True))
+                                  log=lambda m: print(m, flush=True), combinations=args.combinations)
     print(json.dumps(report, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     generated = report["generated"]
