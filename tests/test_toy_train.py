@@ -149,6 +149,33 @@ def test_phrase_variants_leave_out_each_phrase():
     assert decode(rows[1, 7]) == "" and decode(len(ids) - 1) == ""
 
 
+def test_motion_weights_raise_the_loss_where_a_clip_changes_in_both_layouts():
+    import torch
+
+    still = torch.randn(1, 1, 8, 1, 6, 6).expand(2, 5, 8, 1, 6, 6).reshape(2, 5, 8, 6, 6).clone()  # (B, F, C, h, w)
+    moving = still.clone()
+    for f in range(5):  # a bright square walks one latent pixel per frame along the top row of clip 1
+        moving[1, f, :, 0, f] += 3.0
+    assert torch.allclose(train.motion_weights(still, 4.0), torch.ones(2, 5, 1, 6, 6))  # nothing moves: plain MSE
+    weights = train.motion_weights(moving, 4.0)
+    assert weights.shape == (2, 5, 1, 6, 6)
+    assert torch.allclose(weights[0], torch.ones(5, 1, 6, 6))  # the other clip of the batch is untouched
+    assert weights[1, 2, 0, 0, 2] == 5.0 and abs(weights[1, 2, 0, 3, 3] - 1.0) < 1e-6  # capped at 1 + strength; still places stay 1
+    wan_layout = train.motion_weights(moving.transpose(1, 2), 4.0, frame_dim=2)  # (B, C, F, h, w)
+    assert torch.equal(wan_layout, weights.transpose(1, 2))
+
+
+def test_training_timesteps_stay_uniform_unshifted_and_move_to_high_noise_when_shifted():
+    import torch
+
+    plain = train.training_timesteps(64, 1000, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(plain, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(5)))  # replays
+    shifted = train.training_timesteps(20000, 1000, 3.0, torch.Generator().manual_seed(5))
+    assert shifted.min() >= 0 and shifted.max() <= 999
+    assert 700 < shifted.float().median() < 800  # shift 3 maps the median draw 0.5 to 0.75
+    assert (shifted >= 800).float().mean() > 0.35  # uniform: 0.2
+
+
 def test_continuing_an_exported_model_keeps_its_vae(tmp_path):
     """--init-from: the VAE and scaling factor stay, the weights are the start, the steps add up."""
     import torch
