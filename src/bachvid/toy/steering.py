@@ -12,8 +12,8 @@ another of its kind, keep the noise, and compare the two guesses:
 
 A phrase the model ignores steers ~0. Why this exists: the world-v2 CPU model drew characters and
 scenery right but read 16% of actions right; sampling and scoring 48 videos took minutes and could not
-say why. Its action steering was 0.005 (the v1 model's: 0.2), i.e. the model had not tied the action
-words to anything, which pointed at training, not the sampler or the scorer.
+say why. Its action steering was 0.03 (the shipped v1 model's: 0.27), i.e. the model had not tied the
+action words to anything, which pointed at training, not the sampler or the scorer.
 """
 
 from __future__ import annotations
