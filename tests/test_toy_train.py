@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from bachvid.io.story import Shot, Story
 from bachvid.method.config import BachVidConfig
@@ -147,6 +148,18 @@ def test_phrase_variants_leave_out_each_phrase():
     assert decode(rows[0, 4]) == "a green meadow, a red robot"  # action left out
     assert decode(rows[1, 1 | 2]) == "stands still"  # background and character left out
     assert decode(rows[1, 7]) == "" and decode(len(ids) - 1) == ""
+
+
+def test_scene_dropout_leaves_out_background_and_character_at_its_own_rate():
+    codes = train.dropout_codes(4000, 0.5, 0.1, torch.Generator().manual_seed(0))
+    background, character, action = (codes & 1) > 0, (codes & 2) > 0, (codes & 4) > 0
+    assert abs(background.float().mean() - 0.5) < 0.03 and abs(character.float().mean() - 0.5) < 0.03
+    assert abs(action.float().mean() - 0.1) < 0.02
+    assert abs((codes == 3).float().mean() - 0.5 * 0.5 * 0.9) < 0.03  # action-only prompts
+    # equal rates draw exactly what the single --phrase-dropout recipe drew
+    generator = torch.Generator().manual_seed(1)
+    old = ((torch.rand(64, 3, generator=generator) < 0.2) * torch.tensor([1, 2, 4])).sum(1)
+    assert torch.equal(train.dropout_codes(64, 0.2, 0.2, torch.Generator().manual_seed(1)), old)
 
 
 def test_motion_weights_raise_the_loss_where_a_clip_changes_in_both_layouts():

@@ -330,7 +330,8 @@ def train_transformer(args, work: Path, sizes: dict):
     ids = tokenizer(unique, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
     prompt_index = torch.tensor([unique.index(p) for p in prompts])
-    if args.phrase_dropout > 0:  # rows of ids for every prompt with any of its phrases left out
+    scene_dropout = args.phrase_dropout if args.scene_dropout is None else args.scene_dropout
+    if args.phrase_dropout > 0 or scene_dropout > 0:  # rows of ids for every prompt with any of its phrases left out
         variant_rows, ids = phrase_variants(unique[:-1], tokenizer)
     if args.init_from:
         start_from_model(Path(args.init_from), transformer, text_encoder, wan)
@@ -363,9 +364,9 @@ def train_transformer(args, work: Path, sizes: dict):
         pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
         x0 = latents[pick.to(device)]
         token_rows = prompt_index[pick].clone()
-        if args.phrase_dropout > 0:
-            dropped = torch.rand(args.batch_size, 3, generator=generator) < args.phrase_dropout
-            token_rows = variant_rows[token_rows, (dropped * torch.tensor([1, 2, 4])).sum(1)]
+        if args.phrase_dropout > 0 or scene_dropout > 0:
+            token_rows = variant_rows[token_rows, dropout_codes(args.batch_size, scene_dropout,
+                                                                args.phrase_dropout, generator)]
         token_rows[torch.rand(args.batch_size, generator=generator) < 0.1] = len(ids) - 1  # CFG dropout
         if wan:
             sigma = wan_sigmas(args.batch_size, generator)
@@ -475,6 +476,14 @@ def phrase_variants(prompts: list[str], tokenizer) -> tuple[torch.Tensor, torch.
     ids = tokenizer(texts + [""], padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
     return torch.tensor(rows), ids
+
+
+def dropout_codes(batch_size: int, scene_dropout: float, action_dropout: float, generator) -> torch.Tensor:
+    """(batch,) codes for `phrase_variants` rows: bit 1 leaves the background out, 2 the character, 4 the
+    action, each drawn on its own (one uniform draw per phrase, so equal rates replay the old recipe)."""
+    left_out = torch.rand(batch_size, 3, generator=generator) < torch.tensor(
+        [scene_dropout, scene_dropout, action_dropout])
+    return (left_out * torch.tensor([1, 2, 4])).sum(1)
 
 
 def start_from_model(folder: Path, transformer, text_encoder, wan: bool = False) -> None:
@@ -640,6 +649,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight the loss on latents that change over the clip up to 1 + this (0: plain MSE)")
     parser.add_argument("--phrase-dropout", type=float, default=0.0,
                         help="probability of leaving each phrase (background, character, action) out of a prompt")
+    parser.add_argument("--scene-dropout", type=float, default=None,
+                        help="probability of leaving the background and the character phrases out (default: "
+                             "--phrase-dropout); higher values train more action-only prompts, which tie each "
+                             "action word to its motion whatever the scene")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=100_000, help="transformer steps (the time budget may end it first)")
     parser.add_argument("--stop-at", type=int, default=None,
