@@ -162,6 +162,11 @@ def test_scene_dropout_leaves_out_background_and_character_at_its_own_rate():
     assert torch.equal(train.dropout_codes(64, 0.2, 0.2, torch.Generator().manual_seed(1)), old)
 
 
+def test_a_timestep_shift_for_wan_is_refused_not_ignored(tmp_path):
+    with pytest.raises(SystemExit, match="CogVideoX only"):
+        train.main(["--backbone", "wan", "--scale", "smoke", "--work", str(tmp_path), "--timestep-shift", "3"])
+
+
 def test_motion_weights_raise_the_loss_where_a_clip_changes_in_both_layouts():
     import torch
 

@@ -666,6 +666,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if is_wan(args) and args.timestep_shift != 1.0:  # Wan draws flow-matching sigmas, not timesteps
+        raise SystemExit("--timestep-shift applies to CogVideoX only; Wan's sigmas have their own draw (wan_sigmas)")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     work = Path(args.work)
