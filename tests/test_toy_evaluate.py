@@ -53,3 +53,20 @@ def test_quality_prompts_come_from_the_asked_combinations_and_refuse_others():
     assert len({s for _, s in held}) == 32
     with pytest.raises(ValueError, match="held-out"):
         quality.held_out_prompts(4, combinations="train")
+
+
+def test_action_binding_counts_wrong_actions_that_training_paired_with_the_scene():
+    from bachvid.toy import quality
+
+    trained = {}
+    for b, c, a in world.split_combinations()[0]:
+        trained.setdefault((b, c), set()).add(a)
+    (b, c, held), *_ = world.split_combinations()[1]
+    paired = sorted(trained[b, c] - {held})
+    unpaired = sorted(set(world.ACTIONS) - trained[b, c] - {held})
+    record = lambda shown: {"combo": [b, c, held], "action": shown}  # noqa: E731
+    records = [record(held), record(paired[0]), record(paired[-1])] + [record(a) for a in unpaired]
+    binding = quality.action_binding(records)
+    assert binding["wrong"] == 2 + len(unpaired) and binding["from_trained_pair"] == 2
+    assert binding["chance"] == pytest.approx(len(paired) / (len(world.ACTIONS) - 1))
+    assert quality.action_binding([record(held)]) == {"wrong": 0, "from_trained_pair": 0, "chance": None}
