@@ -157,3 +157,18 @@ def test_live_identity_lets_go_of_a_call_when_it_ends():
         live.key_value(3, 0)
     with pytest.raises(KeyError):
         live.output(3, 0)
+
+
+def test_an_identity_says_which_step_layer_and_branch_it_lacks():
+    import pytest
+    import torch
+
+    from bachvid.method.identity import CachedIdentity
+
+    cached = CachedIdentity(text_length=2)
+    cached.keep_key_value(4, 1, torch.ones(1, 1, 5, 4), torch.ones(1, 1, 5, 4), branch=1)
+    assert torch.equal(cached.key_value(4, 1, branch=1)[0], torch.ones(1, 1, 5, 4))
+    with pytest.raises(KeyError, match="no keys/values for step 4, layer 1, CFG branch 0 .*same guidance"):
+        cached.key_value(4, 1, branch=0)
+    with pytest.raises(KeyError, match=r"no attention output for step 2, layer 0'"):
+        cached.output(2, 0)

@@ -68,18 +68,11 @@ class CachedIdentity:
         """A reader's call is over. Nothing to drop: a cache keeps what it was given."""
 
     def key_value(self, step: int, layer: int, branch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return self._kv[_slot(step, layer, branch)]
-        except KeyError:
-            raise KeyError(f"the identity kept no keys/values for step {step}, layer {layer}"
-                           + _branch_note(branch)) from None
+        return _look_up(self._kv, step, layer, branch, f"the identity kept no keys/values for step {step}, layer {layer}")
 
     def output(self, step: int, layer: int, branch: int | None = None) -> torch.Tensor:
-        try:
-            return self._out[_slot(step, layer, branch)]
-        except KeyError:
-            raise KeyError(f"the identity kept no attention output for step {step}, layer {layer}"
-                           + _branch_note(branch)) from None
+        return _look_up(self._out, step, layer, branch,
+                        f"the identity kept no attention output for step {step}, layer {layer}")
 
     def conditional_outputs(self) -> dict[tuple[int, int], torch.Tensor]:
         """{(step, layer): (H, Nv, D)} every attention output kept, of the conditional branch (the
@@ -120,23 +113,22 @@ class LiveIdentity:
         self._kv, self._out = {}, {}
 
     def key_value(self, step: int, layer: int, branch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return self._kv[_slot(step, layer, branch)]
-        except KeyError:
-            raise KeyError(f"the live identity did not run layer {layer} at step {step} in this call"
-                           + _branch_note(branch)) from None
+        return _look_up(self._kv, step, layer, branch,
+                        f"the live identity did not run layer {layer} at step {step} in this call")
 
     def output(self, step: int, layer: int, branch: int | None = None) -> torch.Tensor:
-        try:
-            return self._out[_slot(step, layer, branch)]
-        except KeyError:
-            raise KeyError(f"the live identity kept no output of layer {layer} at step {step} in this batch"
-                           + _branch_note(branch)) from None
+        return _look_up(self._out, step, layer, branch,
+                        f"the live identity kept no output of layer {layer} at step {step} in this batch")
 
     @property
     def nbytes(self) -> int:
         return 0
 
 
-def _branch_note(branch: int | None) -> str:
-    return "" if branch is None else f", CFG branch {branch} (was the identity made with the same guidance?)"
+def _look_up(table: dict, step: int, layer: int, branch: int | None, missing: str):
+    """A record's tensor for (step, layer, branch), or a KeyError that says what is missing."""
+    try:
+        return table[_slot(step, layer, branch)]
+    except KeyError:
+        note = "" if branch is None else f", CFG branch {branch} (was the identity made with the same guidance?)"
+        raise KeyError(missing + note) from None
