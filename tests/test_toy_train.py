@@ -221,6 +221,34 @@ def test_continuing_an_exported_model_keeps_its_vae(tmp_path):
         train.main([*common, "--work", str(work), "--init-from", str(first), "--stages", "vae"])
 
 
+def test_a_token_only_text_encoder_continues_a_model_and_cannot_mix_phrases(tmp_path):
+    """--text-layers 0: the model's token embeddings go on without the encoder blocks, so an action
+    word's encoding no longer depends on the scene around it; a deeper encoder cannot start from it."""
+    from transformers import T5EncoderModel
+
+    first, bare = tmp_path / "first", tmp_path / "bare"
+    common = ["--scale", "smoke", "--batch-size", "2", "--sample-steps", "2", "--threads", "1",
+              "--clips-per-combo", "1"]
+    assert train.main([*common, "--work", str(tmp_path / "w1"), "--out", str(first), "--vae-steps", "1",
+                       "--vae-batch", "1", "--steps", "2"]) == 0
+    assert train.main([*common, "--work", str(tmp_path / "w2"), "--out", str(bare), "--init-from", str(first),
+                       "--stages", "latents,transformer,export", "--steps", "3", "--text-layers", "0"]) == 0
+    source, encoder = (T5EncoderModel.from_pretrained(f / "text_encoder", dtype=torch.float32) for f in (first, bare))
+    assert len(source.encoder.block) == 2 and len(encoder.encoder.block) == 0
+    assert torch.allclose(encoder.shared.weight, source.shared.weight, atol=0.02)  # kept, then trained one step
+    tokenizer = train.world_tokenizer()
+    ids = [tokenizer(f"{scene}, walks to the left", return_tensors="pt").input_ids
+           for scene in ("a green meadow, a red robot", "a night city, a white ghost")]
+    n = len(tokenizer("walks to the left", add_special_tokens=False).input_ids) + 1  # + the end token
+    with torch.no_grad():
+        left = [encoder(i)[0][0, -n:] for i in ids]
+        mixed = [source(i)[0][0, -n:] for i in ids]
+    assert torch.equal(left[0], left[1]) and not torch.allclose(mixed[0], mixed[1])
+    with pytest.raises(SystemExit, match="does not fit"):
+        train.main([*common, "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "deep"), "--init-from",
+                    str(bare), "--stages", "latents,transformer", "--steps", "4"])
+
+
 @pytest.mark.slow
 def test_the_cpu_v2_recipe_resumes_where_its_clock_stopped_it(tmp_path):
     """scripts/train_toy_v2_cpu.sh trains in sessions: a second run skips the finished VAE and latents

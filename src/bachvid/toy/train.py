@@ -314,12 +314,13 @@ def train_transformer(args, work: Path, sizes: dict):
         shape = (1, -1, 1, 1, 1)
         latents = (data["latents"] - torch.tensor(data["latents_mean"]).view(shape)) / torch.tensor(
             data["latents_std"]).view(shape)
-        text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"], seed=args.seed).train()
+        text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"], num_layers=args.text_layers, seed=args.seed).train()
         transformer = wan_transformer(sizes, seed=args.seed + 1).train()
         scheduler = rope = None
     else:
         latents = data["latents"].permute(0, 2, 1, 3, 4) * data["scaling_factor"]  # (N, F, C, h, w)
-        text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], seed=args.seed).train()
+        text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], num_layers=args.text_layers,
+                                         seed=args.seed).train()
         transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
                                        head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
                                        text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
@@ -496,7 +497,14 @@ def start_from_model(folder: Path, transformer, text_encoder, wan: bool = False)
     transformer.load_state_dict(trained.state_dict())
     encoder = (UMT5EncoderModel if wan else T5EncoderModel).from_pretrained(folder / "text_encoder",
                                                                             dtype=torch.float32)
-    text_encoder.load_state_dict(encoder.state_dict())
+    # A shallower encoder (--text-layers) keeps the model's token embeddings and final norm and drops
+    # the blocks it does not have; anything else missing or left over is an error.
+    missing, extra = text_encoder.load_state_dict(encoder.state_dict(), strict=False)
+    kept_blocks = len(text_encoder.encoder.block)
+    dropped = [k for k in extra if k.startswith("encoder.block.") and int(k.split(".")[2]) >= kept_blocks]
+    if missing or len(dropped) != len(extra):
+        raise SystemExit(f"{folder / 'text_encoder'} does not fit this text encoder: missing {missing}, "
+                         f"unexpected {sorted(set(extra) - set(dropped))}")
 
 
 def learning_rate(args, step: int, elapsed: float | None = None) -> float:
@@ -534,7 +542,7 @@ def export(args, work: Path, sizes: dict, out: Path):
     data = torch.load(work / "latents.pt")
     state = torch.load(work / "transformer.pt", map_location="cpu")
     tokenizer = world_tokenizer()
-    text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"])
+    text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], num_layers=args.text_layers)
     text_encoder.load_state_dict(state["text_encoder"])
     transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
                                    head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
@@ -563,7 +571,7 @@ def export_wan(args, work: Path, sizes: dict, out: Path):
     data = torch.load(work / "latents.pt")
     state = torch.load(work / "transformer.pt", map_location="cpu")
     tokenizer = world_tokenizer()
-    text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"])
+    text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"], num_layers=args.text_layers)
     text_encoder.load_state_dict(state["text_encoder"])
     transformer = wan_transformer(sizes)
     transformer.load_state_dict(state["transformer"])
@@ -649,6 +657,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight the loss on latents that change over the clip up to 1 + this (0: plain MSE)")
     parser.add_argument("--phrase-dropout", type=float, default=0.0,
                         help="probability of leaving each phrase (background, character, action) out of a prompt")
+    parser.add_argument("--text-layers", type=int, default=2,
+                        help="text encoder blocks (2: the recipe's; 0: token embeddings only, which cannot tie "
+                             "an action word to the scene it was seen with; --init-from keeps the embeddings)")
     parser.add_argument("--scene-dropout", type=float, default=None,
                         help="probability of leaving the background and the character phrases out (default: "
                              "--phrase-dropout); higher values train more action-only prompts, which tie each "
