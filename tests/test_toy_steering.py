@@ -36,3 +36,17 @@ def test_a_prompt_steers_nothing_when_its_swap_is_itself(shipped, monkeypatch):
     monkeypatch.setattr(steering, "swapped_prompt_pairs", lambda pairs, seed=0: same)
     figures = steering.phrase_steering(pipe, defaults["num_frames"], defaults["size"], pairs=2)
     assert all(value < 1e-6 for value in figures.values()), figures
+
+
+def test_action_word_encoding_tells_a_composing_encoder_from_a_scene_bound_one(shipped):
+    from types import SimpleNamespace
+
+    from bachvid.backbones.tiny import tiny_text_encoder
+    from bachvid.toy.train import world_tokenizer
+
+    pipe, _ = shipped
+    composing = steering.action_word_encoding(pipe)  # the v1 model composes held-out combinations
+    assert composing["same_action"] > composing["same_pair"] + 0.3, composing
+    tokenizer = world_tokenizer()
+    token_only = SimpleNamespace(tokenizer=tokenizer, text_encoder=tiny_text_encoder(len(tokenizer), 64, num_layers=0))
+    assert steering.action_word_encoding(token_only)["same_action"] == pytest.approx(1.0)
