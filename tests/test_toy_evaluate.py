@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from bachvid.toy import world
 from bachvid.toy.evaluate import iou, score_clip
@@ -70,3 +71,14 @@ def test_action_binding_counts_wrong_actions_that_training_paired_with_the_scene
     assert binding["wrong"] == 2 + len(unpaired) and binding["from_trained_pair"] == 2
     assert binding["chance"] == pytest.approx(len(paired) / (len(world.ACTIONS) - 1))
     assert quality.action_binding([record(held)]) == {"wrong": 0, "from_trained_pair": 0, "chance": None}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_quality_on_a_missing_gpu_says_so_before_loading(tmp_path):
+    """`quality --device cuda` (the GPU recipe's check) on a CPU machine ends with a sentence, not a
+    CUDA traceback after the model has loaded."""
+    from bachvid.toy import quality
+
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        quality.main(["--device", "cuda", "--samples", "1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())

@@ -60,19 +60,23 @@ def held_out_prompts(samples: int, seed: int = 0, combinations: str = "held-out"
     return [(combos[i % len(combos)], int(rng.integers(1 << 20))) for i in range(samples)]
 
 
-def load(model=None):
-    """(stock diffusers pipeline in float32, the model's default steps, guidance, frames and size, folder).
+def load(model=None, device: str = "cpu"):
+    """(stock diffusers pipeline in float32 on `device`, the model's default steps, guidance, frames and
+    size, folder).
 
     Loaded by `BachVidPipeline.from_pretrained` (one loading path for everything), then with
-    BachVid's attention processors taken out again: the bars are about the model alone."""
+    BachVid's attention processors taken out again: the bars are about the model alone. The samples'
+    generators stay on the CPU, so a seed draws the same initial noise on every device."""
     from ..models import DEFAULT_MODEL_DIR, shipped_model_path
     from ..pipeline import BachVidPipeline
 
     folder = (shipped_model_path(str(model)) or Path(model)) if model else DEFAULT_MODEL_DIR
     if not (folder / "model_index.json").is_file():
         raise SystemExit(f"no diffusers model folder at {folder}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this machine has no CUDA device (use --device cpu)")
     quiet_loading_bars_off_terminal()
-    bachvid = BachVidPipeline.from_pretrained(folder)
+    bachvid = BachVidPipeline.from_pretrained(folder).to(device)
     bachvid.backbone.uninstall()
     bachvid.pipe.set_progress_bar_config(disable=True)
     settings = bachvid.default_settings()
@@ -207,9 +211,9 @@ def references(pipe, samples: int = 64, seed: int = 0, size: int = SIZE) -> dict
     rendered, round_trip, ious, l1 = [], [], {"rendered": [], "vae": []}, []
     for combo, sample_seed in held_out_prompts(samples, seed):
         clip = world.render_clip(*combo, seed=sample_seed, world=world.world_of_size(size))
-        x = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        x = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].to(vae.device, torch.float32) / 127.5 - 1
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample[0]
-        recon = ((y.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).numpy()
+        recon = ((y.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
         l1.append(float(np.abs(recon.astype(np.float32) - clip.frames).mean()))
         for name, frames, bucket in (("rendered", clip.frames, rendered), ("vae", recon, round_trip)):
             score = score_clip(frames)
@@ -220,10 +224,11 @@ def references(pipe, samples: int = 64, seed: int = 0, size: int = SIZE) -> dict
                                "pixel_l1": float(np.mean(l1))}}
 
 
-def time_one_video(model=None, steps: int | None = None, guidance: float | None = None) -> dict:
+def time_one_video(model=None, steps: int | None = None, guidance: float | None = None,
+                   device: str = "cpu") -> dict:
     """Wall time of loading the model and of one plain video (batch 1) at the defaults."""
     start = time.perf_counter()
-    pipe, defaults, _ = load(model)
+    pipe, defaults, _ = load(model, device)
     loaded = time.perf_counter()
     steps, guidance = steps_and_guidance(defaults, steps, guidance)
     generate(pipe, [compose_prompt(*world.texts("meadow", "robot", "jump"))], [0], steps, guidance,
@@ -245,6 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--combinations", choices=COMBINATIONS, default="held-out",
                         help="prompts from the held-out combinations (the bars) or the training ones (fit)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1; default cpu)")
     parser.add_argument("--out", default=None,
                         help="folder for samples.jsonl (resume), report.json, sheet.png, videos.npz "
                              "(default: runs/quality/<model>-n<samples>-s<seed>-<steps>-<guidance>)")
@@ -255,8 +261,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     report = {}
     if args.time:
-        report["timing"] = time_one_video(args.model, args.steps, args.guidance)
-    pipe, defaults, folder = load(args.model)
+        report["timing"] = time_one_video(args.model, args.steps, args.guidance, args.device)
+    pipe, defaults, folder = load(args.model, args.device)
     steps, guidance = steps_and_guidance(defaults, args.steps, args.guidance)
     out = Path(args.out) if args.out else Path("runs/quality") / (
         f"{folder.resolve().name}-n{args.samples}-s{args.seed}-{steps}-{guidance:g}"
