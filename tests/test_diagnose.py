@@ -8,6 +8,7 @@ import pytest
 
 from bachvid.toy import diagnose, world
 from bachvid.toy.evaluate import score_clip
+from bachvid.toy.stats import paired_bootstrap_by_key
 
 
 def _true_accessory(b, c, a, seed):
@@ -43,10 +44,12 @@ def test_shot_metrics_of_a_clip_against_itself_and_another_seed():
 def test_paired_bootstrap_and_complete_stories():
     a = {f"s{i}": 1.0 + 0.1 * i for i in range(10)}
     b = {f"s{i}": 0.5 + 0.1 * i for i in range(10)}
-    ci = diagnose.paired_bootstrap(a, b)
-    assert ci["mean"] == pytest.approx(0.5) and ci["lo"] == pytest.approx(0.5) and ci["hi"] == pytest.approx(0.5)
-    noisy = diagnose.paired_bootstrap({k: v + np.sin(i) for i, (k, v) in enumerate(a.items())}, b)
-    assert noisy["lo"] < noisy["mean"] < noisy["hi"] and noisy["stories"] == 10
+    ci = paired_bootstrap_by_key(a, b)
+    assert ci["mean"] == pytest.approx(0.5) and ci["low"] == pytest.approx(0.5) and ci["high"] == pytest.approx(0.5)
+    noisy = paired_bootstrap_by_key({k: v + np.sin(i) for i, (k, v) in enumerate(a.items())}, b)
+    assert noisy["low"] < noisy["mean"] < noisy["high"] and noisy["n"] == 10
+    assert paired_bootstrap_by_key({**a, "only-here": 9.0}, b)["n"] == 10  # keys on one side only are left out
+    assert paired_bootstrap_by_key({"s0": 1.0}, b) is None
     rows = [{"story": "x", "condition": "p"}, {"story": "x", "condition": "q"}, {"story": "y", "condition": "p"}]
     assert {r["story"] for r in diagnose.complete_rows(rows)} == {"x"}
 

@@ -82,3 +82,20 @@ def test_quality_on_a_missing_gpu_says_so_before_loading(tmp_path):
     with pytest.raises(SystemExit, match="no CUDA device"):
         quality.main(["--device", "cuda", "--samples", "1", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_quality_comparison_pairs_samples_by_prompt_and_seed_and_resamples_combinations():
+    from bachvid.toy import quality
+
+    held = quality.held_out_prompts(32, seed=0)
+    right = lambda items, ok: [{"combo": list(c), "seed": s, "action": c[2] if ok(c) else "none"}  # noqa: E731
+                               for c, s in items]
+    first_half = {c for c, _ in held[:8]}
+    better = right(held, lambda c: True)
+    worse = right(held, lambda c: c in first_half)
+    d = quality.compare_actions(better, worse)
+    assert d["mean"] == pytest.approx(0.5) and d["n"] == 16 and d["samples"] == 32
+    assert 0 < d["low"] < 0.5 < d["high"] < 1 and d["significant"]
+    assert quality.compare_actions(better, better)["mean"] == 0 and not quality.compare_actions(better, better)["significant"]
+    other_seeds = right(quality.held_out_prompts(32, seed=1), lambda c: True)
+    assert quality.compare_actions(better, other_seeds) is None

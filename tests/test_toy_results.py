@@ -8,6 +8,7 @@ import pytest
 
 from bachvid.toy import oracle, results, shot_metrics, world
 from bachvid.toy.evaluate import score_clip
+from bachvid.toy.stats import paired_bootstrap
 
 # Statistics ----------------------------------------------------------------------------------------------
 
@@ -22,7 +23,7 @@ def test_bootstrap_ci_covers_the_true_difference():
     shift, trials, covered = 0.4, 150, 0
     for t in range(trials):
         values, baseline = _paired(rng, 32, shift)
-        ci = results.paired_bootstrap(values, baseline, resamples=500, seed=t)
+        ci = paired_bootstrap(values, baseline, resamples=500, seed=t)
         covered += ci["low"] <= shift <= ci["high"]
         assert ci["n"] == 32
     assert 0.88 <= covered / trials <= 0.99  # a 95% interval
@@ -31,22 +32,22 @@ def test_bootstrap_ci_covers_the_true_difference():
 def test_bootstrap_excludes_zero_for_a_large_shift_and_not_for_none():
     rng = np.random.default_rng(2)
     values, baseline = _paired(rng, 32, 3.0)
-    ci = results.paired_bootstrap(values, baseline, resamples=1000)
+    ci = paired_bootstrap(values, baseline, resamples=1000)
     assert ci["low"] > 0 and ci["significant"]
     assert abs(ci["mean"] - 3.0) < 0.6
-    null = [results.paired_bootstrap(*_paired(rng, 32, 0.0), resamples=500, seed=k)["significant"] for k in range(60)]
+    null = [paired_bootstrap(*_paired(rng, 32, 0.0), resamples=500, seed=k)["significant"] for k in range(60)]
     assert np.mean(null) <= 0.15
 
 
 def test_bootstrap_pairs_only_stories_with_both_values():
-    ci = results.paired_bootstrap([1.0, np.nan, 3.0, 5.0], [0.0, 1.0, np.nan, 4.0], resamples=200)
+    ci = paired_bootstrap([1.0, np.nan, 3.0, 5.0], [0.0, 1.0, np.nan, 4.0], resamples=200)
     assert ci["n"] == 2 and ci["mean"] == pytest.approx(1.0)
-    assert results.paired_bootstrap([np.nan], [1.0]) is None
+    assert paired_bootstrap([np.nan], [1.0]) is None
 
 
 def test_bootstrap_is_reproducible():
     a, b = _paired(np.random.default_rng(3), 20, 1.0)
-    assert results.paired_bootstrap(a, b, seed=5) == results.paired_bootstrap(a, b, seed=5)
+    assert paired_bootstrap(a, b, seed=5) == paired_bootstrap(a, b, seed=5)
 
 
 # Stories ---------------------------------------------------------------------------------------------------

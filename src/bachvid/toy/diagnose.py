@@ -44,6 +44,7 @@ from ..io.terminal import quiet_loading_bars_off_terminal
 from . import world
 from .consistency import colour_histogram
 from .evaluate import score_clip
+from .stats import paired_bootstrap_by_key
 
 BASELINE = "vanilla_identity_seed"
 X0_FRACTIONS = (0.1, 0.3, 0.6)  # plus the final video (step = number of steps)
@@ -427,18 +428,6 @@ def story_means(rows: list[dict], condition: str, metric: str) -> dict[str, floa
     return {s: float(np.mean(v)) for s, v in per.items()}
 
 
-def paired_bootstrap(a: dict, b: dict, draws: int = 10000, seed: int = 0) -> dict | None:
-    """Mean over common stories of a - b, with a 95% percentile CI from resampling stories."""
-    common = sorted(set(a) & set(b))
-    if len(common) < 2:
-        return None
-    diff = np.array([a[s] - b[s] for s in common])
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(len(diff), size=(draws, len(diff)))].mean(1)
-    return {"mean": float(diff.mean()), "lo": float(np.percentile(means, 2.5)),
-            "hi": float(np.percentile(means, 97.5)), "stories": len(common)}
-
-
 def mass_tables(rows: list[dict], condition: str) -> dict:
     """{kind: {step: {layer: mean over shots}}} of a condition's attention mass on injected keys."""
     merged: dict = {}
@@ -495,7 +484,8 @@ def summarise(rows: list[dict], reference: str = BASELINE, second: str = "bachvi
         for m in ("bg_psnr", "hist_distance", "accessory_kept"):
             for ref in (reference, second):
                 if ref in conditions and ref != c:
-                    entry[f"{m}_vs_{ref}"] = paired_bootstrap(story_means(rows, c, m), story_means(rows, ref, m))
+                    entry[f"{m}_vs_{ref}"] = paired_bootstrap_by_key(story_means(rows, c, m), story_means(rows, ref, m),
+                                                                 resamples=10000)
         entry["mass_background"] = mean_mass(rows, c, "background")
         entry["mass_foreground"] = mean_mass(rows, c, "foreground")
         summary[c] = entry
@@ -505,9 +495,9 @@ def summarise(rows: list[dict], reference: str = BASELINE, second: str = "bachvi
 def _ci(d: dict | None, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:
     if not d:
         return "-"
-    sig = "**" if d["lo"] > 0 or d["hi"] < 0 else ""
-    return (f"{sig}{d['mean'] * scale:+.{digits}f}{unit} [{d['lo'] * scale:+.{digits}f}, "
-            f"{d['hi'] * scale:+.{digits}f}]{sig}")
+    sig = "**" if d["significant"] else ""
+    return (f"{sig}{d['mean'] * scale:+.{digits}f}{unit} [{d['low'] * scale:+.{digits}f}, "
+            f"{d['high'] * scale:+.{digits}f}]{sig}")
 
 
 def _num(v, fmt: str) -> str:

@@ -41,6 +41,7 @@ from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.prompt import compose_prompt
 from . import world
 from .evaluate import iou, score_clip
+from .stats import paired_bootstrap_by_key
 
 BARS = {"background": 0.9, "character": 0.9, "action": 0.8}
 FRAMES, SIZE = world.FRAMES, world.SIZE  # world v1's clips (17 x 64 x 64), for callers without a model's defaults
@@ -154,6 +155,24 @@ def action_binding(records: list[dict]) -> dict:
             "chance": float(np.mean(chance)) if wrong else None}
 
 
+def compare_actions(records: list[dict], other: list[dict]) -> dict | None:
+    """Action accuracy of `records` minus `other`'s on the samples both have (same combination and
+    seed: two models run with the same --samples and --seed), as a paired difference per combination
+    (a combination's samples move together) with a 95% bootstrap interval over combinations. None
+    when fewer than two combinations are shared."""
+    theirs = {(tuple(r["combo"]), r["seed"]): r["action"] == r["combo"][2] for r in other}
+    mine: dict = {}
+    for r in records:
+        key = (tuple(r["combo"]), r["seed"])
+        if key in theirs:
+            mine.setdefault(key[0], []).append((r["action"] == r["combo"][2], theirs[key]))
+    result = paired_bootstrap_by_key({c: float(np.mean([a for a, _ in v])) for c, v in mine.items()},
+                                     {c: float(np.mean([b for _, b in v])) for c, v in mine.items()})
+    if result is not None:
+        result["samples"] = sum(len(v) for v in mine.values())
+    return result
+
+
 def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0, steps: int | None = None,
             guidance: float | None = None, batch: int = 8, out: Path | None = None, log=print,
             combinations: str = "held-out") -> dict:
@@ -256,12 +275,21 @@ def main(argv=None) -> int:
                              "(default: runs/quality/<model>-n<samples>-s<seed>-<steps>-<guidance>)")
     parser.add_argument("--references", action="store_true", help="also score rendered clips and VAE round trips")
     parser.add_argument("--time", action="store_true", help="also time loading + one video at batch size 1")
+    parser.add_argument("--against", default=None, metavar="DIR",
+                        help="an earlier quality run's folder (same --samples, --seed, --combinations): "
+                             "the action accuracy difference, paired, with a 95%% interval")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = {}
     if args.time:
         report["timing"] = time_one_video(args.model, args.steps, args.guidance, args.device)
+    against = None
+    if args.against:
+        against_file = Path(args.against) / "samples.jsonl"
+        if not against_file.is_file():
+            raise SystemExit(f"--against {args.against}: no samples.jsonl there (a `quality --out` folder)")
+        against = [json.loads(line) for line in against_file.read_text().splitlines() if line.strip()]
     pipe, defaults, folder = load(args.model, args.device)
     steps, guidance = steps_and_guidance(defaults, args.steps, args.guidance)
     out = Path(args.out) if args.out else Path("runs/quality") / (
@@ -272,6 +300,12 @@ def main(argv=None) -> int:
         report["references"] = references(pipe, args.samples, args.seed, defaults["size"])
     report["generated"] = measure(pipe, defaults, args.samples, args.seed, steps, guidance, args.batch, out,
                                   log=lambda m: print(m, flush=True), combinations=args.combinations)
+    if against is not None:
+        records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()]
+        report["against"] = {"folder": str(args.against), "action": compare_actions(records, against)}
+        if report["against"]["action"] is None:
+            raise SystemExit(f"--against {args.against}: its samples are other prompts or seeds than this run's "
+                             "(use the same --samples, --seed and --combinations)")
     print(json.dumps(report, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     generated = report["generated"]
@@ -281,6 +315,11 @@ def main(argv=None) -> int:
     if binding["wrong"]:
         print(f"wrong actions that training paired with the prompt's background and character: "
               f"{binding['from_trained_pair']}/{binding['wrong']} (chance {binding['chance']:.0%})")
+    if against is not None:
+        d = report["against"]["action"]
+        print(f"action against {args.against}: {100 * d['mean']:+.1f} points [{100 * d['low']:+.1f}, "
+              f"{100 * d['high']:+.1f}] over {d['n']} combinations ({d['samples']} samples, paired)"
+              + ("" if d["significant"] else ": not significant"))
     print(f"report, sheet and videos: {out}")
     return 0
 

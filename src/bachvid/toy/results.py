@@ -71,6 +71,7 @@ from ..io.terminal import quiet_loading_bars_off_terminal
 from ..method.latent_lock import AGREEMENT_LOCK, MILD_BACKGROUND_LOCK, SUGGESTED_BACKGROUND_LOCK, SUGGESTED_SOFT_BACKGROUND_LOCK
 from . import world
 from .shot_metrics import METRICS, compare
+from .stats import paired_bootstrap
 
 BENCH_SEED = 20_251_107
 SEED_LOW, SEED_HIGH = 2**20, 2**30
@@ -238,24 +239,6 @@ def benchmark_stories(count: int, shots: int = 3, seed: int = BENCH_SEED) -> lis
         stories.append(BenchStory(f"bench-{i:03d}", b, c, shared, backgrounds, actions,
                                   int(rng.integers(SEED_LOW, SEED_HIGH))))
     return stories
-
-
-# Statistics ------------------------------------------------------------------------------------------
-
-def paired_bootstrap(values, baseline, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict | None:
-    """Mean of the paired differences values - baseline and its bootstrap percentile CI (stories
-    resampled with replacement, a fixed RNG). Pairs with a missing side are left out; None if
-    none is left."""
-    a, b = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
-    keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
-    if not len(d):
-        return None
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "n": int(len(d)),
-            "significant": bool(low > 0 or high < 0)}
 
 
 # Generation --------------------------------------------------------------------------------------------
