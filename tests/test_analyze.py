@@ -53,6 +53,10 @@ def test_heatmaps_and_csvs_have_a_row_per_step_and_a_column_per_layer(analysis):
         from PIL import Image
 
         assert Image.open(out / f"{name}.png").size[0] > 200
+    for span in ("after_background", "character"):  # the ranking table: same rows and columns
+        lines = (out / f"mask_ranking_{span}.csv").read_text().splitlines()
+        assert lines[0] == "step," + ",".join(f"layer{l}" for l in layers) and len(lines) == 1 + len(steps)
+    assert 0 < report["best_mask_ranking"] < 1
     best = report["best_mask"]
     single = max(v for row in report["mask_iou"][best["span"]].values() for v in row.values())
     assert best["iou"] >= single - 1e-9 and best["step"] in steps
@@ -187,3 +191,16 @@ def test_held_out_pairs_use_held_out_combinations_and_the_story_seed_rule():
         assert p["identity"] == (b, c, "stand") and a != "stand" and p["shot_seed"] == p["identity_seed"] + 1
         assert any(h[:2] == (b, c) for h in held_out)
     assert BachVidConfig().tau_match == 0.2  # the default the report compares with
+
+
+def test_ranking_auc_says_how_well_a_score_orders_the_character_whatever_the_threshold():
+    truth = np.zeros((2, 4, 4), bool)
+    truth[:, 1:3, 1:3] = True
+    score = truth * 1.0 + 0.01 * np.arange(32).reshape(2, 4, 4)  # any threshold between the groups works
+    assert analyze.ranking_auc(score, truth) == 1.0
+    assert analyze.ranking_auc(-score, truth) == 0.0
+    assert analyze.ranking_auc(np.ones_like(score), truth) == 0.5  # ties count half
+    half = np.where(truth, 1.0, 0.0)
+    half[0][truth[0]] = -1.0  # the character scores high in one frame and low in the other
+    assert analyze.ranking_auc(half, truth) == pytest.approx(0.5)
+    assert analyze.ranking_auc(score, np.zeros_like(truth)) is None

@@ -9,6 +9,9 @@ evaluator), so each (denoising step, layer) can be scored:
 - **mask IoU**: the mask that layer alone gives at that step, against the character the finished
   video shows (the evaluator's pixel mask on the latent token grid, `world.latent_token_mask`),
   for both foreground spans ("after_background": character + action words, "character");
+- **mask ranking**: how well that layer's foreground share fg / (fg + bg) ranks the character's
+  tokens above the rest (AUC against the same truth; 0.5 is chance). Low IoU with a high AUC is a
+  threshold to fix; an AUC near 0.5 is attention that does not know where the character is;
 - **match accuracy**: for an identity ("stands still") and a shot of the same story (another
   action, the next seed: `Story.shot_seed`), both generated plainly, every true-foreground token
   of the shot is matched to the identity token with the most similar attention output at that
@@ -151,6 +154,33 @@ def mask_iou(runs, span: str, step: int, layers, kernel: int = 3) -> float:
                               r["truth"]) for r in runs]))
 
 
+def ranking_auc(score, truth) -> float | None:
+    """The chance that a true character token scores above a true background token (ties count
+    half): how well a score ranks the character whatever the threshold. 0.5 is no better than
+    chance, and then no threshold (`tau`, a normalisation) can make a good mask of it. None when
+    the truth has no character or no background."""
+    import numpy as np
+
+    s, t = np.asarray(score, np.float64).ravel(), np.asarray(truth, bool).ravel()
+    if t.all() or not t.any():
+        return None
+    fg, bg = s[t][:, None], s[~t][None]
+    return float((fg > bg).mean() + 0.5 * (fg == bg).mean())
+
+
+def mask_ranking(runs, span: str, step: int, layers) -> float | None:
+    """Mean over `runs` of `ranking_auc` of the layer-averaged foreground share fg / (fg + bg)."""
+    import numpy as np
+
+    values = []
+    for r in runs:
+        bg = sum(r["scores"][span][step][layer][0] for layer in layers) / len(layers)
+        fg = sum(r["scores"][span][step][layer][1] for layer in layers) / len(layers)
+        values.append(ranking_auc((fg / (fg + bg).clamp_min(1e-12)).cpu().numpy(), r["truth"]))
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def similarity(shot: dict, identity: dict, step: int, layers):
     """(Nv, Nv') cosine similarity of the shot's and the identity's attention outputs, averaged over layers."""
     import torch.nn.functional as F
@@ -280,6 +310,7 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
     runs = [r for p in pairs for r in (p["identity"], p["shot"])]
 
     masks = {span: {s: {l: mask_iou(runs, span, s, [l], kernel) for l in layers} for s in steps} for span in SPANS}
+    ranking = {span: {s: {l: mask_ranking(runs, span, s, [l]) for l in layers} for s in steps} for span in SPANS}
     best_mask = {"iou": -1.0}
     for span in SPANS:
         for s in steps:
@@ -297,6 +328,8 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
                           "shot": list(p["shot"]["combo"]), "shot_seed": p["shot"]["seed"]} for p in pairs],
         "mask_iou": {span: _json_table(t) for span, t in masks.items()},
         "best_mask": best_mask,
+        "mask_ranking": {span: _json_table(t) for span, t in ranking.items()},
+        "best_mask_ranking": mask_ranking(runs, best_mask["span"], best_mask["step"], best_mask["layers"]),
         "default_mask": {"span": default_span, "step": default_mask_step, "layers": sorted(defaults.mask),
                          "iou": mask_iou(runs, default_span, default_mask_step, sorted(defaults.mask), kernel)
                          if default_mask_step in steps else None},
@@ -412,6 +445,13 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
                 f"mask IoU vs truth ({span}), {report['videos']} videos; best set outlined",
                 (best["step"], best["layers"]) if best.get("span") == span else None, "IoU")
         written += [out / f"mask_iou_{span}.csv", out / f"mask_iou_{span}.png"]
+        if "mask_ranking" in report:
+            table = report["mask_ranking"][span]
+            write_csv(table, out / f"mask_ranking_{span}.csv")
+            heatmap(table, out / f"mask_ranking_{span}.png",
+                    f"how well attention ranks the character ({span}): AUC vs truth, 0.5 = chance",
+                    None, "AUC")
+            written += [out / f"mask_ranking_{span}.csv", out / f"mask_ranking_{span}.png"]
     if "match_accuracy" in report:
         titles = {"match_accuracy": "match accuracy (all fg tokens, within 1 token)",
                   "match_kept": "share of fg tokens BachVid keeps (in identity fg, sim >= threshold)",
@@ -588,7 +628,8 @@ def run(args) -> int:
     write_outputs(report, Path(args.out))
     best = report["best_mask"]
     print(f"best mask:  {best['span']}, step {best['step']}, layers {best['layers']}: IoU {best['iou']:.3f}"
-          f" (default {report['default_mask']['iou']})")
+          f" (default {report['default_mask']['iou']}); its ranking AUC {report['best_mask_ranking']:.3f}"
+          " (0.5: chance, no threshold helps)")
     if "best_match" in report:
         m = report["best_match"]
         print(f"best match: step {m['step']}, layers {m['layers']}: accuracy {m['match_accuracy']:.3f}, kept "
