@@ -543,17 +543,11 @@ def export(args, work: Path, sizes: dict, out: Path):
     state = torch.load(work / "transformer.pt", map_location="cpu")
     tokenizer = world_tokenizer()
     text_encoder = tiny_text_encoder(len(tokenizer), d_model=sizes["text_dim"], num_layers=args.text_layers)
-    text_encoder.load_state_dict(state["text_encoder"])
     transformer = tiny_transformer(rope=True, num_layers=sizes["layers"], heads=sizes["heads"],
                                    head_dim=sizes["head_dim"], in_channels=LATENT_CHANNELS,
                                    text_dim=sizes["text_dim"], text_length=TEXT_LENGTH,
                                    latent_size=data["latents"].shape[-1], frames=spec.frames)
-    transformer.load_state_dict(state["transformer"])
-    use_ema = state.get("ema") is not None and not args.no_ema
-    if use_ema:  # the EMA of the weights (same order as training's parameter list)
-        with torch.no_grad():
-            for p, e in zip(list(transformer.parameters()) + list(text_encoder.parameters()), state["ema"]):
-                p.copy_(e)
+    use_ema = load_trained_weights(args, state, transformer, text_encoder)
     vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
     vae.register_to_config(scaling_factor=data["scaling_factor"])
     pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
@@ -572,14 +566,8 @@ def export_wan(args, work: Path, sizes: dict, out: Path):
     state = torch.load(work / "transformer.pt", map_location="cpu")
     tokenizer = world_tokenizer()
     text_encoder = tiny_umt5_encoder(len(tokenizer), d_model=sizes["text_dim"], num_layers=args.text_layers)
-    text_encoder.load_state_dict(state["text_encoder"])
     transformer = wan_transformer(sizes)
-    transformer.load_state_dict(state["transformer"])
-    use_ema = state.get("ema") is not None and not args.no_ema
-    if use_ema:
-        with torch.no_grad():
-            for p, e in zip(list(transformer.parameters()) + list(text_encoder.parameters()), state["ema"]):
-                p.copy_(e)
+    use_ema = load_trained_weights(args, state, transformer, text_encoder)
     vae = AutoencoderKLWan.from_pretrained(work / "vae")
     vae.register_to_config(latents_mean=list(data["latents_mean"]), latents_std=list(data["latents_std"]))
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
@@ -587,6 +575,19 @@ def export_wan(args, work: Path, sizes: dict, out: Path):
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     write_model_defaults(out, args, state, spec, use_ema, backbone="wan")
     log(work, f"exported to {out}" + (" (EMA weights)" if use_ema else ""))
+
+
+def load_trained_weights(args, state: dict, transformer, text_encoder) -> bool:
+    """Load a transformer checkpoint into the export's models: its EMA weights (same order as
+    training's parameter list) unless --no-ema or the run kept none. Returns whether the EMA was used."""
+    text_encoder.load_state_dict(state["text_encoder"])
+    transformer.load_state_dict(state["transformer"])
+    use_ema = state.get("ema") is not None and not args.no_ema
+    if use_ema:
+        with torch.no_grad():
+            for p, e in zip(list(transformer.parameters()) + list(text_encoder.parameters()), state["ema"]):
+                p.copy_(e)
+    return use_ema
 
 
 def write_model_defaults(out: Path, args, state: dict, spec, use_ema: bool, **extra) -> None:
