@@ -70,7 +70,8 @@ def test_consistency_report_has_both_rows_ratios_masks_and_a_sheet(toy, tmp_path
         summary["bachvid"]["background_error"] / summary["vanilla"]["background_error"])
     from PIL import Image
     # one row for the story: identity, then each action vanilla and BachVid, frames 0 and 16, 128 px cells
-    assert Image.open(tmp_path / "sheet.png").size == (320 + 7 * 2 * (128 + 8), 26 + 128 + 8)
+    width, height = Image.open(tmp_path / "sheet.png").size
+    assert height == 26 + 128 + 8 and 0 < width - 7 * 2 * (128 + 8) <= 320  # after the label column
 
 
 def test_knobs_from_the_command_line():

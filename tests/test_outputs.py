@@ -137,6 +137,17 @@ def test_contact_sheet_has_a_row_per_video_and_keeps_aspect(tmp_path):
         outputs.contact_sheet(tmp_path / "e.png", [])
 
 
+def test_a_contact_sheet_of_short_labels_keeps_them_whole_in_a_narrow_column(tmp_path):
+    videos = [("city cat jump", frames()), ("city cat", frames(seed=1))]
+    outputs.contact_sheet(tmp_path / "s.png", videos, cell=64)
+    image = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"))
+    row = image[26:26 + 64]
+    first_frame = next(x for x in range(image.shape[1]) if np.array_equal(row[::2, x], videos[0][1][0][:, 0]))
+    assert 60 < first_frame < 200  # not the 320 pixels a long label gets
+    ink = np.nonzero((row[:, :first_frame] < 128).all(axis=2))[1]
+    assert len(ink) and ink.max() < first_frame - 4  # the label's text ends before the frames start
+
+
 def test_a_contact_sheet_of_sheet_frames_is_the_same_png(tmp_path):
     videos = [("identity", frames(n=9)), ("shot-01", frames(n=5, seed=1))]
     outputs.contact_sheet(tmp_path / "full.png", videos)
@@ -201,6 +212,7 @@ def test_a_contact_sheet_row_may_hold_several_videos_and_chosen_frames(tmp_path)
     outputs.contact_sheet(tmp_path / "grid.png", [("one story", story), ("another", story[:2])], cell=64,
                           frames=(0, 16, 99))  # 99: past the end, left out
     image = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
-    assert image.shape == (26 + 2 * (64 + 8), 320 + 6 * (64 + 8), 3)  # 3 videos x 2 frames; rows of 6 and 4
-    assert np.array_equal(image[26:26 + 64:2, 320 + 5 * 72:320 + 5 * 72 + 64:2], story[2, 16])
-    assert (image[26 + 72:, 320 + 4 * 72:] == 255).all()  # the shorter row leaves the rest white
+    label = image.shape[1] - 6 * (64 + 8)  # 3 videos x 2 frames; rows of 6 and 4
+    assert image.shape[0] == 26 + 2 * (64 + 8) and 50 < label < 320  # short labels: a narrow label column
+    assert np.array_equal(image[26:26 + 64:2, label + 5 * 72:label + 5 * 72 + 64:2], story[2, 16])
+    assert (image[26 + 72:, label + 4 * 72:] == 255).all()  # the shorter row leaves the rest white

@@ -210,7 +210,11 @@ def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160, f
     same row), or with `frames` those frame indices (past the end: left out)."""
     if not videos:
         raise ValueError("a contact sheet needs at least one video")
-    font, pad, label_width, header = _font(14), 8, 320, 26
+    font, pad, header = _font(14), 8, 26
+    labels = [textwrap.fill(label, 44) for label, _ in videos]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))  # the label column is as wide as its widest label
+    label_width = min(320, 2 * pad + max(measure.multiline_textbbox((0, 0), text, font=font, spacing=3)[2]
+                                         for text in labels))
     picks = []
     for label, clips in videos:
         clips = np.asarray(clips)
@@ -228,9 +232,9 @@ def contact_sheet(path, videos: list[tuple[str, np.ndarray]], cell: int = 160, f
     draw = ImageDraw.Draw(sheet)
     for i in range(columns):
         draw.text((label_width + i * column, 6), titles[i % len(titles)], fill="gray", font=font)
-    for r, (label, images) in enumerate(picks):
+    for r, ((_, images), text) in enumerate(zip(picks, labels)):
         y = header + r * (cell + pad)
-        draw.multiline_text((6, y), textwrap.fill(label, 44), fill="black", font=font, spacing=3)
+        draw.multiline_text((6, y), text, fill="black", font=font, spacing=3)
         for i, image in enumerate(images):
             sheet.paste(image, (label_width + i * column, y))
     return write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
