@@ -1,4 +1,6 @@
-"""One module per backbone; this registry picks the module for a loaded diffusers pipeline."""
+"""One module per backbone; this registry picks the module for a loaded diffusers pipeline.
+
+What a backbone implements: `protocol.Backbone`."""
 
 from __future__ import annotations
 
