@@ -10,7 +10,10 @@ evaluator's mask on the token grid, opened as the method opens masks):
   output of the 5% of tokens with the highest fg / (fg + bg) (averaged over --seed-layers) and
   of the lower half: a read beyond the paper that uses the features the matches use;
 - oracle prototypes: the same with the true character's and background's mean outputs (how well
-  a prototype read could do with perfect seeds).
+  a prototype read could do with perfect seeds);
+- via matches: each shot token takes the identity mask's value at its match (argmax cosine of the
+  attention outputs, as the method matches), from the identity's read mask (seed layers) and from
+  its true mask: how good shot masks get when only the identity's mask has to be right.
 Prints the best single layer of each per step. ~4 min on one CPU thread for 8 videos.
 docs/TOY_MODEL.md quotes its figures.
 """
@@ -29,6 +32,10 @@ def share(run, step, layers, span="character"):
     bg = sum(run["scores"][span][step][l][0] for l in layers) / len(layers)
     fg = sum(run["scores"][span][step][l][1] for l in layers) / len(layers)
     return (fg / (fg + bg).clamp_min(1e-12)).numpy()
+
+
+def normalised(run, step, layer):
+    return torch.nn.functional.normalize(run["features"][step, layer].float(), dim=1)
 
 
 def prototype_read(x, fg_proto, bg_proto, grid):
@@ -68,7 +75,17 @@ def main():
                 oracle.append(iou(prototype_read(x, x[t].mean(0), x[~t].mean(0), grid), truth))
             for name, values in zip(rows, (text, auc, seeded, oracle)):
                 rows[name][layer] = float(np.mean([v for v in values if v is not None]))
-        print(f"step {step:2d}: " + "; ".join(
+            carried, carried_true = [], []
+            for p in data["pairs"]:
+                identity, shot = p["identity"], p["shot"]
+                index = (normalised(shot, step, layer) @ normalised(identity, step, layer).T).argmax(1).numpy()
+                read = analyze.layer_mask([identity["scores"]["character"][step][s] for s in seeds], identity["grid"], 3)
+                for mask, bucket in ((read, carried), (identity["truth"], carried_true)):
+                    moved = torch.from_numpy(mask.ravel()[index].reshape(shot["grid"]))
+                    bucket.append(iou(open_mask(moved, 3).numpy(), shot["truth"]))
+            rows.setdefault("shot via matches from the read identity mask", {})[layer] = float(np.mean(carried))
+            rows.setdefault("... from the true identity mask", {})[layer] = float(np.mean(carried_true))
+        print(f"step {step:2d}:\n  " + "\n  ".join(
             f"{name} {max(row.values()):.3f} (layer {max(row, key=row.get)})" for name, row in rows.items()),
             flush=True)
 
