@@ -58,7 +58,7 @@ class Condition:
     label: str
     kind: str = "bachvid"  # "vanilla_own", "vanilla_identity_seed" or "bachvid"
     changes: tuple = ()  # BachVidConfig changes, (knob, value) pairs; vital_layers "all": every layer
-    oracle_masks: bool = False
+    oracle_masks: bool | str = False  # "identity": the identity's true mask, carried into shots by matches
     oracle_matches: bool = False
     identity_seed: bool = False  # shots use the identity's seed (not a config knob: a story choice)
     x0: bool = False  # decode the predicted x0 at X0_FRACTIONS
@@ -78,6 +78,8 @@ CONDITIONS = {c.name: c for c in (
     Condition("oracle_masks", "oracle masks", oracle_masks=True),
     Condition("oracle_matches", "oracle matches", oracle_matches=True),
     Condition("oracle_both", "oracle masks + matches", oracle_masks=True, oracle_matches=True),
+    Condition("oracle_identity_mask", "true identity mask, carried into shots by read matches",
+              oracle_masks="identity"),
     Condition("bias1", "injected_logit_bias 1", changes=(("injected_logit_bias", 1.0),)),
     Condition("bias2", "injected_logit_bias 2", changes=(("injected_logit_bias", 2.0),)),
     Condition("bias3", "injected_logit_bias 3", changes=(("injected_logit_bias", 3.0),)),
@@ -110,7 +112,9 @@ def parse_condition(text: str) -> Condition:
         except json.JSONDecodeError:
             parsed = value
         parsed = tuple(parsed) if isinstance(parsed, list) else parsed
-        if key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
+        if key == "oracle_masks" and parsed == "identity":
+            switches[key] = parsed
+        elif key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
             switches[key] = bool(parsed)
         elif key == "foreground_bias":
             changes.append(("foreground_logit_bias", float(parsed)))
@@ -379,6 +383,7 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                     keep(f"{story.name}-{condition.name}-{k}", result.frames)
                 row.update(seconds_story=seconds, identity_mask_iou=id_log.get("mask_iou"),
                            mask_iou=logs[k].get("mask_iou") if k < len(logs) else None,
+                           carried_mask_iou=logs[k].get("carried_mask_iou") if k < len(logs) else None,
                            match_accuracy=logs[k].get("match_accuracy") if k < len(logs) else None,
                            foreground_pairs=result.stats.get("foreground_pairs"),
                            foreground_tokens=result.stats.get("foreground_tokens"),
@@ -409,7 +414,7 @@ def _str_keys(table: dict) -> dict:
 # Aggregation ----------------------------------------------------------------------------------------
 
 METRICS = ("bg_psnr", "bg_mae", "hist_distance", "accessory_kept", "belt_kept", "shot_belt_read", "action_right",
-           "character_kept", "mask_iou", "match_accuracy")
+           "character_kept", "mask_iou", "carried_mask_iou", "match_accuracy")
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -546,7 +551,11 @@ def doc_table(summary: dict, labels: dict, reference: str = BASELINE, second: st
         if e["mask_iou"] is None:
             used = "-"
         else:
-            masks = "truth" if c is not None and c.oracle_masks else f"IoU {e['mask_iou']:.2f}"
+            masks = f"IoU {e['mask_iou']:.2f}"
+            if c is not None and c.oracle_masks == "identity":
+                masks = f"carried IoU {_num(e.get('carried_mask_iou'), '.2f')}"
+            elif c is not None and c.oracle_masks:
+                masks = "truth"
             matches = "truth" if c is not None and c.oracle_matches else f"acc. {e['match_accuracy']:.2f}"
             used = f"{masks} / {matches}"
         mass = "-" if e["mass_foreground"] is None else (
