@@ -432,3 +432,4 @@ def test_a_diagnosis_condition_may_give_only_the_identity_its_true_mask():
     assert diagnose.parse_condition("c:oracle_masks=identity").oracle_masks == "identity"
     assert diagnose.parse_condition("c:oracle_masks=1").oracle_masks is True
     assert diagnose.CONDITIONS["oracle_identity_mask"].oracle_masks == "identity"
+    assert diagnose.parse_condition("c:oracle_masks=carried").oracle_masks == "carried"

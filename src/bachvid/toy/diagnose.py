@@ -58,7 +58,8 @@ class Condition:
     label: str
     kind: str = "bachvid"  # "vanilla_own", "vanilla_identity_seed" or "bachvid"
     changes: tuple = ()  # BachVidConfig changes, (knob, value) pairs; vital_layers "all": every layer
-    oracle_masks: bool | str = False  # "identity": the identity's true mask, carried into shots by matches
+    oracle_masks: bool | str = False  # "identity": the identity's true mask carried into shots by matches;
+    # "carried": its read mask carried so
     oracle_matches: bool = False
     identity_seed: bool = False  # shots use the identity's seed (not a config knob: a story choice)
     x0: bool = False  # decode the predicted x0 at X0_FRACTIONS
@@ -80,6 +81,8 @@ CONDITIONS = {c.name: c for c in (
     Condition("oracle_both", "oracle masks + matches", oracle_masks=True, oracle_matches=True),
     Condition("oracle_identity_mask", "true identity mask, carried into shots by read matches",
               oracle_masks="identity"),
+    Condition("carried_masks", "shot masks carried from the identity's read mask by read matches",
+              oracle_masks="carried"),
     Condition("bias1", "injected_logit_bias 1", changes=(("injected_logit_bias", 1.0),)),
     Condition("bias2", "injected_logit_bias 2", changes=(("injected_logit_bias", 2.0),)),
     Condition("bias3", "injected_logit_bias 3", changes=(("injected_logit_bias", 3.0),)),
@@ -112,7 +115,7 @@ def parse_condition(text: str) -> Condition:
         except json.JSONDecodeError:
             parsed = value
         parsed = tuple(parsed) if isinstance(parsed, list) else parsed
-        if key == "oracle_masks" and parsed == "identity":
+        if key == "oracle_masks" and parsed in ("identity", "carried"):
             switches[key] = parsed
         elif key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
             switches[key] = bool(parsed)
@@ -552,7 +555,7 @@ def doc_table(summary: dict, labels: dict, reference: str = BASELINE, second: st
             used = "-"
         else:
             masks = f"IoU {e['mask_iou']:.2f}"
-            if c is not None and c.oracle_masks == "identity":
+            if c is not None and c.oracle_masks in ("identity", "carried"):
                 masks = f"carried IoU {_num(e.get('carried_mask_iou'), '.2f')}"
             elif c is not None and c.oracle_masks:
                 masks = "truth"

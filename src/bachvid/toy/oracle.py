@@ -20,7 +20,9 @@ tells mask and match errors apart from the limits of the injection itself:
 matches only" and both are possible. `masks="identity"` gives only the identity its true mask; each
 shot's mask is then that mask carried through the shot's matches (a shot token is foreground when
 the identity token it matches is), opened as the method opens masks: what shots would get if the
-identity's mask came from its pixels (a segmenter) and shots took theirs from their matches. Every shot also logs how well the attention-read mask and
+identity's mask came from its pixels (a segmenter) and shots took theirs from their matches.
+`masks="carried"` carries the identity's *read* mask the same way (no truth used): shot masks
+from matches alone. Every shot also logs how well the attention-read mask and
 matches agree with the truth (`TruthReadings.log`).
 
 The pure functions (`body_coordinates`, `body_matches`, `match_accuracy`) work on any pixel masks
@@ -195,8 +197,8 @@ class TruthReadings:
 
     def __init__(self, pipe, settings, masks: bool | str = True, matches: bool = True,
                  cache: MutableMapping | None = None, open_kernel: int = 3):
-        if masks not in (True, False, "identity"):
-            raise ValueError(f"masks must be True, False or 'identity', not {masks!r}")
+        if masks not in (True, False, "identity", "carried"):
+            raise ValueError(f"masks must be True, False, 'identity' or 'carried', not {masks!r}")
         self.pipe, self.settings, self.open_kernel = pipe, settings, open_kernel
         self.masks, self.matches = masks, matches
         self.cache = {} if cache is None else cache
@@ -233,7 +235,7 @@ class TruthReadings:
         truth = token_mask(self.identity_pixels)
         self.log.append({"role": "identity", "prompt": video.spans.prompt, "seed": video.seed,
                          "mask_iou": iou(mask.cpu().numpy().astype(bool), truth)})
-        if not self.masks:
+        if not self.masks or self.masks == "carried":
             return mask
         return torch.from_numpy(truth).to(mask.device)
 
@@ -246,7 +248,7 @@ class TruthReadings:
         grid = tuple(mask.shape)
         entry = {"role": "shot", "prompt": video.spans.prompt, "seed": video.seed,
                  "mask_iou": iou(mask.cpu().numpy().astype(bool), truth)}
-        if self.masks == "identity":
+        if self.masks in ("identity", "carried"):
             fg = carried_mask(identity_fg, matches, grid, self.open_kernel).to(mask.device)
             entry["carried_mask_iou"] = iou(fg.cpu().numpy(), truth)
         else:
