@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachvid.method.mask import MaskReader, open_mask, text_attention_scores
+from bachvid.method.mask import MaskReader, carry_mask, open_mask, text_attention_scores
 from bachvid.method.match import Matches, best_matches
 
 
@@ -172,3 +172,30 @@ def test_an_identity_says_which_step_layer_and_branch_it_lacks():
         cached.key_value(4, 1, branch=0)
     with pytest.raises(KeyError, match=r"no attention output for step 2, layer 0'"):
         cached.output(2, 0)
+
+
+def test_a_carried_mask_takes_the_identity_mask_at_each_tokens_match():
+    """shot_mask="matches": a shot's mask is the identity's, moved to where the matches say each body
+    point went, then opened like read masks."""
+    grid = (1, 6, 6)
+    identity_fg = torch.zeros(grid, dtype=torch.bool)
+    identity_fg[0, 1:4, 1:4] = True  # a 3 x 3 character at the left
+    index = torch.arange(36).reshape(grid).roll(2, dims=2).reshape(-1)  # each token matches two columns left
+    expected = torch.zeros(grid, dtype=torch.bool)
+    expected[0, 1:4, 3:6] = True  # the same character, two columns to the right
+    assert torch.equal(carry_mask(identity_fg, index, grid, open_kernel=3), expected)
+    assert carry_mask(identity_fg, torch.full((36,), 14), grid, open_kernel=1).all()  # all match a character token
+    specks = torch.full((36,), 0)
+    specks[[0, 20]] = 14  # two isolated tokens match the character: opening removes them
+    assert not carry_mask(identity_fg, specks, grid, open_kernel=3).any()
+
+
+def test_shot_mask_must_be_a_known_source():
+    import pytest
+
+    from bachvid.method.config import BachVidConfig
+
+    assert BachVidConfig().shot_mask == "attention"  # the paper's
+    with pytest.raises(ValueError, match="shot_mask"):
+        BachVidConfig(shot_mask="pixels")
+

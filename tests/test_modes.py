@@ -159,3 +159,47 @@ def test_low_memory_runs_keep_the_identity_apart_inside_blocks(tiny_pipe, settin
     monkeypatch.setattr(Controller, "attend", lambda self, call: widths.append(call.query.shape[0]) or original(self, call))
     story_results(tiny_pipe, settings, mode, group, story=make_story(actions=("stands still", "jumps", "comes closer")))
     assert max(widths) == widest
+
+
+class _Recorder:
+    """modes.Readings that change nothing: they keep what the shots' pre-runs handed on."""
+
+    def __init__(self):
+        self.shots = []
+
+    def identity_mask(self, video, mask, latents):
+        return mask
+
+    def shot(self, video, mask, matches, identity_fg):
+        self.shots.append((mask.clone(), matches, identity_fg.clone()))
+        return mask, matches
+
+
+@pytest.mark.parametrize("mode", ["cache", "lockstep"])
+def test_shot_masks_from_matches_carry_the_identity_mask(tiny_pipe, settings, mode):
+    """shot_mask="matches": each shot's mask is the identity's carried through that shot's own
+    matches; the paper's default keeps the mask its pre-run read from text attention."""
+    from bachvid.method.mask import carry_mask
+    from bachvid.modes import Instruments
+
+    if mode == "lockstep":  # readings need the final identity; lockstep is checked equal to the cache's
+        carried = story_results(tiny_pipe, settings, "cache", 1, BachVidConfig(shot_mask="matches"))
+        again = story_results(tiny_pipe, settings, "lockstep", 3, BachVidConfig(shot_mask="matches"))
+        assert all((a.mask == b.mask).all() and (a.latents - b.latents).abs().max() <= 1e-5
+                   for a, b in zip(carried, again))
+        return
+    story = make_story(actions=("stands still", "walks to the left", "jumps"))
+    runs = {}
+    for source in ("attention", "matches"):
+        recorder = _Recorder()
+        results = list(tiny_pipe.generate(story, settings, BachVidConfig(shot_mask=source), identity_mode=mode,
+                                          progress=False, instruments=Instruments(readings=recorder)))
+        runs[source] = (recorder.shots, results)
+    kernel = BachVidConfig().mask_open_kernel
+    for mask, matches, identity_fg in runs["matches"][0]:
+        assert torch.equal(mask, carry_mask(identity_fg, matches.index, tuple(mask.shape), kernel))
+    read = [m for m, _, _ in runs["attention"][0]]
+    carried = [m for m, _, _ in runs["matches"][0]]
+    assert any(not torch.equal(a, b) for a, b in zip(read, carried))  # the knob changes the shots' masks
+    assert all(torch.equal(a.mask if isinstance(a.mask, torch.Tensor) else torch.from_numpy(a.mask), b)
+               for a, b in zip(runs["matches"][1][1:], carried))  # and the shots report the mask they used

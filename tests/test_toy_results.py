@@ -403,33 +403,12 @@ def test_records_made_before_a_knob_existed_count_as_its_default():
     assert results.with_new_knobs(other) != now  # knobs the record has are compared as they are
 
 
-def test_a_carried_mask_takes_the_identity_mask_at_each_tokens_match():
-    """`TruthReadings(masks="identity")`: a shot's mask is the identity's, moved to where its matches
-    say each body point went, then opened like the method's masks."""
-    import torch
-
-    from bachvid.method.match import Matches
-
-    grid = (1, 6, 6)
-    identity_fg = torch.zeros(grid, dtype=torch.bool)
-    identity_fg[0, 1:4, 1:4] = True  # a 3 x 3 character at the left
-    shifted = np.arange(36).reshape(grid)
-    shifted = np.roll(shifted, 2, axis=2)  # every shot token matches the token two columns to its left
-    matches = Matches(torch.from_numpy(shifted.reshape(-1)), torch.ones(36))
-    carried = oracle.carried_mask(identity_fg, matches, grid, open_kernel=3)
-    expected = torch.zeros(grid, dtype=torch.bool)
-    expected[0, 1:4, 3:6] = True  # the same character, two columns to the right
-    assert torch.equal(carried, expected)
-    speck = Matches(torch.full((36,), 14), torch.ones(36))  # all match one foreground token: all foreground
-    assert oracle.carried_mask(identity_fg, speck, grid, open_kernel=1).all()
-    with pytest.raises(ValueError, match="identity"):
-        oracle.TruthReadings(None, None, masks="shots")
-
-
 def test_a_diagnosis_condition_may_give_only_the_identity_its_true_mask():
     from bachvid.toy import diagnose
 
     assert diagnose.parse_condition("c:oracle_masks=identity").oracle_masks == "identity"
     assert diagnose.parse_condition("c:oracle_masks=1").oracle_masks is True
-    assert diagnose.CONDITIONS["oracle_identity_mask"].oracle_masks == "identity"
-    assert diagnose.parse_condition("c:oracle_masks=carried").oracle_masks == "carried"
+    truth_for_identity = diagnose.CONDITIONS["oracle_identity_mask"]
+    assert truth_for_identity.oracle_masks == "identity" and ("shot_mask", "matches") in truth_for_identity.changes
+    with pytest.raises(ValueError, match="identity"):
+        oracle.TruthReadings(None, None, masks="shots")

@@ -41,7 +41,7 @@ from .method.config import BachVidConfig
 from .method.controller import VideoState
 from .method.identity import CachedIdentity, LiveIdentity
 from .method.latent_lock import LatentLocks, agreeing_tokens, shot_locks
-from .method.mask import MaskReader
+from .method.mask import MaskReader, carry_mask
 from .method.match import MatchAccumulator, Matches
 from .method.plan import PlanMaker, StepPlan
 from .method.prompt import PromptSpans
@@ -336,8 +336,12 @@ class StoryRun:
         if self.agreement_lock:  # the identity's latent at the pre-run's end: full-schedule step run_steps * k
             latents, step = (cache.trajectory, run_steps * k) if cache is not None else (replay, run_steps)
             self._agreement(shots, identity, ends[len(ends) - len(shots):], latents, step)
-        return [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
-                for state in states]
+        readings = [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
+                    for state in states]
+        if self.config.shot_mask == "matches":  # beyond the paper: the identity's mask, carried by the matches
+            readings = [(carry_mask(identity_fg, matches.index, self.grid, self.config.mask_open_kernel), matches)
+                        for _, matches in readings]
+        return readings
 
     @property
     def agreement_lock(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .prompt import FOREGROUND_SPANS
 
+SHOT_MASKS = ("attention", "matches")  # BachVidConfig.shot_mask
 
 @dataclass(frozen=True)
 class BachVidConfig:
@@ -87,6 +88,11 @@ class BachVidConfig:
     CharaConsist) or 'character'."""
     mask_open_kernel: int = 3
     """Erosion then dilation per latent frame with a k x k window; 1 turns cleaning off."""
+    shot_mask: str = "attention"
+    """Where a shot's foreground mask comes from: 'attention' (the paper: its own video-to-text
+    attention in its pre-run) or 'matches' (beyond the paper: the identity's mask carried through
+    the shot's matches, each token taking the identity mask at the token it matches; the
+    identity's mask is then the only one read from text attention)."""
     prerun_stride: int = 1
     """Coarse pre-run: shots' pre-runs take every k-th step of the schedule (a k-times coarser
     schedule reaching the same noise level at the mask/match step), so they cost ~1/k of the
@@ -112,6 +118,8 @@ class BachVidConfig:
             raise ValueError("merge_decay_start must not come after merge_decay_end")
         if self.mask_foreground not in FOREGROUND_SPANS:
             raise ValueError(f"mask_foreground must be {' or '.join(map(repr, FOREGROUND_SPANS))}")
+        if self.shot_mask not in SHOT_MASKS:
+            raise ValueError(f"shot_mask must be {' or '.join(map(repr, SHOT_MASKS))}, not {self.shot_mask!r}")
         if self.mask_open_kernel < 1 or self.mask_open_kernel % 2 == 0:
             raise ValueError("mask_open_kernel must be an odd number >= 1")
         if not math.isfinite(self.injected_logit_bias):

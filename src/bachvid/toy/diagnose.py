@@ -58,8 +58,7 @@ class Condition:
     label: str
     kind: str = "bachvid"  # "vanilla_own", "vanilla_identity_seed" or "bachvid"
     changes: tuple = ()  # BachVidConfig changes, (knob, value) pairs; vital_layers "all": every layer
-    oracle_masks: bool | str = False  # "identity": the identity's true mask carried into shots by matches;
-    # "carried": its read mask carried so
+    oracle_masks: bool | str = False  # "identity": only the identity's mask is the truth
     oracle_matches: bool = False
     identity_seed: bool = False  # shots use the identity's seed (not a config knob: a story choice)
     x0: bool = False  # decode the predicted x0 at X0_FRACTIONS
@@ -79,10 +78,10 @@ CONDITIONS = {c.name: c for c in (
     Condition("oracle_masks", "oracle masks", oracle_masks=True),
     Condition("oracle_matches", "oracle matches", oracle_matches=True),
     Condition("oracle_both", "oracle masks + matches", oracle_masks=True, oracle_matches=True),
-    Condition("oracle_identity_mask", "true identity mask, carried into shots by read matches",
-              oracle_masks="identity"),
-    Condition("carried_masks", "shot masks carried from the identity's read mask by read matches",
-              oracle_masks="carried"),
+    Condition("carried_masks", "shot masks carried from the identity's by matches (shot_mask matches)",
+              changes=(("shot_mask", "matches"),)),
+    Condition("oracle_identity_mask", "true identity mask, carried into shots by matches",
+              changes=(("shot_mask", "matches"),), oracle_masks="identity"),
     Condition("bias1", "injected_logit_bias 1", changes=(("injected_logit_bias", 1.0),)),
     Condition("bias2", "injected_logit_bias 2", changes=(("injected_logit_bias", 2.0),)),
     Condition("bias3", "injected_logit_bias 3", changes=(("injected_logit_bias", 3.0),)),
@@ -115,7 +114,7 @@ def parse_condition(text: str) -> Condition:
         except json.JSONDecodeError:
             parsed = value
         parsed = tuple(parsed) if isinstance(parsed, list) else parsed
-        if key == "oracle_masks" and parsed in ("identity", "carried"):
+        if key == "oracle_masks" and parsed == "identity":
             switches[key] = parsed
         elif key in ("oracle_masks", "oracle_matches", "identity_seed", "x0"):
             switches[key] = bool(parsed)
@@ -386,7 +385,6 @@ def run_story(pipe, story: Story, base_settings, conditions: list[Condition], do
                     keep(f"{story.name}-{condition.name}-{k}", result.frames)
                 row.update(seconds_story=seconds, identity_mask_iou=id_log.get("mask_iou"),
                            mask_iou=logs[k].get("mask_iou") if k < len(logs) else None,
-                           carried_mask_iou=logs[k].get("carried_mask_iou") if k < len(logs) else None,
                            match_accuracy=logs[k].get("match_accuracy") if k < len(logs) else None,
                            foreground_pairs=result.stats.get("foreground_pairs"),
                            foreground_tokens=result.stats.get("foreground_tokens"),
@@ -417,7 +415,7 @@ def _str_keys(table: dict) -> dict:
 # Aggregation ----------------------------------------------------------------------------------------
 
 METRICS = ("bg_psnr", "bg_mae", "hist_distance", "accessory_kept", "belt_kept", "shot_belt_read", "action_right",
-           "character_kept", "mask_iou", "carried_mask_iou", "match_accuracy")
+           "character_kept", "mask_iou", "match_accuracy")
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -555,8 +553,8 @@ def doc_table(summary: dict, labels: dict, reference: str = BASELINE, second: st
             used = "-"
         else:
             masks = f"IoU {e['mask_iou']:.2f}"
-            if c is not None and c.oracle_masks in ("identity", "carried"):
-                masks = f"carried IoU {_num(e.get('carried_mask_iou'), '.2f')}"
+            if c is not None and c.oracle_masks == "identity":
+                masks = f"identity: truth; shots: IoU {e['mask_iou']:.2f}"
             elif c is not None and c.oracle_masks:
                 masks = "truth"
             matches = "truth" if c is not None and c.oracle_matches else f"acc. {e['match_accuracy']:.2f}"

@@ -17,12 +17,10 @@ tells mask and match errors apart from the limits of the injection itself:
   similarity 1.0. Tokens outside the box keep the matches read from attention.
 
 `masks=False` or `matches=False` keep the attention-read ones, so "oracle masks only", "oracle
-matches only" and both are possible. `masks="identity"` gives only the identity its true mask; each
-shot's mask is then that mask carried through the shot's matches (a shot token is foreground when
-the identity token it matches is), opened as the method opens masks: what shots would get if the
-identity's mask came from its pixels (a segmenter) and shots took theirs from their matches.
-`masks="carried"` carries the identity's *read* mask the same way (no truth used): shot masks
-from matches alone. Every shot also logs how well the attention-read mask and
+matches only" and both are possible. `masks="identity"` gives only the identity its true mask and
+leaves the shots' masks as the method made them: with `shot_mask="matches"` (shot masks carried from
+the identity's through their matches) that is what shots would get if the identity's mask came from
+its pixels (a segmenter). Every shot also logs how well the attention-read mask and
 matches agree with the truth (`TruthReadings.log`).
 
 The pure functions (`body_coordinates`, `body_matches`, `match_accuracy`) work on any pixel masks
@@ -178,15 +176,6 @@ def _to_uint8(frames) -> np.ndarray:
     return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def carried_mask(identity_fg: torch.Tensor, matches: Matches, grid: tuple, open_kernel: int = 3) -> torch.Tensor:
-    """A shot's (F, h, w) mask from the identity's: each shot token takes the identity mask's value at
-    the identity token it matches, then the mask is opened as the method opens masks."""
-    from ..method.mask import open_mask
-
-    values = identity_fg.reshape(-1).to(matches.index.device)[matches.index]
-    return open_mask(values.reshape(grid).cpu(), open_kernel)
-
-
 class TruthReadings:
     """`modes.Readings` from the toy world's truth (see the module docstring).
 
@@ -196,10 +185,10 @@ class TruthReadings:
     identity modes (lockstep has no final identity before the shots run)."""
 
     def __init__(self, pipe, settings, masks: bool | str = True, matches: bool = True,
-                 cache: MutableMapping | None = None, open_kernel: int = 3):
-        if masks not in (True, False, "identity", "carried"):
-            raise ValueError(f"masks must be True, False, 'identity' or 'carried', not {masks!r}")
-        self.pipe, self.settings, self.open_kernel = pipe, settings, open_kernel
+                 cache: MutableMapping | None = None):
+        if masks not in (True, False, "identity"):
+            raise ValueError(f"masks must be True, False or 'identity', not {masks!r}")
+        self.pipe, self.settings = pipe, settings
         self.masks, self.matches = masks, matches
         self.cache = {} if cache is None else cache
         self.identity_pixels: np.ndarray | None = None  # bool (F, H, W): the current identity's character
@@ -235,7 +224,7 @@ class TruthReadings:
         truth = token_mask(self.identity_pixels)
         self.log.append({"role": "identity", "prompt": video.spans.prompt, "seed": video.seed,
                          "mask_iou": iou(mask.cpu().numpy().astype(bool), truth)})
-        if not self.masks or self.masks == "carried":
+        if not self.masks:
             return mask
         return torch.from_numpy(truth).to(mask.device)
 
@@ -248,11 +237,7 @@ class TruthReadings:
         grid = tuple(mask.shape)
         entry = {"role": "shot", "prompt": video.spans.prompt, "seed": video.seed,
                  "mask_iou": iou(mask.cpu().numpy().astype(bool), truth)}
-        if self.masks in ("identity", "carried"):
-            fg = carried_mask(identity_fg, matches, grid, self.open_kernel).to(mask.device)
-            entry["carried_mask_iou"] = iou(fg.cpu().numpy(), truth)
-        else:
-            fg = torch.from_numpy(truth).to(mask.device) if self.masks else mask
+        fg = torch.from_numpy(truth).to(mask.device) if self.masks is True else mask
         read_index = matches.index.cpu().numpy()
         true_fg = np.flatnonzero(truth.reshape(-1))
         entry["match_accuracy"] = match_accuracy(read_index, true_fg, shot_pixels, self.identity_pixels, grid)
