@@ -16,6 +16,7 @@ from .prompt import FOREGROUND_SPANS
 
 SHOT_MASKS = ("attention", "matches")  # BachVidConfig.shot_mask
 
+
 @dataclass(frozen=True)
 class BachVidConfig:
     # Switches
