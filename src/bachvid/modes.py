@@ -321,8 +321,9 @@ class StoryRun:
         source, row = self._source(identity, identity_fg, cache, replay, prerun=True, stride=k)
         full_plans = self.maker.prerun_plans(identity_fg)
         plans = (lambda i: full_plans(i * k)) if k > 1 else full_plans
-        states = [VideoState(source=source, mask_reader=self._reader(v), matcher=MatchAccumulator(self.config.chunk_size))
-                  for v in shots]
+        carried = self.config.shot_mask == "matches"  # the identity's mask, carried by the matches: none read
+        states = [VideoState(source=source, mask_reader=None if carried else self._reader(v),
+                             matcher=MatchAccumulator(self.config.chunk_size)) for v in shots]
         # The identity row goes first, so its keys/values reach the live record before shots read them.
         batch = ([row[0]] if row else []) + [v.denoised() for v in shots]
 
@@ -336,11 +337,12 @@ class StoryRun:
         if self.agreement_lock:  # the identity's latent at the pre-run's end: full-schedule step run_steps * k
             latents, step = (cache.trajectory, run_steps * k) if cache is not None else (replay, run_steps)
             self._agreement(shots, identity, ends[len(ends) - len(shots):], latents, step)
-        readings = [(state.mask_reader.mask(self.grid, self.config.mask_open_kernel), state.matcher.result())
-                    for state in states]
-        if self.config.shot_mask == "matches":  # beyond the paper: the identity's mask, carried by the matches
-            readings = [(carry_mask(identity_fg, matches.index, self.grid, self.config.mask_open_kernel), matches)
-                        for _, matches in readings]
+        readings = []
+        for state in states:
+            matches, kernel = state.matcher.result(), self.config.mask_open_kernel
+            mask = (carry_mask(identity_fg, matches.index, self.grid, kernel) if carried
+                    else state.mask_reader.mask(self.grid, kernel))
+            readings.append((mask, matches))
         return readings
 
     @property

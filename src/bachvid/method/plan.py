@@ -198,10 +198,14 @@ class PlanMaker:
             injections = (background_injection(identity_fg, identity_fg, self.text_length,
                                                self.config.injected_logit_bias),)
 
+        reads_mask = self.config.shot_mask == "attention"  # "matches": the mask is carried, not read
+
         def plan(step: int) -> StepPlan:
             injecting = step in self.schedule.inject
+            reads = self._reads(step)
             return StepPlan(step=step, inject_layers=self.layers.vital if injecting else frozenset(),
-                            injections=injections, **self._reads(step))
+                            injections=injections, read_match=reads["read_match"],
+                            read_mask=reads["read_mask"] if reads_mask else frozenset())
 
         return plan
 

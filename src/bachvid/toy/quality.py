@@ -155,6 +155,11 @@ def action_binding(records: list[dict]) -> dict:
             "chance": float(np.mean(chance)) if wrong else None}
 
 
+def read_samples(folder: Path) -> list[dict]:
+    """The records of a quality run's folder (its samples.jsonl, one JSON line per video)."""
+    return [json.loads(line) for line in (Path(folder) / "samples.jsonl").read_text().splitlines() if line.strip()]
+
+
 def compare_actions(records: list[dict], other: list[dict]) -> dict | None:
     """Action accuracy of `records` minus `other`'s on the samples both have (same combination and
     seed: two models run with the same --samples and --seed), as a paired difference per combination
@@ -193,7 +198,7 @@ def measure(pipe, defaults: dict | None = None, samples: int = 64, seed: int = 0
         out.mkdir(parents=True, exist_ok=True)
         done_file = out / "samples.jsonl"
         if done_file.is_file():
-            records = [json.loads(line) for line in done_file.read_text().splitlines() if line.strip()]
+            records = read_samples(out)
             wanted = [[list(c), s] for c, s in items[: len(records)]]
             if [[r["combo"], r["seed"]] for r in records] != wanted:
                 raise SystemExit(f"{done_file} holds other samples (another seed, model or count): "
@@ -289,7 +294,7 @@ def main(argv=None) -> int:
         against_file = Path(args.against) / "samples.jsonl"
         if not against_file.is_file():
             raise SystemExit(f"--against {args.against}: no samples.jsonl there (a `quality --out` folder)")
-        against = [json.loads(line) for line in against_file.read_text().splitlines() if line.strip()]
+        against = read_samples(against_file.parent)
     pipe, defaults, folder = load(args.model, args.device)
     steps, guidance = steps_and_guidance(defaults, args.steps, args.guidance)
     out = Path(args.out) if args.out else Path("runs/quality") / (
@@ -301,7 +306,7 @@ def main(argv=None) -> int:
     report["generated"] = measure(pipe, defaults, args.samples, args.seed, steps, guidance, args.batch, out,
                                   log=lambda m: print(m, flush=True), combinations=args.combinations)
     if against is not None:
-        records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()]
+        records = read_samples(out)
         report["against"] = {"folder": str(args.against), "action": compare_actions(records, against)}
         if report["against"]["action"] is None:
             raise SystemExit(f"--against {args.against}: its samples are other prompts or seeds than this run's "
