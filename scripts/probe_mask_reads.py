@@ -29,8 +29,7 @@ from bachvid.toy.evaluate import iou
 
 
 def share(run, step, layers, span="character"):
-    bg = sum(run["scores"][span][step][l][0] for l in layers) / len(layers)
-    fg = sum(run["scores"][span][step][l][1] for l in layers) / len(layers)
+    bg, fg = analyze.average_scores([run["scores"][span][step][l] for l in layers])
     return (fg / (fg + bg).clamp_min(1e-12)).numpy()
 
 

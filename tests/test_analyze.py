@@ -56,7 +56,9 @@ def test_heatmaps_and_csvs_have_a_row_per_step_and_a_column_per_layer(analysis):
     for span in ("after_background", "character"):  # the ranking table: same rows and columns
         lines = (out / f"mask_ranking_{span}.csv").read_text().splitlines()
         assert lines[0] == "step," + ",".join(f"layer{l}" for l in layers) and len(lines) == 1 + len(steps)
-    assert 0 < report["best_mask_ranking"] < 1
+    best_ranking = max(v for table in report["mask_ranking"].values() for row in table.values() for v in row.values())
+    assert best_ranking > 0.75  # the shipped model's attention ranks its character far above chance (0.96 here)
+    assert report["best_mask_ranking"] > 0.75
     best = report["best_mask"]
     single = max(v for row in report["mask_iou"][best["span"]].values() for v in row.values())
     assert best["iou"] >= single - 1e-9 and best["step"] in steps

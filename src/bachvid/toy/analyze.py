@@ -103,9 +103,13 @@ def layer_mask(scores, grid, kernel: int):
     """The cleaned mask of the layer-averaged scores, as the method computes it."""
     from ..method.mask import open_mask
 
-    bg = sum(s[0] for s in scores) / len(scores)
-    fg = sum(s[1] for s in scores) / len(scores)
+    bg, fg = average_scores(scores)
     return open_mask((fg >= bg).reshape(grid).cpu(), kernel).numpy()
+
+
+def average_scores(scores):
+    """(background, foreground) scores averaged over layers, as the method's MaskReader averages them."""
+    return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
 
 
 def record(pipe, combo, seed: int, steps, settings, outputs: bool = True) -> dict:
@@ -174,8 +178,7 @@ def mask_ranking(runs, span: str, step: int, layers) -> float | None:
 
     values = []
     for r in runs:
-        bg = sum(r["scores"][span][step][layer][0] for layer in layers) / len(layers)
-        fg = sum(r["scores"][span][step][layer][1] for layer in layers) / len(layers)
+        bg, fg = average_scores([r["scores"][span][step][layer] for layer in layers])
         values.append(ranking_auc((fg / (fg + bg).clamp_min(1e-12)).cpu().numpy(), r["truth"]))
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
