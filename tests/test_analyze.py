@@ -63,7 +63,9 @@ def test_heatmaps_and_csvs_have_a_row_per_step_and_a_column_per_layer(analysis):
     single = max(v for row in report["mask_iou"][best["span"]].values() for v in row.values())
     assert best["iou"] >= single - 1e-9 and best["step"] in steps
     match = report["best_match"]
-    assert set(report["config"]) == {"mask_layers", "tau_mask", "mask_foreground", "match_layers", "tau_match"}
+    assert set(report["config"]) == {"mask_layers", "tau_mask", "mask_foreground", "mask_rule", "match_layers",
+                                     "tau_match"}
+    assert report["config"]["mask_rule"] == report["mask_rule"] == "fg_over_bg"  # the paper's, unless --mask-rule
     assert report["config"]["match_layers"] == match["layers"] and match["step"] in steps
 
 
@@ -82,6 +84,7 @@ def test_calibrate_reads_its_choice_from_an_analysis(analysis, tmp_path):
     assert config.foreground_injection is False and config.vital_layers == (1, 2)
     assert pipe.default_settings().shot_seeds == "identity"
     assert list(config.mask_layers) == report["best_mask"]["layers"]
+    assert config.mask_rule == report["mask_rule"]
     assert list(config.match_layers) == report["best_match"]["layers"]
     assert round(config.tau_match * report["steps"]) == report["best_match"]["step"]
     for bad in (["--set", "no_such_knob=1"], ["--set", "tau_mask=7"]):  # refused, nothing written

@@ -1,5 +1,6 @@
 """Chunked masks and matches equal their dense references on small sizes."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -199,3 +200,55 @@ def test_shot_mask_must_be_a_known_source():
     with pytest.raises(ValueError, match="shot_mask"):
         BachVidConfig(shot_mask="pixels")
 
+
+
+def _between_class_variance(values, threshold):
+    import numpy as np
+
+    v = np.asarray(values, np.float64)
+    low, high = v[v <= threshold], v[v > threshold]
+    return 0.0 if not len(low) or not len(high) else len(low) * len(high) * (low.mean() - high.mean()) ** 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.floats(0, 1, allow_nan=False, width=32), min_size=2, max_size=60))
+def test_otsu_threshold_splits_as_well_as_the_best_brute_force_split(values):
+    """Otsu's split, checked against every split between distinct sorted values."""
+    import numpy as np
+
+    from bachvid.method.mask import otsu_threshold
+
+    v = np.unique(np.asarray(values, np.float64))
+    best = max((_between_class_variance(values, (a + b) / 2) for a, b in zip(v[:-1], v[1:])), default=0.0)
+    got = otsu_threshold(torch.tensor(values))
+    assert _between_class_variance(values, got) >= best * (1 - 1e-9)
+    if len(v) == 1:  # one distinct value: nothing lies above the threshold
+        assert not (v > got).any()
+
+
+def test_otsu_rule_keeps_a_well_ranked_character_that_fg_over_bg_loses():
+    """The case the rule is for: attention ranks the character's tokens first, but every token still
+    attends more to the background's words, so the paper's fg >= bg keeps none of them."""
+    from bachvid.method.mask import foreground_tokens
+
+    g = torch.Generator().manual_seed(0)
+    character = torch.zeros(200, dtype=torch.bool)
+    character[40:70] = True
+    background = torch.full((200,), 0.6)
+    foreground = torch.where(character, 0.45, 0.15) + 0.02 * torch.randn(200, generator=g)
+    assert not foreground_tokens(background, foreground).any()
+    assert torch.equal(foreground_tokens(background, foreground, "otsu"), character)
+    with pytest.raises(ValueError, match="mask rule"):
+        foreground_tokens(background, foreground, "kmeans")
+
+
+def test_mask_reader_reads_with_the_configured_rule():
+    from bachvid.method.config import BachVidConfig
+
+    reader = MaskReader(torch.tensor([0]), torch.tensor([1]), real_length=2, chunk_size=8)
+    reader.bg_sum, reader.fg_sum, reader.layers = torch.full((8,), 0.7), torch.tensor([.1, .1, .3, .3] * 2), [0]
+    assert not reader.mask((2, 2, 2), 1).any()
+    assert reader.mask((2, 2, 2), 1, "otsu").reshape(-1).tolist() == [False, False, True, True] * 2
+    assert BachVidConfig().mask_rule == "fg_over_bg"  # the paper's
+    with pytest.raises(ValueError, match="mask_rule"):
+        BachVidConfig(mask_rule="kmeans")

@@ -203,3 +203,26 @@ def test_shot_masks_from_matches_carry_the_identity_mask(tiny_pipe, settings, mo
     assert any(not torch.equal(a, b) for a, b in zip(read, carried))  # the knob changes the shots' masks
     assert all(torch.equal(a.mask if isinstance(a.mask, torch.Tensor) else torch.from_numpy(a.mask), b)
                for a, b in zip(runs["matches"][1][1:], carried))  # and the shots report the mask they used
+
+
+def test_mask_rule_reaches_the_identitys_and_the_shots_reads(tiny_pipe, settings, monkeypatch):
+    """mask_rule="otsu": the identity's mask and every shot's read mask are each video's own Otsu split
+    of its attention scores (read in the same order the masks are handed on), not fg >= bg."""
+    from bachvid.method.mask import MaskReader, foreground_tokens, open_mask
+    from bachvid.modes import Instruments
+
+    scores = []
+    original = MaskReader.scores
+    monkeypatch.setattr(MaskReader, "scores", lambda self: scores.append(original(self)) or scores[-1])
+    recorder = _Recorder()
+    config = BachVidConfig(mask_rule="otsu", mask_open_kernel=1)  # no opening: a tiny grid would lose every speck
+    story = make_story(actions=("stands still", "walks to the left"))
+    list(tiny_pipe.generate(story, settings, config, identity_mode="cache", progress=False,
+                            instruments=Instruments(readings=recorder)))
+    masks = [recorder.shots[0][2]] + [mask for mask, _, _ in recorder.shots]  # the identity's, then each shot's
+    assert len(scores) == len(masks) >= 2
+    for (bg, fg), mask in zip(scores, masks):
+        otsu = open_mask(foreground_tokens(bg, fg, "otsu").reshape(mask.shape), config.mask_open_kernel)
+        assert torch.equal(mask, otsu)
+    assert any(not torch.equal(foreground_tokens(bg, fg).reshape(m.shape), m)
+               for (bg, fg), m in zip(scores, masks))  # the rule changes at least one read on this model

@@ -272,7 +272,7 @@ class StoryRun:
                 kept.append(latents[0])
 
         latents = self._denoise([identity.denoised()], step_states, run_steps, on_step_end, "identity")[0]
-        mask = state.mask_reader.mask(self.grid, self.config.mask_open_kernel)
+        mask = state.mask_reader.mask(self.grid, self.config.mask_open_kernel, self.config.mask_rule)
         if record is not None:
             record.foreground = mask
         return latents, mask, kept
@@ -341,7 +341,7 @@ class StoryRun:
         for state in states:
             matches, kernel = state.matcher.result(), self.config.mask_open_kernel
             mask = (carry_mask(identity_fg, matches.index, self.grid, kernel) if carried
-                    else state.mask_reader.mask(self.grid, kernel))
+                    else state.mask_reader.mask(self.grid, kernel, self.config.mask_rule))
             readings.append((mask, matches))
         return readings
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from .prompt import FOREGROUND_SPANS
 
 SHOT_MASKS = ("attention", "matches")  # BachVidConfig.shot_mask
+MASK_RULES = ("fg_over_bg", "otsu")  # BachVidConfig.mask_rule (method/mask.py's foreground_tokens)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class BachVidConfig:
     mask_foreground: str = "after_background"
     """Text tokens that stand for the foreground: 'after_background' (character + action,
     CharaConsist) or 'character'."""
+    mask_rule: str = "fg_over_bg"
+    """Which tokens the mask read keeps: 'fg_over_bg' (the paper: those attending at least as much to
+    the foreground's words as to the background's) or 'otsu' (beyond the paper: those whose foreground
+    share fg / (fg + bg) lies above the video's own Otsu threshold; for models whose attention ranks the
+    character well but whose fg = bg line is off, see `bachvid analyze --mask-rule`)."""
     mask_open_kernel: int = 3
     """Erosion then dilation per latent frame with a k x k window; 1 turns cleaning off."""
     shot_mask: str = "attention"
@@ -119,6 +125,8 @@ class BachVidConfig:
             raise ValueError("merge_decay_start must not come after merge_decay_end")
         if self.mask_foreground not in FOREGROUND_SPANS:
             raise ValueError(f"mask_foreground must be {' or '.join(map(repr, FOREGROUND_SPANS))}")
+        if self.mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be {' or '.join(map(repr, MASK_RULES))}, not {self.mask_rule!r}")
         if self.shot_mask not in SHOT_MASKS:
             raise ValueError(f"shot_mask must be {' or '.join(map(repr, SHOT_MASKS))}, not {self.shot_mask!r}")
         if self.mask_open_kernel < 1 or self.mask_open_kernel % 2 == 0:

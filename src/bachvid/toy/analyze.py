@@ -46,6 +46,7 @@ import json
 from pathlib import Path
 
 from ..io.terminal import quiet_loading_bars_off_terminal
+from ..method.config import MASK_RULES
 from ..method.prompt import FOREGROUND_SPANS as SPANS  # every span a mask may stand on
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 2) for i in range(10))  # steps 0, 3, ..., 27 of 30
@@ -99,12 +100,12 @@ class AttentionRecorder:
                 video_queries, text_keys, self.real_length, background, foreground)
 
 
-def layer_mask(scores, grid, kernel: int):
-    """The cleaned mask of the layer-averaged scores, as the method computes it."""
-    from ..method.mask import open_mask
+def layer_mask(scores, grid, kernel: int, rule: str = "fg_over_bg"):
+    """The cleaned mask of the layer-averaged scores, as the method computes it (`mask_rule`)."""
+    from ..method.mask import foreground_tokens, open_mask
 
     bg, fg = average_scores(scores)
-    return open_mask((fg >= bg).reshape(grid).cpu(), kernel).numpy()
+    return open_mask(foreground_tokens(bg, fg, rule).reshape(grid).cpu(), kernel).numpy()
 
 
 def average_scores(scores):
@@ -148,14 +149,14 @@ def record(pipe, combo, seed: int, steps, settings, outputs: bool = True) -> dic
 
 # Scoring -------------------------------------------------------------------------------------------
 
-def mask_iou(runs, span: str, step: int, layers, kernel: int = 3) -> float:
-    """Mean IoU over `runs` of the mask the layer-averaged scores give, against the truth."""
+def mask_iou(runs, span: str, step: int, layers, kernel: int = 3, rule: str = "fg_over_bg") -> float:
+    """Mean IoU over `runs` of the mask the layer-averaged scores give under `rule`, against the truth."""
     import numpy as np
 
     from .evaluate import iou
 
-    return float(np.mean([iou(layer_mask([r["scores"][span][step][layer] for layer in layers], r["grid"], kernel),
-                              r["truth"]) for r in runs]))
+    return float(np.mean([iou(layer_mask([r["scores"][span][step][layer] for layer in layers], r["grid"], kernel,
+                                         rule), r["truth"]) for r in runs]))
 
 
 def ranking_auc(score, truth) -> float | None:
@@ -301,8 +302,10 @@ def collect(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
 
 
 def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, settings=None, kernel: int = 3,
-            threshold: float = 0.5, matches: bool = True, progress: bool = False, collected: dict | None = None) -> dict:
-    """The whole analysis as a JSON-ready report (see the module docstring)."""
+            threshold: float = 0.5, matches: bool = True, progress: bool = False, collected: dict | None = None,
+            mask_rule: str = "fg_over_bg") -> dict:
+    """The whole analysis as a JSON-ready report (see the module docstring); masks are read with
+    `mask_rule` (BachVidConfig.mask_rule) throughout."""
     from ..method.config import BachVidConfig
     from ..method.plan import Schedule
 
@@ -312,12 +315,13 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
     layers = list(range(data["num_layers"]))
     runs = [r for p in pairs for r in (p["identity"], p["shot"])]
 
-    masks = {span: {s: {l: mask_iou(runs, span, s, [l], kernel) for l in layers} for s in steps} for span in SPANS}
+    masks = {span: {s: {l: mask_iou(runs, span, s, [l], kernel, mask_rule) for l in layers} for s in steps}
+             for span in SPANS}
     ranking = {span: {s: {l: mask_ranking(runs, span, s, [l]) for l in layers} for s in steps} for span in SPANS}
     best_mask = {"iou": -1.0}
     for span in SPANS:
         for s in steps:
-            chosen, value = greedy_layers(lambda c: mask_iou(runs, span, s, c, kernel), masks[span][s])
+            chosen, value = greedy_layers(lambda c: mask_iou(runs, span, s, c, kernel, mask_rule), masks[span][s])
             if value > best_mask["iou"]:
                 best_mask = {"iou": value, "span": span, "step": s, "layers": chosen}
     default_config = BachVidConfig()  # the method's defaults, before any calibration
@@ -326,7 +330,8 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
     default_span = default_config.mask_foreground
     report = {
         "videos": len(runs), "stories": len(pairs), "steps": n, "candidate_steps": steps, "layers": layers,
-        "seed": seed, "guidance": settings.guidance_scale, "kernel": kernel, "match_threshold": threshold,
+        "seed": seed, "guidance": settings.guidance_scale, "kernel": kernel, "mask_rule": mask_rule,
+        "match_threshold": threshold,
         "stories_used": [{"identity": list(p["identity"]["combo"]), "identity_seed": p["identity"]["seed"],
                           "shot": list(p["shot"]["combo"]), "shot_seed": p["shot"]["seed"]} for p in pairs],
         "mask_iou": {span: _json_table(t) for span, t in masks.items()},
@@ -334,11 +339,12 @@ def analyze(pipe, videos: int = 24, seed: int = 0, fractions=DEFAULT_FRACTIONS, 
         "mask_ranking": {span: _json_table(t) for span, t in ranking.items()},
         "best_mask_ranking": mask_ranking(runs, best_mask["span"], best_mask["step"], best_mask["layers"]),
         "default_mask": {"span": default_span, "step": default_mask_step, "layers": sorted(defaults.mask),
-                         "iou": mask_iou(runs, default_span, default_mask_step, sorted(defaults.mask), kernel)
+                         "iou": mask_iou(runs, default_span, default_mask_step, sorted(defaults.mask), kernel,
+                                         mask_rule)
                          if default_mask_step in steps else None},
     }
     config = {"mask_layers": best_mask["layers"], "tau_mask": round(best_mask["step"] / n, 4),
-              "mask_foreground": best_mask["span"]}
+              "mask_foreground": best_mask["span"], "mask_rule": mask_rule}
     if matches:
         tables = {k: {s: {} for s in steps} for k in MATCH_TABLES}
         for s in steps:
@@ -605,6 +611,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fractions", default=None,
                         help="comma-separated schedule fractions to score (default 0.0,0.1,...,0.9)")
     parser.add_argument("--no-matches", action="store_true", help="masks only (no attention outputs kept)")
+    parser.add_argument("--mask-rule", choices=MASK_RULES, default="fg_over_bg",
+                        help="how a mask is read from the attention scores (BachVidConfig.mask_rule): fg_over_bg "
+                             "(the paper) or otsu (each video's Otsu threshold of fg / (fg + bg))")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="folder for report.json, CSVs and PNG heatmaps")
 
@@ -627,7 +636,8 @@ def run(args) -> int:
 
         settings = replace(settings, num_inference_steps=args.steps)
     fractions = DEFAULT_FRACTIONS if not args.fractions else tuple(float(x) for x in args.fractions.split(","))
-    report = analyze(pipe, args.videos, args.seed, fractions, settings, matches=not args.no_matches, progress=True)
+    report = analyze(pipe, args.videos, args.seed, fractions, settings, matches=not args.no_matches, progress=True,
+                     mask_rule=args.mask_rule)
     write_outputs(report, Path(args.out))
     best = report["best_mask"]
     print(f"best mask:  {best['span']}, step {best['step']}, layers {best['layers']}: IoU {best['iou']:.3f}"

@@ -39,7 +39,8 @@ def from_analysis(report: dict) -> dict:
     out = {
         "videos": report["videos"], "steps": report["steps"], "candidate_steps": report["candidate_steps"],
         "per_layer_iou": report["mask_iou"], "default": report["default_mask"], "best": report["best_mask"],
-        "config": {k: report["config"][k] for k in ("mask_layers", "tau_mask", "mask_foreground")},
+        "config": {k: report["config"][k] for k in ("mask_layers", "tau_mask", "mask_foreground", "mask_rule")
+                   if k in report["config"]},
     }
     if "best_match" in report:
         out["match"] = report["best_match"]

@@ -380,7 +380,8 @@ class Bench:
                 w["identity_frames"] = w["run"].frames(lat)
                 w["identity_latents"] = lat
                 if with_bachvid:
-                    w["identity_fg"] = state.mask_reader.mask(w["run"].grid, w["config"].mask_open_kernel)
+                    w["identity_fg"] = state.mask_reader.mask(w["run"].grid, w["config"].mask_open_kernel,
+                                                              w["config"].mask_rule)
                     w["record"].foreground = w["identity_fg"]
                 _save_frames(self.out, name, "identity", w["identity_frames"])
         for name, w in work.items():
@@ -484,7 +485,8 @@ class Bench:
                 p["w"]["preruns"][p["prerun"]] = {"readings": [], "ends": [], "steps": steps,
                                                   "seconds": seconds / len(items)}
             for (_, state, _, _), p, end in zip(items, owners, ends):
-                read = (state.mask_reader.mask(p["run"].grid, p["config"].mask_open_kernel), state.matcher.result())
+                read = (state.mask_reader.mask(p["run"].grid, p["config"].mask_open_kernel, p["config"].mask_rule),
+                        state.matcher.result())
                 p["w"]["preruns"][p["prerun"]]["readings"].append(read)
                 p["w"]["preruns"][p["prerun"]]["ends"].append(end)
         items, locks = [], {}
