@@ -271,6 +271,17 @@ def test_the_cpu_v2_recipe_resumes_where_its_clock_stopped_it(tmp_path):
     assert log.count("vae done") == 1 and "transformer: resumed at step 2" in log
     defaults = json.loads((tmp_path / "model" / "bachvid.json").read_text())
     assert defaults["world"] == "v2" and defaults["height"] == 96 and defaults["trained_steps"] == 4
+    # a fresh machine (no work folder) continues the exported model: its VAE, 3 more steps on top of its 4
+    again = tmp_path / "again"
+    subprocess.run(["bash", str(script), str(again)], env={**env, "STEPS": "3", "INIT": str(tmp_path / "model")},
+                   check=True, capture_output=True, text=True)
+    log = (again / "train.log").read_text()
+    assert "vae step" not in log and f"starting from the weights of {tmp_path / 'model'}" in log
+    assert json.loads((again / "model" / "bachvid.json").read_text())["trained_steps"] == 7
+    from diffusers import AutoencoderKLCogVideoX
+
+    kept, first = (AutoencoderKLCogVideoX.from_pretrained(d / "model" / "vae") for d in (again, tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), first.state_dict().values()))
     # the quality bars' tool reads the world from the model: v2's 96 x 96 clips, rendered and generated
     from bachvid.toy import quality
 
