@@ -13,7 +13,8 @@
 # (16.4 M): on 2 cores, batch 12, the v1 size trains 0.74 steps/s on v2's 720 tokens, v2's size 0.3.
 # VAE: 1,000 steps of batch 4 (~17 min); transformer: STEPS (6,000) of batch 12, warmup + cosine to
 # 10% over STEPS, phrase dropout 0.2, EMA 0.998 (~125 min). A run that the clock stops keeps its
-# checkpoint (every 2 min); the next run resumes it exactly on the same schedule.
+# checkpoint (every 2 min); the next run resumes it exactly on the same schedule. To end a session
+# early without losing a step: `touch OUTDIR/work/STOP` (the stage saves, ends, and the model is exported).
 # Overrides: SCALE (full; smoke for the test), MINUTES (this run's wall-clock budget per stage, default 600), STEPS (6000), VAE_STEPS (1000),
 # THREADS (2), SEED (0), INIT (an exported model folder to continue: --init-from), EXTRA (more
 # `bachvid toy train` arguments).

@@ -79,6 +79,31 @@ def test_stop_at_ends_a_stage_without_changing_its_schedule(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(a["transformer"].values(), b["transformer"].values()))
 
 
+def test_a_stop_file_ends_the_stage_keeps_its_steps_and_the_next_run_goes_on(tmp_path, monkeypatch):
+    """`touch WORK/STOP` mid-stage: the transformer saves the steps it made and ends, later stages
+    (export) still run, and the file is gone so the next --resume run takes the stage on."""
+    import torch
+
+    work = tmp_path / "work"
+    common = ["--scale", "smoke", "--work", str(work), "--vae-batch", "1", "--clips-per-combo", "1",
+              "--batch-size", "2", "--threads", "1", "--vae-steps", "1", "--steps", "5", "--sample-steps", "2"]
+    assert train.main([*common, "--stages", "vae,latents"]) == 0
+    calls, schedule = [], train.learning_rate
+
+    def learning_rate(args, step, elapsed=None):  # called once per step: someone asks for the stop in step 1
+        calls.append(step)
+        if step == 1:
+            (work / train.STOP_FILE).touch()
+        return schedule(args, step, elapsed)
+
+    monkeypatch.setattr(train, "learning_rate", learning_rate)
+    assert train.main([*common, "--stages", "transformer,export", "--out", str(tmp_path / "model")]) == 0
+    assert calls == [0, 1] and torch.load(work / "transformer.pt")["step"] == 2
+    assert (tmp_path / "model" / "model_index.json").is_file() and not (work / train.STOP_FILE).exists()
+    assert train.main([*common, "--stages", "transformer", "--resume"]) == 0
+    assert calls == [0, 1, 2, 3, 4] and torch.load(work / "transformer.pt")["step"] == 5
+
+
 def test_a_vae_stage_stopped_mid_way_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """The VAE stage checkpoints as the transformer does (work/vae.pt): stopped after 2 of 4 steps
     and resumed, it ends with the weights of a straight 4-step run."""

@@ -54,6 +54,18 @@ TEXT_LENGTH = 24
 VAE_CHANNELS = (16, 32, 32)
 LATENT_CHANNELS = 8
 CHECKPOINT_SECONDS = 120  # both training stages save their state this often (and at their end)
+STOP_FILE = "STOP"  # `touch WORK/STOP`: the running stage saves and ends at its next step, later stages run
+
+
+def stop_requested(work: Path) -> bool:
+    """Whether someone asked the run to end its training stage now (a file WORK/STOP, then removed, so
+    the next run goes on): a session that must end keeps every step and still exports."""
+    flag = work / STOP_FILE
+    if not flag.exists():
+        return False
+    flag.unlink(missing_ok=True)
+    log(work, f"{flag} found: this stage saves and ends here")
+    return True
 
 
 def model_sizes(scale: str) -> dict:
@@ -205,7 +217,7 @@ def train_vae(args, work: Path, sizes: dict, renderer: Renderer | None = None):
     last = min(args.vae_steps, args.vae_stop_at or args.vae_steps)
     last_save = time.time()
     pending = draw() if renderer.pool is not None and step < last else None
-    while step < last and time.time() - start < budget:
+    while step < last and time.time() - start < budget and not stop_requested(work):
         if renderer.pool is None:
             frames = draw()()
         else:
@@ -361,7 +373,7 @@ def train_transformer(args, work: Path, sizes: dict):
     last = min(args.steps, args.stop_at or args.steps)
     latents, ids = latents.to(device), ids.to(device)
     losses = []  # on the device: reading a loss each step would wait for the GPU
-    while step < last and time.time() - start < budget:
+    while step < last and time.time() - start < budget and not stop_requested(work):
         pick = torch.randint(len(latents), (args.batch_size,), generator=generator)
         x0 = latents[pick.to(device)]
         token_rows = prompt_index[pick].clone()
