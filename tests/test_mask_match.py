@@ -252,3 +252,27 @@ def test_mask_reader_reads_with_the_configured_rule():
     assert BachVidConfig().mask_rule == "fg_over_bg"  # the paper's
     with pytest.raises(ValueError, match="mask_rule"):
         BachVidConfig(mask_rule="kmeans")
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), share=st.floats(0.1, 0.9))
+def test_tokens_from_pixels_equals_the_toy_worlds_token_mask(seed, share):
+    """The method's pixel -> token mapping (any causal video VAE) against the toy world's own (its
+    64 px frames, 8 px tokens, 4 frames a latent frame after frame 0)."""
+    import numpy as np
+
+    from bachvid.method.mask import tokens_from_pixels
+    from bachvid.toy import world
+
+    pixels = np.random.default_rng(seed).random((17, 64, 64)) < share
+    truth = world.latent_token_mask(pixels)
+    assert np.array_equal(tokens_from_pixels(pixels, truth.shape).numpy(), truth)
+
+
+def test_tokens_from_pixels_refuses_a_mask_that_does_not_fit_the_grid():
+    from bachvid.method.mask import tokens_from_pixels
+
+    assert tokens_from_pixels(torch.ones(9, 32, 32, dtype=torch.bool), (3, 2, 2)).all()
+    for shape in ((10, 32, 32), (9, 31, 32)):
+        with pytest.raises(ValueError, match="does not map onto"):
+            tokens_from_pixels(torch.ones(shape, dtype=torch.bool), (3, 2, 2))

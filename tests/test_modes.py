@@ -226,3 +226,51 @@ def test_mask_rule_reaches_the_identitys_and_the_shots_reads(tiny_pipe, settings
         assert torch.equal(mask, otsu)
     assert any(not torch.equal(foreground_tokens(bg, fg).reshape(m.shape), m)
                for (bg, fg), m in zip(scores, masks))  # the rule changes at least one read on this model
+
+
+@pytest.mark.parametrize("mode", ["cache", "replay"])
+def test_an_identity_segmenter_gives_the_identitys_mask_and_matches_carry_it(tiny_pipe, settings, mode,
+                                                                             monkeypatch):
+    """identity_segmenter: the identity's mask comes from its decoded frames (here: the left half of
+    every frame), on the token grid; with shot_mask="matches" each shot carries that mask."""
+    import numpy as np
+
+    from bachvid import modes
+    from bachvid.method.mask import tokens_from_pixels
+
+    seen, carried = [], []
+
+    def left_half(frames):
+        seen.append(frames.shape)
+        mask = np.zeros(frames.shape[:3], bool)
+        mask[:, :, : frames.shape[2] // 2] = True
+        return mask
+
+    original = modes.carry_mask
+    monkeypatch.setattr(modes, "carry_mask", lambda fg, *a, **k: carried.append(fg.clone()) or original(fg, *a, **k))
+    config = BachVidConfig(shot_mask="matches", mask_open_kernel=1)
+    results = list(tiny_pipe.generate(make_story(actions=("stands still", "jumps")), settings, config,
+                                      identity_mode=mode, progress=False, identity_segmenter=left_half))
+    identity = results[0]
+    assert seen == [identity.frames.shape]  # the identity's own decoded frames, once
+    expected = tokens_from_pixels(left_half(identity.frames), identity.mask.shape)
+    assert expected[..., : expected.shape[-1] // 2].all() and not expected[..., expected.shape[-1] // 2:].any()
+    assert np.array_equal(identity.mask, expected.numpy()) and identity.stats["identity_mask"] == "identity_segmenter"
+    assert len(carried) == 1 and torch.equal(carried[0].cpu(), expected)  # the shot carries the segmented mask
+
+
+def test_an_identity_segmenter_is_refused_where_it_cannot_work(tiny_pipe, settings):
+    import numpy as np
+
+    from bachvid.modes import Instruments
+
+    story = make_story(actions=("stands still", "jumps"))
+    with pytest.raises(ValueError, match="lockstep"):
+        list(tiny_pipe.generate(story, settings, identity_mode="lockstep", progress=False,
+                                identity_segmenter=lambda f: np.ones(f.shape[:3], bool)))
+    with pytest.raises(ValueError, match="one bool per pixel"):
+        list(tiny_pipe.generate(story, settings, identity_mode="cache", progress=False,
+                                identity_segmenter=lambda f: np.ones(f.shape[1:3], bool)))
+    with pytest.raises(ValueError, match="give one"):
+        list(tiny_pipe.generate(story, settings, progress=False, instruments=Instruments(readings=_Recorder()),
+                                identity_segmenter=lambda f: np.ones(f.shape[:3], bool)))

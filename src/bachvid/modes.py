@@ -192,6 +192,32 @@ class Instruments:
     probe: Callable[["Video"], Callable[..., None] | None] | None = None  # per shot: a VideoState.probe
 
 
+class SegmentedIdentity:
+    """Readings that take the identity's mask from its pixels instead of its text attention: the
+    user's `segment` (a text-prompted segmenter, a mask drawn by hand) maps the identity's decoded
+    frames, uint8 (F, H, W, 3), to a bool (F, H, W) character mask, which goes onto the token grid
+    (`tokens_from_pixels`). The identity is finished before any shot reads it (cache and replay
+    modes), so its mask can come from what it shows. Shots keep what their pre-runs read; with
+    `shot_mask="matches"` they carry this mask through their matches."""
+
+    def __init__(self, segment: Callable[[np.ndarray], np.ndarray], decode: Callable[[torch.Tensor], np.ndarray]):
+        self.segment, self.decode = segment, decode
+
+    def identity_mask(self, video: "Video", mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        from .method.mask import tokens_from_pixels
+
+        frames = self.decode(latents)
+        pixels = np.asarray(self.segment(frames))
+        if pixels.shape != frames.shape[:3]:
+            raise ValueError(f"the identity segmenter returned a {pixels.shape} mask for {frames.shape[:3]} "
+                             "(frames, height, width) of video: it must return one bool per pixel")
+        return tokens_from_pixels(pixels.astype(bool), tuple(mask.shape)).to(mask.device)
+
+    def shot(self, video: "Video", mask: torch.Tensor, matches: Matches,
+             identity_fg: torch.Tensor) -> tuple[torch.Tensor, Matches]:
+        return mask, matches
+
+
 def _to_uint8(frames) -> np.ndarray:
     return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -455,12 +481,15 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
             trajectory = replay + [latents]
         if run.instruments.readings is not None:
             if mode == "lockstep":
-                raise ValueError("oracle readings need the identity's final video: use cache or replay mode")
+                raise ValueError("an identity mask from the identity's video (a segmenter, oracle readings) needs "
+                                 "the video finished before the shots: use cache or replay mode, not lockstep")
             identity_fg = run.instruments.readings.identity_mask(identity, identity_fg, latents)
             if cache is not None:
                 cache.foreground = identity_fg
         identity_stats = {"identity_mode": mode, "identity_bytes": cache.nbytes if cache else
                           sum(x.numel() * x.element_size() for x in replay)}
+        if isinstance(run.instruments.readings, SegmentedIdentity):
+            identity_stats["identity_mask"] = "identity_segmenter"  # not its text attention
     pending_identity = None
     if mode == "lockstep" and shots:
         pending_identity = identity_stats

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -280,11 +280,15 @@ class BachVidPipeline:
     def generate(self, story, settings: GenerationSettings | None = None, config: BachVidConfig | None = None, *,
                  identity_mode: str = "auto", group: int | None = None, shots: list[int] | None = None,
                  progress: bool = True, identity: SavedIdentity | None = None,
-                 output_type: str = "np", instruments=None) -> Iterator[ShotResult]:
+                 output_type: str = "np", instruments=None,
+                 identity_segmenter: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[ShotResult]:
         """Yield the identity's result, then each shot's as soon as its batch is done (nothing waits
         for the whole story). shots: the indices of the shots to make (default: all);
         output_type="latent" skips the VAE (results carry latents, no frames); instruments: the
-        research harness's hooks (modes.Instruments: oracle readings, attention probes).
+        research harness's hooks (modes.Instruments: oracle readings, attention probes);
+        identity_segmenter: frames uint8 (F, H, W, 3) -> bool (F, H, W), the identity's character mask
+        taken from its pixels instead of its text attention (beyond the paper; cache or replay mode;
+        with `shot_mask="matches"` the shots carry it, see modes.SegmentedIdentity).
 
         With `identity` (a SavedIdentity) the story's identity line is not made: the saved
         character is replayed (identity_mode "auto" or "replay"), the first result is the saved
@@ -318,9 +322,22 @@ class BachVidPipeline:
         group = group or self.default_group(settings, len(shots), mode)
         # BachVid off: every video alone (modes.vanilla_videos)
         self.check_group_fits(settings, min(group, max(1, len(shots))) if config.enabled else 1, mode)
+        if identity_segmenter is not None:
+            instruments = self._segmenting(identity_segmenter, settings, instruments, identity)
         with torch.inference_mode():
             yield from run_story(self, story, settings, config, mode, group, shots, progress, saved=identity,
                                  output_type=output_type, instruments=instruments)
+
+    def _segmenting(self, segment, settings: GenerationSettings, instruments, saved):
+        """Instruments whose readings take the identity's mask from `segment` (modes.SegmentedIdentity)."""
+        from .modes import Instruments, SegmentedIdentity, _to_uint8
+
+        if instruments is not None and instruments.readings is not None:
+            raise ValueError("identity_segmenter and instruments.readings both replace the identity's mask: give one")
+        if saved is not None:
+            raise ValueError("a saved identity keeps the mask it was saved with; segment it before saving")
+        readings = SegmentedIdentity(segment, lambda latents: _to_uint8(self.backbone.decode(latents, settings.num_frames)))
+        return Instruments(readings=readings, probe=instruments.probe if instruments is not None else None)
 
     # Saved identities ---------------------------------------------------------------------------
     @property

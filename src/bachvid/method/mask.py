@@ -127,6 +127,22 @@ class MaskReader:
         return open_mask(foreground_tokens(bg, fg, rule).reshape(grid).cpu(), open_kernel)
 
 
+def tokens_from_pixels(pixels, grid: tuple[int, int, int]) -> torch.Tensor:
+    """A (F, H, W) pixel mask on the (f, h, w) video token grid: a token is foreground when the mask
+    covers at least half of its pixels over the frames it stands for. Causal video VAEs (CogVideoX,
+    Wan) keep frame 0 alone in latent frame 0 and pack the others evenly, (F - 1) / (f - 1) a frame."""
+    mask = torch.as_tensor(pixels).bool()
+    f, h, w = grid
+    frames, height, width = mask.shape
+    per_frame = (frames - 1) // (f - 1) if f > 1 else 0
+    if (f > 1 and per_frame * (f - 1) != frames - 1) or (f == 1 and frames != 1) or height % h or width % w:
+        raise ValueError(f"a {frames} x {height} x {width} mask does not map onto a {f} x {h} x {w} token grid "
+                         f"(frame 0 alone, then the same number of frames per latent frame; whole pixels per token)")
+    cover = F.avg_pool2d(mask.float()[:, None], (height // h, width // w))[:, 0]  # (F, h, w) share per frame
+    groups = [cover[:1]] + [cover[1 + k * per_frame: 1 + (k + 1) * per_frame] for k in range(f - 1)]
+    return torch.stack([g.mean(0) for g in groups]) >= 0.5
+
+
 def carry_mask(identity_fg: torch.Tensor, match_index: torch.Tensor, grid: tuple[int, int, int],
                open_kernel: int) -> torch.Tensor:
     """A shot's (F, h, w) foreground carried from the identity's through its matches: each shot
