@@ -213,3 +213,29 @@ def test_cli_saves_shows_and_uses_a_character(tmp_path, monkeypatch, capsys):
                      "--identity-mode", "lockstep"]) == 2
     assert "--identity-mode lockstep cannot use it" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_segmented_identity_saves_and_replays_the_same_shots(pipe, settings, tmp_path):
+    """identity_segmenter on save_identity: the file keeps the mask from the identity's pixels, and shots
+    from the file equal the shots made in one go with the same segmenter; generate with a saved identity
+    refuses a segmenter (the file's mask is the one used)."""
+    import numpy as np
+
+    def top_rows(frames):
+        mask = np.zeros(frames.shape[:3], bool)
+        mask[:, : frames.shape[1] // 2] = True
+        return mask
+
+    story = make_story(actions=ACTIONS)
+    saved = pipe.save_identity(story, tmp_path / "seg.bvid", settings, BachVidConfig(), progress=False,
+                               identity_segmenter=top_rows)
+    grid = tuple(saved.foreground.shape)
+    assert saved.foreground[:, : grid[1] // 2].all() and not saved.foreground[:, grid[1] // 2:].any()
+    one_go = list(pipe.generate(story, settings, BachVidConfig(), identity_mode="cache", progress=False,
+                                identity_segmenter=top_rows))
+    loaded = pipe.load_identity(tmp_path / "seg.bvid", settings, BachVidConfig())
+    later = list(pipe.generate(story, settings, BachVidConfig(), identity=loaded, progress=False))
+    for a, b in zip(one_go, later):
+        assert (a.mask == b.mask).all() and (a.latents - b.latents).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="save_identity"):
+        list(pipe.generate(story, settings, identity=loaded, progress=False, identity_segmenter=top_rows))

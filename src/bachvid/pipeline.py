@@ -36,6 +36,7 @@ from .method.prompt import PromptSpans, PromptTooLong, token_spans
 from .modes import (
     IDENTITY_MODES,
     SavedIdentity,
+    SegmentedIdentity,
     ShotResult,
     StoryRun,
     guidance_kwargs,
@@ -330,12 +331,13 @@ class BachVidPipeline:
 
     def _segmenting(self, segment, settings: GenerationSettings, instruments, saved):
         """Instruments whose readings take the identity's mask from `segment` (modes.SegmentedIdentity)."""
-        from .modes import Instruments, SegmentedIdentity, _to_uint8
+        from .modes import Instruments, _to_uint8
 
         if instruments is not None and instruments.readings is not None:
             raise ValueError("identity_segmenter and instruments.readings both replace the identity's mask: give one")
         if saved is not None:
-            raise ValueError("a saved identity keeps the mask it was saved with; segment it before saving")
+            raise ValueError("a saved identity keeps the mask it was saved with: give the segmenter to "
+                             "save_identity(..., identity_segmenter=...)")
         readings = SegmentedIdentity(segment, lambda latents: _to_uint8(self.backbone.decode(latents, settings.num_frames)))
         return Instruments(readings=readings, probe=instruments.probe if instruments is not None else None)
 
@@ -348,11 +350,13 @@ class BachVidPipeline:
         return model_config_hash(self.pipe.transformer.config)
 
     def save_identity(self, story, path, settings: GenerationSettings | None = None,
-                      config: BachVidConfig | None = None, progress: bool = True) -> SavedIdentity:
+                      config: BachVidConfig | None = None, progress: bool = True,
+                      identity_segmenter: Callable[[np.ndarray], np.ndarray] | None = None) -> SavedIdentity:
         """Make the story's identity alone, in replay form, and save it as a .bvid file (see
         `io/identity_file.py`): its latent before every step, its mask and final latents, and what it
         was made for. Returns the SavedIdentity, with its decoded frames. settings: None for the
-        model's defaults with the story's options on top."""
+        model's defaults with the story's options on top; identity_segmenter: the saved mask comes
+        from the identity's frames (as in `generate`)."""
         from .io import identity_file
 
         settings = settings or self.default_settings().for_story(story)
@@ -365,6 +369,8 @@ class BachVidPipeline:
             video = run.video("identity", None)
             final, foreground, kept = run.identity_alone(video, None, keep_latents=True)
             frames = run.frames(final)
+            if identity_segmenter is not None:
+                foreground = SegmentedIdentity(identity_segmenter, lambda _: frames).identity_mask(video, foreground, final)
         steps = settings.num_inference_steps
         saved = SavedIdentity(
             background=story.identity.background, character=story.character, action=story.identity.action,
