@@ -152,7 +152,7 @@ class GivenReadings:
     """Readings a test chooses: the identity's character in the left columns of the token grid, the
     shot's two columns to the right, each shot token matched to the identity token two columns left."""
 
-    def identity_mask(self, video, mask, latents):
+    def identity_mask(self, video, mask, latents, frames):
         given = torch.zeros_like(mask)
         given[..., :2] = True
         return given

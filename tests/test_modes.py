@@ -96,7 +96,7 @@ def test_instruments_see_injections_and_replace_readings(tiny_pipe, settings):
     calls = []
 
     class EverythingForeground:
-        def identity_mask(self, video, mask, latents):
+        def identity_mask(self, video, mask, latents, frames):
             assert latents.shape[0] == 1
             return torch.zeros_like(mask)  # all background: background injection everywhere
 
@@ -167,7 +167,7 @@ class _Recorder:
     def __init__(self):
         self.shots = []
 
-    def identity_mask(self, video, mask, latents):
+    def identity_mask(self, video, mask, latents, frames):
         return mask
 
     def shot(self, video, mask, matches, identity_fg):
@@ -248,11 +248,14 @@ def test_an_identity_segmenter_gives_the_identitys_mask_and_matches_carry_it(tin
 
     original = modes.carry_mask
     monkeypatch.setattr(modes, "carry_mask", lambda fg, *a, **k: carried.append(fg.clone()) or original(fg, *a, **k))
+    decoded, decode = [], tiny_pipe.backbone.decode
+    monkeypatch.setattr(tiny_pipe.backbone, "decode", lambda latents, *a: decoded.append(1) or decode(latents, *a))
     config = BachVidConfig(shot_mask="matches", mask_open_kernel=1)
     results = list(tiny_pipe.generate(make_story(actions=("stands still", "jumps")), settings, config,
                                       identity_mode=mode, progress=False, identity_segmenter=left_half))
     identity = results[0]
     assert seen == [identity.frames.shape]  # the identity's own decoded frames, once
+    assert len(decoded) == len(results)  # one VAE decode per video: the segmenter and the result share the identity's
     expected = tokens_from_pixels(left_half(identity.frames), identity.mask.shape)
     assert expected[..., : expected.shape[-1] // 2].all() and not expected[..., expected.shape[-1] // 2:].any()
     assert np.array_equal(identity.mask, expected.numpy()) and identity.stats["identity_mask"] == "identity_segmenter"

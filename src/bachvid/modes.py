@@ -28,9 +28,11 @@ reading the shot's mask and matches) and a real run from the same noise. Shots g
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -175,9 +177,11 @@ class Readings(Protocol):
     """Replaces what BachVid reads from attention: the research harness's oracles (true masks,
     true correspondences) plug in here to tell mask and match errors from injection limits."""
 
-    def identity_mask(self, video: "Video", mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """The identity's (F, h, w) foreground, given the one read from attention and its final
-        latents (cache and replay modes; lockstep has no final identity before the shots run)."""
+    def identity_mask(self, video: "Video", mask: torch.Tensor, latents: torch.Tensor,
+                      frames: Callable[[], np.ndarray]) -> torch.Tensor:
+        """The identity's (F, h, w) foreground, given the one read from attention, its final latents
+        and its uint8 frames on demand (`frames()`: decoded once per run, shared with its result;
+        cache and replay modes; lockstep has no final identity before the shots run)."""
 
     def shot(self, video: "Video", mask: torch.Tensor, matches: Matches,
              identity_fg: torch.Tensor) -> tuple[torch.Tensor, Matches]:
@@ -200,13 +204,14 @@ class SegmentedIdentity:
     modes), so its mask can come from what it shows. Shots keep what their pre-runs read; with
     `shot_mask="matches"` they carry this mask through their matches."""
 
-    def __init__(self, segment: Callable[[np.ndarray], np.ndarray], decode: Callable[[torch.Tensor], np.ndarray]):
-        self.segment, self.decode = segment, decode
+    def __init__(self, segment: Callable[[np.ndarray], np.ndarray]):
+        self.segment = segment
 
-    def identity_mask(self, video: "Video", mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def identity_mask(self, video: "Video", mask: torch.Tensor, latents: torch.Tensor,
+                      frames: Callable[[], np.ndarray]) -> torch.Tensor:
         from .method.mask import tokens_from_pixels
 
-        frames = self.decode(latents)
+        frames = frames()
         pixels = np.asarray(self.segment(frames))
         if pixels.shape != frames.shape[:3]:
             raise ValueError(f"the identity segmenter returned a {pixels.shape} mask for {frames.shape[:3]} "
@@ -274,6 +279,10 @@ class StoryRun:
         """Decoded uint8 frames; None with output_type='latent' (as diffusers pipelines skip the VAE)."""
         if self.output_type == "latent":
             return None
+        return self.decode(latents)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Decoded uint8 frames, whatever the output type (what a segmenter looks at)."""
         return _to_uint8(self.backbone.decode(latents, self.settings.num_frames))
 
     # The identity alone ------------------------------------------------------------------------
@@ -467,6 +476,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         latents, identity_fg, replay = saved.final.to(pipe.backbone.pipe._execution_device), saved.foreground, \
             saved.latents
         trajectory = replay + [latents]
+        identity_frames = functools.cache(partial(run.decode, latents))
         identity_stats = {"identity_mode": mode, "identity_bytes": saved.nbytes, "identity_file": saved.path,
                           "identity_content_hash": saved.content_hash}
     else:
@@ -475,6 +485,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         locking = mode == "cache" and (config.background_latents_until > 0 or config.character_latents_until > 0)
         latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps,
                                                           keep_latents=mode != "cache" or locking)
+        identity_frames = functools.cache(partial(run.decode, latents))  # decoded once: readings and result
         if locking:
             cache.trajectory, replay = replay + [latents], None
         elif mode == "replay":
@@ -483,7 +494,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
             if mode == "lockstep":
                 raise ValueError("an identity mask from the identity's video (a segmenter, oracle readings) needs "
                                  "the video finished before the shots: use cache or replay mode, not lockstep")
-            identity_fg = run.instruments.readings.identity_mask(identity, identity_fg, latents)
+            identity_fg = run.instruments.readings.identity_mask(identity, identity_fg, latents, identity_frames)
             if cache is not None:
                 cache.foreground = identity_fg
         identity_stats = {"identity_mode": mode, "identity_bytes": cache.nbytes if cache else
@@ -494,8 +505,9 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
     if mode == "lockstep" and shots:
         pending_identity = identity_stats
     else:
-        yield ShotResult("identity", None, identity.spans.prompt, identity.seed, run.frames(latents),
-                         identity_fg.numpy(), time.perf_counter() - start, cache, identity_stats, latents, replay)
+        frames = None if run.output_type == "latent" else identity_frames()
+        yield ShotResult("identity", None, identity.spans.prompt, identity.seed, frames, identity_fg.numpy(),
+                         time.perf_counter() - start, cache, identity_stats, latents, replay)
     for first in range(0, len(shots), group):
         group_start = time.perf_counter()
         videos = [run.video("shot", i) for i in shots[first:first + group]]

@@ -324,21 +324,21 @@ class BachVidPipeline:
         # BachVid off: every video alone (modes.vanilla_videos)
         self.check_group_fits(settings, min(group, max(1, len(shots))) if config.enabled else 1, mode)
         if identity_segmenter is not None:
-            instruments = self._segmenting(identity_segmenter, settings, instruments, identity)
+            instruments = self._segmenting(identity_segmenter, instruments, identity)
         with torch.inference_mode():
             yield from run_story(self, story, settings, config, mode, group, shots, progress, saved=identity,
                                  output_type=output_type, instruments=instruments)
 
-    def _segmenting(self, segment, settings: GenerationSettings, instruments, saved):
+    def _segmenting(self, segment, instruments, saved):
         """Instruments whose readings take the identity's mask from `segment` (modes.SegmentedIdentity)."""
-        from .modes import Instruments, _to_uint8
+        from .modes import Instruments
 
         if instruments is not None and instruments.readings is not None:
             raise ValueError("identity_segmenter and instruments.readings both replace the identity's mask: give one")
         if saved is not None:
             raise ValueError("a saved identity keeps the mask it was saved with: give the segmenter to "
                              "save_identity(..., identity_segmenter=...)")
-        readings = SegmentedIdentity(segment, lambda latents: _to_uint8(self.backbone.decode(latents, settings.num_frames)))
+        readings = SegmentedIdentity(segment)
         return Instruments(readings=readings, probe=instruments.probe if instruments is not None else None)
 
     # Saved identities ---------------------------------------------------------------------------
@@ -370,7 +370,7 @@ class BachVidPipeline:
             final, foreground, kept = run.identity_alone(video, None, keep_latents=True)
             frames = run.frames(final)
             if identity_segmenter is not None:
-                foreground = SegmentedIdentity(identity_segmenter, lambda _: frames).identity_mask(video, foreground, final)
+                foreground = SegmentedIdentity(identity_segmenter).identity_mask(video, foreground, final, lambda: frames)
         steps = settings.num_inference_steps
         saved = SavedIdentity(
             background=story.identity.background, character=story.character, action=story.identity.action,

@@ -214,11 +214,11 @@ class TruthReadings:
         return np.asarray(self.cache[key])
 
     # Readings ---------------------------------------------------------------------------------
-    def identity_mask(self, video, mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def identity_mask(self, video, mask: torch.Tensor, latents: torch.Tensor, frames) -> torch.Tensor:
         key = plain_key(video.spans.prompt, video.seed, self.settings)
         if key not in self.cache:  # the identity pass is a plain generation of its prompt and seed
             with torch.inference_mode():
-                self.cache[key] = _to_uint8(self.pipe.backbone.decode(latents, self.settings.num_frames))
+                self.cache[key] = frames()
         frames = np.asarray(self.cache[key])
         self.identity_pixels = score_clip(frames).mask
         truth = token_mask(self.identity_pixels)

@@ -449,7 +449,7 @@ class Bench:
 
         truth = TruthReadings(self.pipe, w["settings"], masks=condition.oracle_masks,
                               matches=condition.oracle_matches, cache=self.plain)
-        fg = truth.identity_mask(w["identity"], w["identity_fg"], w["identity_latents"])
+        fg = truth.identity_mask(w["identity"], w["identity_fg"], w["identity_latents"], lambda: w["identity_frames"])
         return truth, fg
 
     def _bachvid(self, condition: Condition, ws: list[dict]):
