@@ -32,7 +32,6 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -476,7 +475,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         latents, identity_fg, replay = saved.final.to(pipe.backbone.pipe._execution_device), saved.foreground, \
             saved.latents
         trajectory = replay + [latents]
-        identity_frames = functools.cache(partial(run.decode, latents))
+        identity_frames = functools.cache(functools.partial(run.decode, latents))
         identity_stats = {"identity_mode": mode, "identity_bytes": saved.nbytes, "identity_file": saved.path,
                           "identity_content_hash": saved.content_hash}
     else:
@@ -485,7 +484,7 @@ def run_story(pipe, story, settings, config: BachVidConfig, mode: str, group: in
         locking = mode == "cache" and (config.background_latents_until > 0 or config.character_latents_until > 0)
         latents, identity_fg, replay = run.identity_alone(identity, cache, alone_steps,
                                                           keep_latents=mode != "cache" or locking)
-        identity_frames = functools.cache(partial(run.decode, latents))  # decoded once: readings and result
+        identity_frames = functools.cache(functools.partial(run.decode, latents))  # decoded once: readings and result
         if locking:
             cache.trajectory, replay = replay + [latents], None
         elif mode == "replay":
