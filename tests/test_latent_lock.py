@@ -311,3 +311,66 @@ def test_shots_on_other_noise_agree_nowhere_and_get_no_background_lock(tiny_pipe
 def test_agreement_must_be_a_finite_non_negative_multiple(value):
     with pytest.raises(ValueError, match="background_lock_agreement"):
         BachVidConfig(background_lock_agreement=value)
+
+
+# Sparing the shot's own mask: the agreement lock leaves the shot's character room to move ----------
+
+def test_grow_mask_dilates_each_frame_by_the_radius():
+    from bachvid.method.mask import grow_mask
+
+    mask = torch.zeros(2, 5, 5, dtype=torch.bool)
+    mask[0, 2, 2] = True
+    grown = grow_mask(mask, 1)
+    assert grown[0].sum() == 9 and grown[0, 1:4, 1:4].all() and not grown[1].any()  # no bleed across frames
+    assert torch.equal(grow_mask(mask, 0), mask)
+    assert grow_mask(mask, 2)[0].all()  # a radius of 2 from the centre covers the 5 x 5 frame
+
+
+def test_a_spared_agreement_lock_holds_the_agreeing_tokens_outside_the_grown_shot_mask():
+    from bachvid.method.latent_lock import background_lock
+
+    grid = (1, 4, 4)
+    shot_fg = torch.zeros(grid, dtype=torch.bool)
+    shot_fg[0, 0, 0] = True
+    agreeing = torch.ones(16, dtype=torch.bool)
+    agreeing[15] = False
+    config = BachVidConfig(background_latents_until=1.0, background_lock_agreement=5.0)
+    plain = background_lock(config, torch.zeros(grid), shot_fg, 10, agreeing)
+    assert plain.current.tolist() == list(range(15))  # masks ignored
+    spared = background_lock(config.replace(background_lock_spare=1), torch.zeros(grid), shot_fg, 10, agreeing)
+    assert spared.current.tolist() == [2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14]  # not (0..1, 0..1), not 15
+    assert torch.equal(spared.current, spared.identity)
+    none = background_lock(config.replace(background_lock_spare=0), torch.zeros(grid), shot_fg, 10, agreeing)
+    assert 0 not in none.current.tolist() and none.current.numel() == 14
+
+
+def test_a_spared_agreement_lock_leaves_the_shots_mask_free_in_a_run(tiny_pipe, settings, monkeypatch):
+    from dataclasses import replace
+
+    import bachvid.modes as modes
+    from bachvid.method.mask import grow_mask
+
+    held = []
+    agreeing = modes.agreeing_tokens
+    monkeypatch.setattr(modes, "agreeing_tokens", lambda *a: held.append(agreeing(*a)) or held[-1])
+    on_seed = replace(settings, shot_seeds="identity")
+    identity, *shots = run(tiny_pipe, on_seed, background_latents_until=1.0, background_lock_agreement=3.0,
+                           background_lock_spare=1)
+    theirs = tiny_pipe.backbone.latent_tokens(identity.latents)
+    freed = 0
+    for shot, agree in zip(shots, held):
+        spared = grow_mask(torch.from_numpy(shot.mask).bool(), 1).reshape(-1)
+        mine = tiny_pipe.backbone.latent_tokens(shot.latents)
+        lock = agree & ~spared
+        assert lock.any() and torch.equal(mine[lock], theirs[lock])
+        free = agree & spared
+        freed += int(free.sum())
+        if free.any():
+            assert (mine[free] - theirs[free]).abs().amax(dim=-1).min() > 1e-4
+    assert freed > 0  # some agreeing tokens lay in a shot's mask and were left free
+
+
+@pytest.mark.parametrize("value", [-1, -3])
+def test_spare_must_be_a_non_negative_number_of_tokens(value):
+    with pytest.raises(ValueError, match="background_lock_spare"):
+        BachVidConfig(background_lock_spare=value)

@@ -49,6 +49,10 @@ class BachVidConfig:
     ignored (what the pre-run already shares with the identity, background or not). Works with shots
     on the identity's seed (`shot_seeds="identity"`): latents drawn from other noise do not agree, so
     a shot on its own seed gets no background lock."""
+    background_lock_spare: int | None = None
+    """Beyond the paper: with the agreement lock, leave free the shot's own foreground mask (read in its
+    pre-run) grown by this many tokens in each frame, so the lock never holds the shot's character where
+    it moves away from the identity's pose (a jump's apex). None: the agreement lock ignores masks."""
     character_latents_until: float = 0.0
     """Beyond the paper: until this fraction of the schedule, a shot's matched character tokens are
     set to the identity's latent tokens they match after every step (see `latent_lock`). 0 is the
@@ -144,6 +148,8 @@ class BachVidConfig:
             raise ValueError("background_latents_weight is a blend weight and must lie in (0, 1]")
         if not (math.isfinite(self.background_lock_agreement) and self.background_lock_agreement >= 0):
             raise ValueError("background_lock_agreement is a multiple of the median token distance and must be >= 0")
+        if self.background_lock_spare is not None and self.background_lock_spare < 0:
+            raise ValueError("background_lock_spare is a number of tokens and must be >= 0 (or None)")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:
