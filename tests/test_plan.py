@@ -125,3 +125,62 @@ def test_background_merge_follows_the_matches_device_and_dtype(device, dtype):
     for tensor in (merge.current, merge.identity, merge.weight):
         assert tensor.device.type == device
     assert merge.weight.dtype == dtype
+
+
+# A background injection by place (beyond the paper): each tile's queries see nearby identity keys only
+
+def test_a_windowed_background_injection_shows_each_query_only_keys_near_its_tile():
+    from bachvid.method.plan import background_injections
+
+    g = torch.Generator().manual_seed(0)
+    identity_fg, current_fg = torch.rand(2, 6, 7, generator=g) < 0.3, torch.rand(2, 6, 7, generator=g) < 0.3
+    whole = background_injection(identity_fg, current_fg, TEXT)
+    for window in (0, 1, 2):
+        parts = background_injections(identity_fg, current_fg, TEXT, window=window)
+        queries = torch.cat([p.queries for p in parts])
+        assert queries.unique().numel() == queries.numel()  # every query in one tile only
+        assert set(queries.tolist()) <= set(whole.queries.tolist())
+        for p in parts:
+            assert p.at_source and torch.equal(p.sources, p.positions + TEXT)
+            assert set(p.positions.tolist()) <= set(whole.positions.tolist())  # background in both only
+            qy, qx = ((p.queries - TEXT) % 42) // 7, (p.queries - TEXT) % 7
+            ky, kx = (p.positions % 42) // 7, p.positions % 7
+            # keys lie within `window` of the tile (the tile spans window + 1 tokens a side)
+            assert (ky.max() - qy.min() <= 2 * window) and (qy.max() - ky.min() <= 2 * window)
+            assert (kx.max() - qx.min() <= 2 * window) and (qx.max() - kx.min() <= 2 * window)
+    # a query whose nearby identity background is empty sees no extra key: it is in no tile's set
+    assert len(background_injections(identity_fg, current_fg, TEXT, window=0)) > len(
+        background_injections(identity_fg, current_fg, TEXT, window=2))
+
+
+def test_a_window_as_large_as_the_frame_is_the_whole_injection():
+    from bachvid.method.plan import background_injections
+
+    identity_fg, current_fg = torch.zeros(2, 3, 4, dtype=torch.bool), torch.zeros(2, 3, 4, dtype=torch.bool)
+    identity_fg[:, 1, 1] = True
+    current_fg[:, 2, 3] = True
+    whole = background_injection(identity_fg, current_fg, TEXT)
+    (one,) = background_injections(identity_fg, current_fg, TEXT, window=4)
+    assert torch.equal(one.queries, whole.queries) and torch.equal(one.sources, whole.sources)
+    (same,) = background_injections(identity_fg, current_fg, TEXT)
+    assert torch.equal(same.positions, whole.positions)
+
+
+def test_background_injection_window_must_be_a_non_negative_number_of_tokens():
+    with pytest.raises(ValueError, match="background_injection_window"):
+        BachVidConfig(background_injection_window=-1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_windowed_injection_runs_and_a_frame_wide_window_changes_nothing(tiny_pipe, settings):
+    from conftest import make_story
+
+    story = make_story(actions=("stands still", "walks to the left"))
+
+    def latents(**knobs):
+        return [r.latents for r in tiny_pipe.generate(story, settings, BachVidConfig(**knobs), progress=False)]
+
+    paper, wide, local = latents(), latents(background_injection_window=64), latents(background_injection_window=0)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(paper, wide))
+    assert torch.equal(paper[0], local[0])  # the identity is not touched
+    assert (paper[1] - local[1]).abs().max() > 1e-4  # the shot's background injection is by place now

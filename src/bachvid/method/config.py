@@ -53,6 +53,12 @@ class BachVidConfig:
     """Beyond the paper: with the agreement lock, leave free the shot's own foreground mask (read in its
     pre-run) grown by this many tokens in each frame, so the lock never holds the shot's character where
     it moves away from the identity's pose (a jump's apex). None: the agreement lock ignores masks."""
+    background_injection_window: int | None = None
+    """Beyond the paper: where an injected background key may be seen from. None (the paper): every
+    background query sees the identity's whole shared background. r >= 0: the frame is cut into tiles of
+    r + 1 tokens a side and a tile's queries see only the identity's background keys within r tokens of
+    the tile (in every frame), so the injection can copy the identity's background only from near the
+    query's place (a model whose attention spreads over the injected keys copies an average otherwise)."""
     character_latents_until: float = 0.0
     """Beyond the paper: until this fraction of the schedule, a shot's matched character tokens are
     set to the identity's latent tokens they match after every step (see `latent_lock`). 0 is the
@@ -150,6 +156,8 @@ class BachVidConfig:
             raise ValueError("background_lock_agreement is a multiple of the median token distance and must be >= 0")
         if self.background_lock_spare is not None and self.background_lock_spare < 0:
             raise ValueError("background_lock_spare is a number of tokens and must be >= 0 (or None)")
+        if self.background_injection_window is not None and self.background_injection_window < 0:
+            raise ValueError("background_injection_window is a number of tokens and must be >= 0 (or None)")
         if self.prerun_stride < 1:
             raise ValueError("prerun_stride must be >= 1")
         if self.chunk_size < 1:

@@ -128,6 +128,33 @@ def background_injection(identity_fg: torch.Tensor, current_fg: torch.Tensor, te
                      at_source=True)
 
 
+def background_injections(identity_fg: torch.Tensor, current_fg: torch.Tensor, text_length: int,
+                          bias: float = 0.0, window: int | None = None) -> tuple[Injection, ...]:
+    """The background injection, whole (window None, the paper) or by place: (F, h, w) masks cut into
+    tiles of `window` + 1 tokens a side, each tile's background queries seeing the identity's shared
+    background within `window` tokens of the tile, in every frame (`BachVidConfig.background_injection_window`)."""
+    if window is None:
+        return (background_injection(identity_fg, current_fg, text_length, bias),)
+    if identity_fg.dim() != 3:
+        raise ValueError(f"a windowed background injection needs (frames, h, w) masks, got {tuple(identity_fg.shape)}")
+    identity_fg, current_fg = identity_fg.bool(), current_fg.bool()
+    both, free = ~identity_fg & ~current_fg, ~current_fg
+    _, h, w = identity_fg.shape
+    side, injections = window + 1, []
+    for y in range(0, h, side):
+        for x in range(0, w, side):
+            tile = torch.zeros(h, w, dtype=torch.bool, device=identity_fg.device)
+            tile[y:y + side, x:x + side] = True
+            near = torch.zeros(h, w, dtype=torch.bool, device=identity_fg.device)
+            near[max(0, y - window):y + side + window, max(0, x - window):x + side + window] = True
+            queries = (free & tile).reshape(-1).nonzero(as_tuple=True)[0]
+            positions = (both & near).reshape(-1).nonzero(as_tuple=True)[0]
+            if queries.numel() and positions.numel():
+                injections.append(Injection(queries=queries + text_length, sources=positions + text_length,
+                                            positions=positions, bias=bias, at_source=True))
+    return tuple(injections)
+
+
 def foreground_injection(current_fg: torch.Tensor, current: torch.Tensor, identity: torch.Tensor,
                          text_length: int, bias: float = 0.0) -> Injection:
     """Matched identity tokens, re-positioned at their current token (point-tracking attention)."""
@@ -195,8 +222,8 @@ class PlanMaker:
         """Reads the shot's mask and matches; before its own mask exists, the identity's stands in."""
         injections = ()
         if self.config.shared_background:
-            injections = (background_injection(identity_fg, identity_fg, self.text_length,
-                                               self.config.injected_logit_bias),)
+            injections = background_injections(identity_fg, identity_fg, self.text_length,
+                                               self.config.injected_logit_bias, self.config.background_injection_window)
 
         reads_mask = self.config.shot_mask == "attention"  # "matches": the mask is carried, not read
 
@@ -218,7 +245,8 @@ class PlanMaker:
         bias = self.config.injected_logit_bias
         foreground_bias = bias if self.config.foreground_logit_bias is None else self.config.foreground_logit_bias
         if self.config.shared_background:
-            injections.append(background_injection(identity_fg, current_fg, self.text_length, bias))
+            injections.extend(background_injections(identity_fg, current_fg, self.text_length, bias,
+                                                    self.config.background_injection_window))
         if current.numel() and self.config.foreground_injection:
             injections.append(foreground_injection(current_fg, current, identity, self.text_length, foreground_bias))
         injections = tuple(injections)
