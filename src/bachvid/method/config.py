@@ -49,10 +49,6 @@ class BachVidConfig:
     ignored (what the pre-run already shares with the identity, background or not). Works with shots
     on the identity's seed (`shot_seeds="identity"`): latents drawn from other noise do not agree, so
     a shot on its own seed gets no background lock."""
-    background_lock_spare: int | None = None
-    """Beyond the paper: with the agreement lock, leave free the shot's own foreground mask (read in its
-    pre-run) grown by this many tokens in each frame, so the lock never holds the shot's character where
-    it moves away from the identity's pose (a jump's apex). None: the agreement lock ignores masks."""
     background_injection_window: int | None = None
     """Beyond the paper: where an injected background key may be seen from. None (the paper): every
     background query sees the identity's whole shared background. r >= 0: the frame is cut into tiles of
@@ -154,8 +150,6 @@ class BachVidConfig:
             raise ValueError("background_latents_weight is a blend weight and must lie in (0, 1]")
         if not (math.isfinite(self.background_lock_agreement) and self.background_lock_agreement >= 0):
             raise ValueError("background_lock_agreement is a multiple of the median token distance and must be >= 0")
-        if self.background_lock_spare is not None and self.background_lock_spare < 0:
-            raise ValueError("background_lock_spare is a number of tokens and must be >= 0 (or None)")
         if self.background_injection_window is not None and self.background_injection_window < 0:
             raise ValueError("background_injection_window is a number of tokens and must be >= 0 (or None)")
         if self.prerun_stride < 1:

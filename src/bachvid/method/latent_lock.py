@@ -12,8 +12,7 @@ freely and heals the seams.
   the identity's token at the same position (`background_latents_until`; assumes a still camera,
   as `background_merge` does).
   With `background_lock_agreement` a > 0 it holds instead the tokens whose latents the shot's
-  pre-run already shares with the identity (`agreeing_tokens`): no mask is read for it, unless
-  `background_lock_spare` leaves the shot's own (grown) mask free for its character to move in.
+  pre-run already shares with the identity (`agreeing_tokens`): no mask is read for it.
 - `character_lock`: the shot's matched character tokens take the identity's tokens they match
   (`character_latents_until`): the identity's character, moved to where the shot puts it.
 
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 import torch
 
 from .config import BachVidConfig, step_index
-from .mask import grow_mask
 from .match import Matches
 
 SUGGESTED_BACKGROUND_LOCK = 0.5
@@ -95,12 +93,7 @@ def background_lock(config: BachVidConfig, identity_fg: torch.Tensor, shot_fg: t
     if not config.shared_background or steps == 0:
         return None
     if config.background_lock_agreement > 0:
-        if agreeing is None:
-            return None
-        agree = agreeing.reshape(-1).bool()
-        if config.background_lock_spare is not None:
-            agree = agree & ~grow_mask(shot_fg.bool(), config.background_lock_spare).reshape(-1).to(agree.device)
-        held = agree.nonzero(as_tuple=True)[0]
+        held = torch.zeros(0, dtype=torch.long) if agreeing is None else agreeing.reshape(-1).nonzero(as_tuple=True)[0]
         if held.numel() == 0:
             return None
     else:

@@ -73,14 +73,6 @@ def foreground_tokens(background: torch.Tensor, foreground: torch.Tensor, rule: 
     raise ValueError(f"mask rule must be {' or '.join(map(repr, MASK_RULES))}, not {rule!r}")
 
 
-def grow_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """A (F, h, w) bool mask grown by `radius` tokens in each frame (a square dilation)."""
-    if radius <= 0:
-        return mask.bool()
-    kernel = 2 * radius + 1
-    return F.max_pool2d(mask.float()[:, None], kernel, stride=1, padding=radius)[:, 0] > 0.5
-
-
 def open_mask(mask: torch.Tensor, kernel: int) -> torch.Tensor:
     """Erosion then dilation of a (F, h, w) bool mask, per frame: removes specks, keeps shapes."""
     if kernel <= 1:

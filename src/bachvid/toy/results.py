@@ -28,7 +28,6 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | bg-soft | BachVid with the soft background lock (`SOFT_BACKGROUND_LOCK`), shots on the identity's seed: compared with the same run without it |
 | bg-mild | BachVid with the mild soft background lock (`MILD_BACKGROUND_LOCK`), shots on the identity's seed: compared with the same run without it |
 | bg-agree | BachVid with the agreement lock (`AGREEMENT_LOCK`: the background lock on the tokens the shot's pre-run shares with the identity), shots on the identity's seed: compared with the same run without a background lock |
-| bg-spare | BachVid with the agreement lock sparing the shot's own read mask grown by `SPARE_RADIUS` tokens (`background_lock_spare`), shots on the identity's seed: compared with the same run without sparing |
 | no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: what locks and char-lock are compared with where the model's config holds a lock |
 | no-bg-lock | BachVid without the background lock, shots on the identity's seed: what the background locks are compared with where the model's config holds one |
 
@@ -97,14 +96,12 @@ OPTIONS = {"bg-lock": "background lock, on BachVid with shots on the identity's 
            "locks": "both locks, on BachVid with shots on the identity's seed",
            "bg-soft": "soft background lock, on BachVid with shots on the identity's seed",
            "bg-mild": "mild soft background lock, on BachVid with shots on the identity's seed",
-           "bg-agree": "agreement lock, on BachVid with shots on the identity's seed",
-           "bg-spare": "the agreement lock sparing the shot's own mask, on BachVid with shots on the identity's seed"}
+           "bg-agree": "agreement lock, on BachVid with shots on the identity's seed"}
 BACKGROUND_LOCK = SUGGESTED_BACKGROUND_LOCK
 CHARACTER_LOCK = 0.8
 """The locks the bg-lock, char-lock and locks conditions measure (background_latents_until,
 character_latents_until), chosen on the diagnosis stories (docs/DIAGNOSIS.md, "Latent locks")."""
 SOFT_BACKGROUND_LOCK = SUGGESTED_SOFT_BACKGROUND_LOCK  # bg-soft's (until, weight)
-SPARE_RADIUS = 1  # bg-spare's background_lock_spare: the shot's read mask grown by one token
 
 
 @dataclass(frozen=True)
@@ -177,8 +174,6 @@ CONDITIONS = {c.name: c for c in (
               f"{AGREEMENT_LOCK[1]}, background_lock_agreement {AGREEMENT_LOCK[2]}), shots on the identity's seed",
               changes={"background_latents_until": AGREEMENT_LOCK[0], "background_latents_weight": AGREEMENT_LOCK[1],
                        "background_lock_agreement": AGREEMENT_LOCK[2]}, seeds="identity"),
-    Condition("bg-spare", f"BachVid, the agreement lock sparing the shot's own mask (grown by {SPARE_RADIUS}), shots "
-              "on the identity's seed", changes={"background_lock_spare": SPARE_RADIUS}, seeds="identity"),
     Condition("no-locks", "BachVid without the latent locks (the paper's form), shots on the identity's seed",
               changes={"background_latents_until": 0.0, "background_latents_weight": 1.0, "background_lock_agreement": 0.0,
                        "character_latents_until": 0.0},
@@ -191,7 +186,7 @@ CONDITIONS = {c.name: c for c in (
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
           ("oracle-masks", "oracle-matches"),
           ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "no-bg-lock", "bg-lock", "bg-soft", "bg-mild", "bg-agree",
-           "bg-spare", "char-lock", "locks"))
+           "char-lock", "locks"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
                  "belt_kept": "belt colour kept", "action_right": "action right", "seconds": "s / shot"}
