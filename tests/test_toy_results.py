@@ -412,3 +412,50 @@ def test_a_diagnosis_condition_may_give_only_the_identity_its_true_mask():
     assert truth_for_identity.oracle_masks == "identity" and ("shot_mask", "matches") in truth_for_identity.changes
     with pytest.raises(ValueError, match="identity"):
         oracle.TruthReadings(None, None, masks="shots")
+
+
+# Conditions of one's own (--condition) -----------------------------------------------------------------------
+
+def test_a_custom_condition_is_the_models_config_with_its_knobs_against_the_same_run_without():
+    c = results.custom_condition("lock1: character_latents_until=1; seeds=identity; oracle_masks=true")
+    assert (c.name, c.changes, c.seeds, c.oracle_masks, c.oracle_matches) == (
+        "lock1", {"character_latents_until": 1}, "identity", True, False)
+    assert c.compared_with == "bachvid-idseed" and c.bachvid
+    assert results.custom_condition("w:background_injection_window=1").compared_with == "bachvid"
+    for bad in ("bachvid:token_merge=false", "nospec", "x:seeds=mine", "x:not_a_knob=1", "x:tau_mask=3",
+                "x:token_merge"):
+        with pytest.raises(ValueError):
+            results.custom_condition(bad)
+
+
+def test_a_custom_condition_is_reported_against_its_reference(monkeypatch):
+    custom = results.custom_condition("mine:character_latents_until=1;seeds=identity")
+    monkeypatch.setitem(results.CONDITIONS, "mine", custom)
+    stories = results.benchmark_stories(4, shots=2)
+    records = []
+    for s in stories:
+        for c, psnr in (("vanilla-idseed", 20.0), ("bachvid-idseed", 22.0), ("mine", 23.5)):
+            shots = [{"background_psnr": psnr if s.shared else None, "histogram_distance": 0.1, "belt_kept": None,
+                      "action_right": 1.0, "seconds": 1.0} for _ in s.actions]
+            records.append({"story": s.name, "condition": c, "spec": s.spec(), "shots": shots})
+    summary = results.summarize(records, stories, ["vanilla-idseed", "bachvid-idseed", "mine"], resamples=200)
+    entry = summary["conditions"]["mine"]
+    assert entry["compared_with"] == "bachvid-idseed"
+    assert entry["metrics"]["background_psnr"]["part adds"]["mean"] == pytest.approx(1.5)
+    table = results.markdown_table(summary)
+    assert "character_latents_until=1" in table and "(against bachvid-idseed)" in table and "**+1.5" in table
+
+
+@pytest.mark.slow
+def test_the_results_command_runs_a_custom_condition_and_its_reference(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["--stories", "1", "--shots", "1", "--steps", "2", "--out", str(out), "--conditions", "vanilla-idseed",
+            "--condition", "mine:character_latents_until=0;seeds=identity", "--resamples", "50", "--sheet-stories", "1"]
+    assert results.main(args) == 0
+    assert "which runs too" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted(r["condition"] for r in records) == ["bachvid-idseed", "mine", "vanilla-idseed"]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["conditions"]["mine"]["compared_with"] == "bachvid-idseed"
+    assert results.main(["--stories", "1", "--conditions", "vanilla-idseed", "--condition", "bad:nope=1",
+                         "--out", str(out)]) == 2

@@ -31,6 +31,11 @@ Conditions (`--conditions`, comma-separated; default all, in this order):
 | no-locks | BachVid with both latent locks off (the paper's form), shots on the identity's seed: what locks and char-lock are compared with where the model's config holds a lock |
 | no-bg-lock | BachVid without the background lock, shots on the identity's seed: what the background locks are compared with where the model's config holds one |
 
+Conditions of one's own: `--condition 'NAME:knob=value;...'` (repeatable; keys: any BachVidConfig knob,
+seeds=own|identity, oracle_masks, oracle_matches) runs BachVid on the model's config with those knobs
+changed, compared with the same run without them (bachvid-idseed or bachvid, which then runs too):
+how a knob is tried on held-out stories without adding a built-in condition.
+
 Stories (`benchmark_stories`): every background x character pair twice, once with the shots on the
 identity's background ("shared") and once with each shot on another background ("switched"),
 alternating; the identity stands still and the shots are three of the four moving actions (the
@@ -113,6 +118,7 @@ class Condition:
     seeds: str = "own"  # shots' noise: "own" (story.shot_seed) or "identity" (the identity's seed)
     oracle_masks: bool = False
     oracle_matches: bool = False
+    compared_with: str | None = None  # a custom condition's reference run (`--condition`)
 
     @property
     def oracle(self) -> bool:
@@ -183,6 +189,7 @@ CONDITIONS = {c.name: c for c in (
                                               "background_lock_agreement": 0.0},
               seeds="identity"),
 )}
+BUILT_IN = frozenset(CONDITIONS)
 GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
           ("oracle-masks", "oracle-matches"),
           ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "no-bg-lock", "bg-lock", "bg-soft", "bg-mild", "bg-agree",
@@ -590,8 +597,8 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
         if c not in values:
             continue
         entry = {"label": CONDITIONS[c].label, "metrics": {}}
-        reference = option_reference(c, records) if c in OPTIONS else None
-        if c in OPTIONS:
+        reference = option_reference(c, records) if c in OPTIONS else CONDITIONS[c].compared_with
+        if c in OPTIONS or reference:
             entry["compared_with"] = reference
         for metric in (*METRICS, "seconds", "mask_iou"):
             column = np.array([values[c].get(metric, {}).get(n, np.nan) for n in names])
@@ -618,6 +625,37 @@ def summarize(records: list[dict], stories: list[BenchStory], conditions: list[s
             }
         summary["conditions"][c] = entry
     return summary
+
+
+def custom_condition(text: str) -> Condition:
+    """'NAME:knob=value;...' (`--condition`) -> a BachVid condition on the model's config with those
+    knobs changed, compared with the same run without them (bachvid-idseed with `seeds=identity`, else
+    bachvid). Keys beside the config's knobs: seeds (own or identity), oracle_masks, oracle_matches."""
+    from ..method.config import BachVidConfig, parse_knob
+
+    name, _, spec = text.partition(":")
+    name = name.strip()
+    if not name or not spec or name in BUILT_IN:
+        raise ValueError(f"--condition {text!r}: expected a new NAME:knob=value;... (built-in names are taken)")
+    changes, fields = {}, {"seeds": "own"}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            raise ValueError(f"--condition {text!r}: {part!r} is not knob=value")
+        if key == "seeds":
+            if value not in ("own", "identity"):
+                raise ValueError(f"--condition {text!r}: seeds is 'own' or 'identity', not {value!r}")
+            fields["seeds"] = value
+        elif key in ("oracle_masks", "oracle_matches"):
+            fields[key] = value.lower() in ("1", "true", "yes")
+        else:
+            knob, parsed = parse_knob(part)
+            changes[knob] = parsed
+    BachVidConfig().replace(**changes)  # a bad value fails here, before any generation
+    reference = "bachvid-idseed" if fields["seeds"] == "identity" else "bachvid"
+    label = f"BachVid, {spec}" + (" (shots on the identity's seed)" if fields["seeds"] == "identity" else "")
+    return Condition(name, label, changes=changes, compared_with=reference, **fields)
 
 
 def run_config(records: list[dict], condition: str) -> dict | None:
@@ -700,7 +738,8 @@ def markdown_table(summary: dict) -> str:
     ns = {m: max((e["metrics"].get(m, {}).get("n", 0) for e in summary["conditions"].values()), default=0)
           for m in METRICS}
     notes.append("Stories scored per metric: " + ", ".join(f"{METRIC_LABELS[m]} {ns[m]}" for m in METRICS) + ".")
-    parts = [c for c in summary["conditions"] if c in PARTS or c in TRUTHS or c in OPTIONS]
+    parts = [c for c in summary["conditions"]
+             if c in PARTS or c in TRUTHS or c in OPTIONS or CONDITIONS[c].compared_with]
     if parts:
         notes += ["", "| what it adds to BachVid (own seeds), paired: a part (BachVid minus BachVid with it off), "
                       "the truth (the oracle run minus BachVid), an option beyond the paper (the run with it minus "
@@ -709,7 +748,8 @@ def markdown_table(summary: dict) -> str:
         for c in sorted(parts, key=lambda c: (c in TRUTHS, c in OPTIONS)):
             cells = [format_delta(m, summary["conditions"][c]["metrics"].get(m, {}).get("part adds")) or "-"
                      for m in METRICS]
-            label = PARTS.get(c) or TRUTHS.get(c) or f"{OPTIONS[c]} (against {summary['conditions'][c].get('compared_with')})"
+            label = (PARTS.get(c) or TRUTHS.get(c)
+                     or f"{OPTIONS.get(c, CONDITIONS[c].label)} (against {summary['conditions'][c].get('compared_with')})")
             notes.append(f"| {label} | " + " | ".join(cells) + " |")
     readings = {c: e["attention_readings"] for c, e in summary["conditions"].items() if "attention_readings" in e}
     if readings:
@@ -859,6 +899,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=3, help="shots per story (1-4)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help=f"comma-separated, from {', '.join(CONDITIONS)}")
+    parser.add_argument("--condition", action="append", default=[], metavar="NAME:knob=value;...",
+                        help="a condition of your own, run after the named ones and compared with the same run "
+                             "without its knobs, e.g. 'lock1:character_latents_until=1;seeds=identity' (repeatable; "
+                             "give it again with --report-only)")
     parser.add_argument("--out", default="runs/results", help="folder: records.jsonl (resume), videos/, table.md, "
                                                               "results.json, plot.png, sheet.png")
     parser.add_argument("--steps", type=int, default=None, help="override the model's default steps (tests)")
@@ -875,6 +919,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    for text in args.condition:
+        try:
+            custom = custom_condition(text)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        CONDITIONS[custom.name] = custom
+        conditions.append(custom.name)
+        if custom.compared_with not in conditions:
+            print(f"note: {custom.name} is compared with {custom.compared_with}, which runs too", file=sys.stderr)
+            conditions.insert(len(conditions) - 1, custom.compared_with)
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         print(f"error: unknown condition(s) {', '.join(unknown)}; valid: {', '.join(CONDITIONS)}", file=sys.stderr)
