@@ -54,8 +54,8 @@ that read the same (bachvid, no-fg, no-merge, oracle-matches; oracle-masks and o
 all of a chunk's shots of one condition denoise in one batch. This is what `run_story` does in
 cache mode, shot for shot (tests/test_toy_results.py checks it against `pipe.generate`). Every
 finished (story, condition) is appended to `OUT/records.jsonl` with its videos in `OUT/videos/`,
-so the same command resumes; conditions run in priority groups (baselines, bachvid, oracle-both
-first) so an interrupted run has complete columns. Outputs: table.md, results.json, plot.png,
+so the same command resumes; conditions run in priority groups (baselines, bachvid on both seeds,
+oracle-both first) so an interrupted run has complete columns. Outputs: table.md, results.json, plot.png,
 sheet.png (a few stories: identity | vanilla identity's seed | BachVid, and a row per option that ran).
 """
 
@@ -190,9 +190,9 @@ CONDITIONS = {c.name: c for c in (
               seeds="identity"),
 )}
 BUILT_IN = frozenset(CONDITIONS)
-GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
+GROUPS = (("vanilla-own", "vanilla-idseed", "bachvid", "bachvid-idseed", "oracle-both"), ("no-merge", "no-bg", "no-fg"),
           ("oracle-masks", "oracle-matches"),
-          ("paper-merge", "bachvid-idseed", "fg-full", "no-locks", "no-bg-lock", "bg-lock", "bg-soft", "bg-mild", "bg-agree",
+          ("paper-merge", "fg-full", "no-locks", "no-bg-lock", "bg-lock", "bg-soft", "bg-mild", "bg-agree",
            "char-lock", "locks"))
 METRIC_LABELS = {"background_psnr": "background PSNR (dB, shared)",
                  "histogram_distance": "character histogram distance",
