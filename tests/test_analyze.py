@@ -123,7 +123,7 @@ def _doubled_keys_call(bias: float, heads=2, tokens=12, text=3, dim=8):
     record = CachedIdentity(text_length=text)
     record.keep_key_value(0, 0, k, v)
     injection = replace(full_copy_injection(tokens, text), bias=bias)
-    probe = analyze.MassProbe(shared_background=False)  # one group: reported as "foreground"
+    probe = analyze.MassProbe(shared_background=False)  # one group, reported under its kind, "copy"
     state = VideoState(plan=StepPlan(step=0, inject_layers=frozenset({0}), injections=(injection,)), source=record,
                        probe=probe(None))
     controller = Controller([state], branches=1)
@@ -134,7 +134,7 @@ def _doubled_keys_call(bias: float, heads=2, tokens=12, text=3, dim=8):
 @pytest.mark.parametrize("bias", [0.0, 1.0, 2.5])
 def test_mass_on_duplicated_keys_is_a_half_and_grows_with_the_bias(bias):
     probe, out, (q, k, v) = _doubled_keys_call(bias)
-    mass = probe.table("foreground")[0][0]
+    mass = probe.table("copy")[0][0]
     assert mass == pytest.approx(math.exp(bias) / (1 + math.exp(bias)), abs=1e-5)  # 0.5 without a bias
     if bias == 0.0:  # duplicated keys leave the attention output unchanged
         assert torch.allclose(out, injected_attention(q, k, v, None), atol=1e-5)
@@ -162,6 +162,26 @@ def test_injected_spread_tells_a_copy_by_place_from_a_uniform_average():
     one_over = analyze.injected_spread(keys * 50, keys, shifted, grid)  # the key a query likes sits one token on
     assert one_over["own_place"] < 0.2 and 0.9 < one_over["distance"] < 3.1
     assert analyze.injected_spread(keys, keys, KeyGroup(everything, keys, keys), grid) is None  # no sources
+
+
+def test_mass_probe_reports_per_kind_when_one_kind_comes_in_several_groups():
+    """A windowed background injection comes as one group per tile: the background's mass is the mean
+    over all of its queries, and the foreground group after the tiles is still read as the foreground."""
+    from bachvid.method.attention import KeyGroup
+
+    torch.manual_seed(0)
+    heads, tokens, dim = 2, 10, 8
+    query, key = torch.randn(heads, tokens, dim), torch.randn(heads, tokens, dim)
+    extra = torch.randn(heads, 3, dim)
+    tiles = [KeyGroup(torch.tensor([0, 1, 2]), extra[:, :1] * 3, extra[:, :1], kind="background"),
+             KeyGroup(torch.tensor([3]), extra[:, 1:2], extra[:, 1:2], kind="background")]
+    fg = KeyGroup(torch.tensor([4, 5]), extra[:, 2:], extra[:, 2:], bias=2.0, kind="foreground")
+    masses = analyze.injected_mass(query, key, [*tiles, fg])
+    probe = analyze.MassProbe(shared_background=True)
+    probe(None)(0, 0, query, key, [*tiles, fg])
+    assert probe.table("background")[0][0] == pytest.approx((3 * masses[0] + masses[1]) / 4, rel=1e-6)
+    assert probe.table("foreground")[0][0] == pytest.approx(masses[2], rel=1e-6)
+    assert probe.share(0, "background") == pytest.approx(1 / 11, rel=1e-6)
 
 
 @pytest.mark.slow

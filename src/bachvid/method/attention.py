@@ -42,6 +42,8 @@ class KeyGroup:
     sources: torch.Tensor | None = None
     """The identity sequence indices the keys came from, (M,): not read by the attention, kept for
     research probes that ask where in the identity the injected mass goes."""
+    kind: str = ""
+    """The injection's kind ("background", "foreground"; `plan.Injection.kind`), for the same probes."""
 
 
 def injected_attention(

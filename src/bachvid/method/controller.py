@@ -200,7 +200,7 @@ class Controller:
                 keys = self._position(id_key.to(device)[:, :, sources], positions, all_video, call.rope)
             values = id_value.to(device)[:, :, sources]
             for b in range(self.branches):  # one query tensor for all branches: they run as one call
-                groups[b].append(KeyGroup(queries, keys[b], values[b], injection.bias, sources))
+                groups[b].append(KeyGroup(queries, keys[b], values[b], injection.bias, sources, injection.kind))
         return groups
 
     def _on_device(self, injection: Injection, device) -> tuple:

@@ -33,6 +33,7 @@ class Injection:
     at_source: bool = False
     """Every key sits at its own position (sources = positions + text length, text unrotated): its
     rotated key is the identity's own, which a live identity in the same call already has."""
+    kind: str = "background"  # "background", "foreground" or "copy": for probes that report per kind
 
 
 @dataclass(frozen=True)
@@ -159,14 +160,14 @@ def foreground_injection(current_fg: torch.Tensor, current: torch.Tensor, identi
                          text_length: int, bias: float = 0.0) -> Injection:
     """Matched identity tokens, re-positioned at their current token (point-tracking attention)."""
     queries = current_fg.reshape(-1).nonzero(as_tuple=True)[0] + text_length
-    return Injection(queries=queries, sources=identity + text_length, positions=current, bias=bias)
+    return Injection(queries=queries, sources=identity + text_length, positions=current, bias=bias, kind="foreground")
 
 
 def full_copy_injection(num_tokens: int, text_length: int) -> Injection:
     """Every query sees a copy of every identity token at its own position (the doubled-keys check)."""
     everything = torch.arange(num_tokens)
     positions = torch.cat([torch.full((text_length,), -1), torch.arange(num_tokens - text_length)])
-    return Injection(queries=everything, sources=everything, positions=positions, at_source=True)
+    return Injection(queries=everything, sources=everything, positions=positions, at_source=True, kind="copy")
 
 
 class PlanMaker:

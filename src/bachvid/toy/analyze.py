@@ -559,14 +559,24 @@ class MassProbe:
         self.spreads.append(spreads)
 
         def probe(step, layer, query, key, groups):
-            for kind, group, mass in zip(self.kinds, groups, injected_mass(query, key, groups)):
-                entry = sums.setdefault(kind, {}).setdefault(step, {}).setdefault(layer, [])
-                entry.append(mass)
-                m = group.keys.shape[1]
-                shares.setdefault(kind, []).append(m / (m + key.shape[1]))
+            # One kind may come in several groups (a windowed background injection: one per tile):
+            # its mass and share are the means over all of its queries.
+            weighted: dict = {}
+            for i, (group, mass) in enumerate(zip(groups, injected_mass(query, key, groups))):
+                kind = group.kind or self.kinds[i]
+                n, m = group.queries.numel(), group.keys.shape[1]
+                total = weighted.setdefault(kind, [0.0, 0.0, 0])
+                if mass == mass:  # not NaN (a group without queries)
+                    total[0] += mass * n
+                    total[1] += m / (m + key.shape[1]) * n
+                    total[2] += n
                 spread = injected_spread(query, key, group, self.grid) if self.grid else None
                 if spread is not None:
                     spreads.setdefault(kind, {}).setdefault(layer, []).append(spread)
+            for kind, (mass, share, n) in weighted.items():
+                sums.setdefault(kind, {}).setdefault(step, {}).setdefault(layer, []).append(mass / n if n else float("nan"))
+                if n:
+                    shares.setdefault(kind, []).append(share / n)
 
         return probe
 
