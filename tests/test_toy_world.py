@@ -62,3 +62,19 @@ def test_split_keeps_every_kind_in_training_and_is_disjoint():
     assert held and not set(train) & set(held) and len(train) + len(held) == len(world.all_combinations())
     for k in range(3):
         assert {c[k] for c in train} == {c[k] for c in world.all_combinations()}
+
+
+def test_a_clip_can_wear_another_clips_belt_and_nothing_else_changes():
+    """The truth of a consistent shot (scripts/belt_ceiling.py): the identity's belt on the shot's
+    action, every other seeded detail the shot's own."""
+    from bachvid.toy import world
+
+    identity = world.render_clip("ocean", "cat", "stand", 5, world="v2")
+    own = world.render_clip("ocean", "cat", "jump", 5, world="v2")
+    kept = world.render_clip("ocean", "cat", "jump", 5, world="v2", accessory=identity.accessory)
+    assert own.accessory != identity.accessory and kept.accessory == identity.accessory
+    changed = (own.frames != kept.frames).any(axis=-1)
+    assert changed.any() and not changed[~own.mask].any()  # only character pixels (the belt band) change
+    assert np.array_equal(own.mask, kept.mask) and np.array_equal(own.background, kept.background)
+    band = kept.frames[changed]
+    assert np.abs(band.astype(float) - np.array(identity.accessory)).max() <= 1

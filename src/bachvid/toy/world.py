@@ -116,6 +116,7 @@ class Clip:
     character_kind: str
     action: str
     seed: int
+    accessory: tuple[float, float, float] | None = None  # the belt's RGB colour
 
 
 def texts(background: str, character: str, action: str) -> tuple[str, str, str]:
@@ -352,8 +353,11 @@ def _start_range(action: str, box: float, size: int, world: WorldSpec | str | No
 
 
 def render_clip(background: str, character: str, action: str, seed: int, frames: int | None = None,
-                size: int | None = None, world: WorldSpec | str | None = None) -> Clip:
-    """One clip of `world` (V1 by default; frames and size default to the world's)."""
+                size: int | None = None, world: WorldSpec | str | None = None,
+                accessory: tuple[float, float, float] | None = None) -> Clip:
+    """One clip of `world` (V1 by default; frames and size default to the world's). `accessory`: a belt
+    colour to draw instead of the seed's own (a shot that keeps another clip's belt: the truth of a
+    consistent shot, the evaluator's ceiling); every other draw stays the seed's."""
     world = get_world(world)
     frames = world.frames if frames is None else frames
     size = world.size if size is None else size
@@ -366,7 +370,8 @@ def render_clip(background: str, character: str, action: str, seed: int, frames:
     colour = np.array(CHARACTER_COLOURS[character], np.float32)
     pattern_freq, pattern_phase = rng.uniform(8, 14), rng.uniform(0, 2 * np.pi)
     pattern_kind = rng.integers(0, 2)  # stripes or dots
-    accessory = rng.choice(ACCESSORY_COLOURS).astype(np.float32)
+    drawn = rng.choice(ACCESSORY_COLOURS).astype(np.float32)
+    accessory = drawn if accessory is None else np.asarray(accessory, np.float32)
 
     t = np.linspace(0, 1, frames)
     xs, tops, sides = _motion(action, t, start_x, box, world)
@@ -389,7 +394,8 @@ def render_clip(background: str, character: str, action: str, seed: int, frames:
         coords[f][inside] = np.stack([u[inside], v[inside]], -1)
     frames_u8 = np.clip(video, 0, 255).round().astype(np.uint8)
     backdrop = np.broadcast_to(np.clip(scenery, 0, 255).round().astype(np.uint8), frames_u8.shape).copy()
-    return Clip(frames_u8, mask, coords, backdrop, background, character, action, seed)
+    return Clip(frames_u8, mask, coords, backdrop, background, character, action, seed,
+                tuple(float(c) for c in accessory))
 
 
 def token_mask(mask: np.ndarray, token: int = TOKEN) -> np.ndarray:
