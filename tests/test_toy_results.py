@@ -421,6 +421,7 @@ def test_a_custom_condition_is_the_models_config_with_its_knobs_against_the_same
     assert (c.name, c.changes, c.seeds, c.oracle_masks, c.oracle_matches) == (
         "lock1", {"character_latents_until": 1}, "identity", True, False)
     assert c.compared_with == "bachvid-idseed" and c.bachvid
+    assert c.label == "BachVid, character_latents_until=1, shots on the identity's seed, true masks"
     assert results.custom_condition("w:background_injection_window=1").compared_with == "bachvid"
     for bad in ("bachvid:token_merge=false", "nospec", "x:seeds=mine", "x:not_a_knob=1", "x:tau_mask=3",
                 "x:token_merge"):

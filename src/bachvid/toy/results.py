@@ -654,7 +654,9 @@ def custom_condition(text: str) -> Condition:
             changes[knob] = parsed
     BachVidConfig().replace(**changes)  # a bad value fails here, before any generation
     reference = "bachvid-idseed" if fields["seeds"] == "identity" else "bachvid"
-    label = f"BachVid, {spec}" + (" (shots on the identity's seed)" if fields["seeds"] == "identity" else "")
+    knobs = ", ".join(f"{k}={v}" for k, v in changes.items()) or "the model's config"
+    label = f"BachVid, {knobs}" + (", shots on the identity's seed" if fields["seeds"] == "identity" else "")
+    label += "".join(f", true {k[7:]}" for k in ("oracle_masks", "oracle_matches") if fields.get(k))
     return Condition(name, label, changes=changes, compared_with=reference, **fields)
 
 
